@@ -1,0 +1,16 @@
+"""kdmem: memorization dynamics in knowledge distillation for language models.
+
+The Python API behind the ``kdmem`` command::
+
+    import kdmem
+    config = kdmem.load_config(preset="smoke", overrides=["data.num_examples=200"])
+    summary = kdmem.run(config, "runs/smoke")
+"""
+
+__version__ = "0.1.0"
+
+from kdmem.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
+from kdmem.losses import distillation_loss  # noqa: E402
+from kdmem.pipeline import run  # noqa: E402
+
+__all__ = ["ConfigError", "ExperimentConfig", "__version__", "distillation_loss", "load_config", "run"]

@@ -1,0 +1,400 @@
+"""The experiment config: typed dataclasses, loaded from YAML and overridden with ``key=value``.
+
+The dataclass defaults *are* the embedded default experiment (tiny models built locally, the
+builtin corpus, CPU-sized budgets). A preset or a YAML file only lists what differs from them,
+so every knob is visible in one place: this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Where the private training set D comes from and how it is cut into sequences."""
+
+    source: str = "builtin:python-docs"
+    """``builtin:python-docs``, a local .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name."""
+    subset: str | None = None
+    """Hugging Face dataset config name (e.g. ``wikitext-103-raw-v1``, ``sample-10BT``)."""
+    split: str = "train"
+    text_field: str = "text"
+    streaming: bool = False
+    seq_len: int = 64
+    """Tokens per training sequence (paper: 256)."""
+    num_examples: int | None = 600
+    """Size of D in sequences (paper: 1,000,000); None keeps every sequence the source yields."""
+    validation_examples: int = 100
+    """Sequences held out of D to measure utility (validation loss and perplexity)."""
+    dedupe: bool = True
+    """Drop sequences whose tokens exactly repeat an earlier one."""
+    seed: int = 0
+    """Seed of the shuffle that decides which sequences are held out."""
+
+
+@dataclass
+class TrainingConfig:
+    """One training stage's optimisation; mapped onto ``transformers.TrainingArguments``."""
+
+    epochs: float = 1.0
+    learning_rate: float = 5e-5
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    """Per-device micro-batch, in sequences."""
+    gradient_accumulation_steps: int = 1
+    bf16: bool = False
+    logging_steps: int = 10
+    report_to: str = "none"
+    """Any ``report_to`` value of ``transformers`` (``tensorboard``, ``wandb``, ...)."""
+    extra_args: dict[str, Any] = field(default_factory=dict)
+    """Passed through to ``TrainingArguments`` unchanged (e.g. ``{"fsdp": "full_shard"}``)."""
+
+
+@dataclass
+class ModelConfig:
+    """A model to start from, and how the stage that fine-tunes it trains."""
+
+    model: str = "builtin:tiny-teacher"
+    """A hub name (``EleutherAI/pythia-12b``), a local ``save_pretrained`` folder, or ``builtin:tiny-*``."""
+    revision: str | None = None
+    trust_remote_code: bool = False
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+@dataclass
+class SoftDistillConfig:
+    """Soft knowledge distillation: match the teacher's temperature-softened distributions."""
+
+    kind: str = "forward_kl"
+    """``forward_kl`` (the paper), ``reverse_kl``, ``jsd`` or ``tvd``."""
+    temperature: float = 2.0
+    jsd_beta: float = 0.5
+    ce_weight: float = 0.0
+    """Weight of an added cross-entropy term on D; the paper uses none."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+@dataclass
+class HardDistillConfig:
+    """Hard (sequence-level) distillation: cross-entropy on text the teacher generates greedily."""
+
+    prefix_len: int = 32
+    """Tokens of each training sequence the teacher continues from (paper: 50)."""
+    generation_batch_size: int = 64
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+@dataclass
+class ExtractionConfig:
+    """Discoverable memorization: greedy decoding from a prefix must reproduce the suffix exactly."""
+
+    prefix_len: int = 32
+    suffix_len: int = 32
+    batch_size: int = 64
+
+
+@dataclass
+class TinySizeConfig:
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 2
+
+
+@dataclass
+class EmbeddedModelsConfig:
+    """The embedded tiny family behind ``builtin:tiny-teacher`` and ``builtin:tiny-student``.
+
+    A byte-level BPE tokenizer and two GPT-NeoX (Pythia-architecture) bases, pre-trained on the
+    public part of the builtin corpus, which shares no document with the private part that D is
+    drawn from.
+    """
+
+    vocab_size: int = 2048
+    seq_len: int = 64
+    teacher: TinySizeConfig = field(default_factory=lambda: TinySizeConfig(layers=4, hidden=256, heads=4))
+    student: TinySizeConfig = field(default_factory=TinySizeConfig)
+    pretrain_tokens: int = 400_000
+    """Cap on public-corpus tokens used for pre-training."""
+    pretraining: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(epochs=2, learning_rate=2e-3, warmup_ratio=0.05, batch_size=32)
+    )
+    seed: int = 0
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: ModelConfig = field(
+        default_factory=lambda: ModelConfig(
+            model="builtin:tiny-teacher", training=TrainingConfig(epochs=12, learning_rate=2e-3, batch_size=32)
+        )
+    )
+    student: ModelConfig = field(
+        default_factory=lambda: ModelConfig(
+            model="builtin:tiny-student", training=TrainingConfig(epochs=12, learning_rate=2e-3, batch_size=32)
+        )
+    )
+    """The student's base; its ``training`` is the cross-entropy baseline's."""
+    soft: SoftDistillConfig = field(
+        default_factory=lambda: SoftDistillConfig(training=TrainingConfig(epochs=12, learning_rate=2e-3, batch_size=32))
+    )
+    hard: HardDistillConfig = field(
+        default_factory=lambda: HardDistillConfig(training=TrainingConfig(epochs=12, learning_rate=2e-3, batch_size=32))
+    )
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds of the student-side models (baseline, soft, hard); the teacher uses the first."""
+    embedded: EmbeddedModelsConfig = field(default_factory=EmbeddedModelsConfig)
+
+    def validate(self) -> None:
+        ext = self.extraction
+        if ext.prefix_len < 1 or ext.suffix_len < 1:
+            raise ConfigError("extraction.prefix_len and extraction.suffix_len must be at least 1.")
+        if ext.prefix_len + ext.suffix_len > self.data.seq_len:
+            raise ConfigError(
+                f"extraction.prefix_len + extraction.suffix_len = {ext.prefix_len + ext.suffix_len} is longer than "
+                f"data.seq_len = {self.data.seq_len}; lower them or raise data.seq_len."
+            )
+        if not 1 <= self.hard.prefix_len < self.data.seq_len:
+            raise ConfigError(
+                f"hard.prefix_len = {self.hard.prefix_len} must be between 1 and data.seq_len - 1 = {self.data.seq_len - 1}."
+            )
+        if not self.seeds:
+            raise ConfigError("seeds must list at least one seed, e.g. seeds=[0].")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must not repeat: {self.seeds}.")
+        if self.soft.kind not in ("forward_kl", "reverse_kl", "jsd", "tvd"):
+            raise ConfigError(
+                f"soft.kind = {self.soft.kind!r} is unknown; use forward_kl, reverse_kl, jsd or tvd."
+            )
+        if self.soft.temperature <= 0:
+            raise ConfigError(f"soft.temperature must be positive, got {self.soft.temperature}.")
+        if self.data.num_examples is not None and self.data.num_examples < 1:
+            raise ConfigError("data.num_examples must be at least 1 (or null for every sequence).")
+        if self.data.seq_len < 2:
+            raise ConfigError("data.seq_len must be at least 2.")
+        uses_embedded = [m.model for m in (self.teacher, self.student) if m.model.startswith("builtin:")]
+        if uses_embedded and self.embedded.seq_len < self.data.seq_len:
+            raise ConfigError(
+                f"embedded.seq_len = {self.embedded.seq_len} is shorter than data.seq_len = {self.data.seq_len}; "
+                "the embedded models would see positions they were never trained on. Raise embedded.seq_len."
+            )
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field's annotation; convert only where no information is lost."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {annotation.__name__} fields, got {value!r}.")
+        return _from_dict(annotation, value, prefix=key + ".")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}.")
+        return dict(value)
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}.")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}.")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "5e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}.")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}.")
+    raise ConfigError(f"{key}: unsupported type {annotation!r}.")
+
+
+def _unknown_key(prefix: str, key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {prefix}{close[0]}?" if close else f" Valid keys here: {', '.join(sorted(valid))}."
+    return ConfigError(f"Unknown config key {prefix}{key!r}.{hint}")
+
+
+def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = _field_types(cls)
+    default = cls()
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise _unknown_key(prefix, key, valid)
+        current = getattr(default, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            # Nested sections merge into the defaults, so a file lists only what differs.
+            merged = dataclasses.asdict(current)
+            _deep_update(merged, value)
+            kwargs[key] = _coerce(merged, hints[key], prefix + key)
+        else:
+            kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return dataclasses.replace(default, **kwargs)
+
+
+def _deep_update(target: dict, updates: dict) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict) and key != "extra_args":
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"Cannot read config file {path}: {error.strerror}. Check the path.") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config file {path} is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of keys, got {type(values).__name__}.")
+    return values
+
+
+def available_presets() -> list[str]:
+    folder = resources.files("kdmem") / "presets"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    presets = available_presets()
+    if name not in presets:
+        close = difflib.get_close_matches(name, presets, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"Unknown preset {name!r}.{hint} Available: {', '.join(presets)}.")
+    resource = resources.files("kdmem") / "presets" / f"{name}.yaml"
+    with resources.as_file(resource) as path:
+        return _read_yaml(path)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"data.seq_len=128"`` -> (["data", "seq_len"], 128); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"Override {text!r} must look like key=value, e.g. data.num_examples=200.")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"Override {text!r} has no key before '='.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_path(values: dict[str, Any], path: list[str], value: Any) -> None:
+    node = values
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Cannot set {'.'.join(path)}: {part} is not a section.")
+    node[path[-1]] = value
+
+
+def _check_path(path: list[str]) -> None:
+    """Reject an override whose key does not exist, before it is merged anywhere."""
+    cls: Any = ExperimentConfig
+    prefix = ""
+    for i, part in enumerate(path):
+        hints = _field_types(cls)
+        if part not in hints:
+            raise _unknown_key(prefix, part, list(hints))
+        annotation = hints[part]
+        if part == "extra_args":
+            return
+        prefix += part + "."
+        if dataclasses.is_dataclass(annotation):
+            cls = annotation
+        elif i < len(path) - 1:
+            raise ConfigError(f"{prefix.rstrip('.')} is a value, not a section; {'.'.join(path)} does not exist.")
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """Build a validated config: defaults, then a preset, then a YAML file, then ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if preset:
+        _deep_update(values, preset_values(preset))
+    if path:
+        _deep_update(values, _read_yaml(Path(path)))
+    if isinstance(overrides, dict):
+        pairs = [(key.split("."), value) for key, value in overrides.items()]
+    else:
+        pairs = [parse_override(text) for text in overrides or []]
+    for key_path, value in pairs:
+        _check_path(key_path)
+        _set_path(values, key_path, value)
+    if preset and "name" not in values:
+        values["name"] = preset
+    config = _from_dict(ExperimentConfig, values)
+    config.validate()
+    return config
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: ExperimentConfig, path: Path) -> None:
+    from kdmem.io import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,28 @@
+"""Data: where text comes from and how it becomes the fixed-length training set D."""
+
+from kdmem.data.builtin import python_docs
+from kdmem.data.sequences import (
+    SequenceSplits,
+    as_tensor,
+    as_training_dataset,
+    example_id,
+    pack_sequences,
+    prepare_sequences,
+    read_sequences,
+    write_sequences,
+)
+from kdmem.data.sources import DataError, load_documents
+
+__all__ = [
+    "DataError",
+    "SequenceSplits",
+    "as_tensor",
+    "as_training_dataset",
+    "example_id",
+    "load_documents",
+    "pack_sequences",
+    "prepare_sequences",
+    "python_docs",
+    "read_sequences",
+    "write_sequences",
+]

@@ -1,0 +1,138 @@
+"""From documents to D: tokenize, pack into fixed-length sequences, name each one, split, cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import torch
+
+from kdmem.config import DataConfig
+from kdmem.data.sources import DataError, load_documents, source_fingerprint
+from kdmem.io import atomic_dir, cache_dir, write_parquet_atomic
+
+TOKENIZE_BATCH = 1000
+"""Documents per ``datasets.map`` batch; packing drops each batch's last partial sequence."""
+
+
+@dataclass
+class SequenceSplits:
+    """D and its held-out validation split, each a frame of ``example_id`` and ``input_ids``."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+
+
+def example_id(input_ids) -> str:
+    """A stable name for a sequence, derived from its tokens alone (16 hex digits of SHA-256)."""
+    return hashlib.sha256(np.asarray(input_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{text}|eos={tokenizer.eos_token_id}".encode()).hexdigest()[:16]
+
+
+def _packer(tokenizer, seq_len: int):
+    eos = tokenizer.eos_token_id
+
+    def pack(batch):
+        encoded = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        stream: list[int] = []
+        for ids in encoded:
+            stream.extend(ids)
+            if eos is not None:
+                stream.append(eos)
+        usable = len(stream) - len(stream) % seq_len
+        return {"input_ids": [stream[i : i + seq_len] for i in range(0, usable, seq_len)]}
+
+    return pack
+
+
+def pack_sequences(documents, tokenizer, seq_len: int, limit: int | None = None, dedupe: bool = True) -> pd.DataFrame:
+    """Tokenize (batched ``datasets.map``), concatenate with end-of-text between documents, cut.
+
+    Stops reading the source once ``limit`` sequences are collected, so a streamed hub dataset is
+    read only as far as needed.
+    """
+    if isinstance(documents, datasets.Dataset):
+        documents = documents.to_iterable_dataset()
+    packed = documents.map(_packer(tokenizer, seq_len), batched=True, batch_size=TOKENIZE_BATCH, remove_columns=["text"])
+    ids, rows, seen = [], [], set()
+    for row in packed:
+        name = example_id(row["input_ids"])
+        if dedupe and name in seen:
+            continue
+        seen.add(name)
+        ids.append(name)
+        rows.append(np.asarray(row["input_ids"], dtype=np.int32))
+        if limit is not None and len(rows) >= limit:
+            break
+    return pd.DataFrame({"example_id": ids, "input_ids": rows})
+
+
+def _cache_key(cfg: DataConfig, tokenizer) -> str:
+    key = dataclasses.asdict(cfg) | {"source": source_fingerprint(cfg), "tokenizer": tokenizer_fingerprint(tokenizer)}
+    key.pop("streaming")
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
+    """D and validation for a data config and tokenizer; cached on disk by source, tokenizer and shape."""
+    folder = cache_dir() / "data" / _cache_key(cfg, tokenizer)
+    if (folder / "train.parquet").exists():
+        return SequenceSplits(read_sequences(folder / "train.parquet"), read_sequences(folder / "validation.parquet"))
+    wanted = None if cfg.num_examples is None else cfg.num_examples + cfg.validation_examples
+    sequences = pack_sequences(load_documents(cfg), tokenizer, cfg.seq_len, limit=wanted, dedupe=cfg.dedupe)
+    available = len(sequences)
+    if available == 0:
+        raise DataError(
+            f"{cfg.source} yields no sequence of {cfg.seq_len} tokens: it is empty or its texts are too short. "
+            "Check data.source, or lower data.seq_len."
+        )
+    if wanted is not None and available < wanted:
+        raise DataError(
+            f"{cfg.source} yields only {available} distinct sequences of {cfg.seq_len} tokens, but "
+            f"data.num_examples={cfg.num_examples} plus data.validation_examples={cfg.validation_examples} "
+            f"= {wanted} are needed. Lower data.num_examples, or use a larger source."
+        )
+    if available <= cfg.validation_examples:
+        raise DataError(
+            f"{cfg.source} yields {available} sequences, not more than data.validation_examples="
+            f"{cfg.validation_examples}; nothing would be left to train on. Lower data.validation_examples."
+        )
+    order = np.random.default_rng(cfg.seed).permutation(available)
+    validation = sequences.iloc[order[: cfg.validation_examples]].reset_index(drop=True)
+    train = sequences.iloc[order[cfg.validation_examples :]].reset_index(drop=True)
+    with atomic_dir(folder) as tmp:
+        write_sequences(tmp / "train.parquet", train)
+        write_sequences(tmp / "validation.parquet", validation)
+    return SequenceSplits(train, validation)
+
+
+def write_sequences(path: Path, frame: pd.DataFrame) -> None:
+    write_parquet_atomic(path, frame[["example_id", "input_ids"]])
+
+
+def read_sequences(path: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(path)
+    frame["input_ids"] = [np.asarray(ids, dtype=np.int32) for ids in frame["input_ids"]]
+    return frame
+
+
+def as_tensor(frame: pd.DataFrame) -> torch.Tensor:
+    """(num_examples, seq_len) int64 token ids."""
+    return torch.from_numpy(np.stack(frame["input_ids"].to_numpy()).astype(np.int64))
+
+
+def as_training_dataset(frame: pd.DataFrame) -> datasets.Dataset:
+    """A ``datasets.Dataset`` of ``input_ids`` that ``transformers.Trainer`` can batch."""
+    dataset = datasets.Dataset.from_dict({"input_ids": [ids.tolist() for ids in frame["input_ids"]]})
+    return dataset.with_format("torch")

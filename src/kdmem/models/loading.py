@@ -1,0 +1,65 @@
+"""Loading any causal LM and its tokenizer by hub name or local path, safely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+
+class ModelError(ValueError):
+    """A model that cannot be used; the message names the problem and the fix."""
+
+
+def _check_local(name_or_path: str) -> None:
+    path = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
+    if not looks_local:
+        return
+    if not path.is_dir():
+        raise ModelError(f"Model path {path} does not exist or is not a folder. Give a save_pretrained folder or a hub name.")
+    if not (path / "config.json").exists():
+        raise ModelError(
+            f"{path} is not a model folder: it has no config.json. Save a model there with "
+            "`model.save_pretrained(path)` and `tokenizer.save_pretrained(path)`, or give a hub name."
+        )
+
+
+def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    _check_local(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        # Sequences are fixed-length, so padding only matters to batched generation; any id works.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | str | None = None,
+) -> PreTrainedModel:
+    """A causal LM from safetensors weights only; no pickled checkpoint is ever loaded."""
+    _check_local(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        dtype=dtype if dtype is not None else torch.float32,
+    )
+    return model
+
+
+def check_same_vocabulary(teacher_tokenizer, student_tokenizer) -> None:
+    """Soft distillation compares distributions token by token: both models must share a vocabulary."""
+    teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if teacher_vocab != student_vocab:
+        raise ModelError(
+            f"Teacher and student vocabularies differ (teacher {len(teacher_vocab)} tokens, student "
+            f"{len(student_vocab)} tokens). Soft distillation needs models of one family that share a "
+            "tokenizer (e.g. Pythia-12B and Pythia-1.4B)."
+        )

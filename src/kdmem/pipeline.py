@@ -1,0 +1,273 @@
+"""``kdmem run``: the paper's pipeline, stage by stage, skipping every stage whose output exists.
+
+    bases -> data -> teacher -> baseline -> soft student -> hard data -> hard student
+          -> evaluation (validation loss, memorization) -> summary and headline table
+
+Every output is written under a temporary name and renamed when whole, so a killed run leaves
+no half-written file and a rerun on the same folder continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, save_config
+from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
+from kdmem.io import atomic_dir, write_json_atomic, write_parquet_atomic
+from kdmem.memorization import extract_memorized
+from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
+from kdmem.report import headline_table
+from kdmem.train import distill, fine_tune, greedy_continuations, resolve_model_name, validation_loss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunLayout:
+    """Where each output of a run lives."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / "run.json"
+
+    def data(self, split: str) -> Path:
+        return self.root / "data" / f"{split}.parquet"
+
+    def model(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def model_done(self, name: str) -> Path:
+        """Written last into a model's folder, so its presence means the model is whole."""
+        return self.model(name) / "kdmem_stage.json"
+
+    def memorization(self, name: str) -> Path:
+        return self.root / "memorization" / f"{name}.parquet"
+
+    def evaluation(self, name: str) -> Path:
+        return self.root / "evaluation" / f"{name}.json"
+
+    def work(self, name: str) -> Path:
+        return self.root / "work" / name
+
+
+@dataclass
+class StageClock:
+    """Wall time of every stage, kept across reruns (a skipped stage keeps its first time)."""
+
+    path: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.path.exists():
+            self.seconds = json.loads(self.path.read_text()).get("stage_seconds", {})
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = round(seconds, 2)
+
+
+def seed_suffix(seed: int, config: ExperimentConfig) -> str:
+    return "" if seed == config.seeds[0] else f"-seed{seed}"
+
+
+def model_names(config: ExperimentConfig) -> list[str]:
+    """Every model a run trains, in order: teacher, then baseline, soft and hard for each seed."""
+    names = ["teacher"]
+    for kind in ("baseline", "soft", "hard"):
+        names += [kind + seed_suffix(seed, config) for seed in config.seeds]
+    return names
+
+
+def _check_output(layout: RunLayout, config: ExperimentConfig, overwrite: bool) -> None:
+    if not layout.config.exists():
+        return
+    previous = yaml.safe_load(layout.config.read_text(encoding="utf-8"))
+    current = config_to_dict(config)
+    if previous == current:
+        return
+    if not overwrite:
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        raise ConfigError(
+            f"{layout.root} holds a run with a different config (sections that differ: {', '.join(changed)}). "
+            "Use another --output, or pass --overwrite to discard that run."
+        )
+    import shutil
+
+    shutil.rmtree(layout.root)
+
+
+def _save_model(model, tokenizer, path: Path, info: dict) -> None:
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "kdmem_stage.json", info)
+
+
+def _provenance(config: ExperimentConfig, clock: StageClock) -> dict:
+    import accelerate
+    import datasets
+    import transformers
+
+    import kdmem
+
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        revision = None
+    return {
+        "kdmem": kdmem.__version__,
+        "git_revision": revision,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "datasets": datasets.__version__,
+            "accelerate": accelerate.__version__,
+        },
+        "hardware": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        },
+        "seeds": config.seeds,
+        "stage_seconds": clock.seconds,
+    }
+
+
+def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite: bool = False) -> dict:
+    """Run (or finish) the experiment in ``output`` (default ``runs/NAME``); return the summary."""
+    config.validate()
+    layout = RunLayout(Path(output) if output else Path("runs") / config.name)
+    _check_output(layout, config, overwrite)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_config(config, layout.config)
+    clock = StageClock(layout.provenance)
+
+    def stage(name: str, done_marker: Path, action) -> None:
+        if done_marker.exists():
+            logger.info("[%s] done already: %s", name, done_marker)
+            return
+        logger.info("[%s] running", name)
+        start = time.perf_counter()
+        action()
+        clock.record(name, time.perf_counter() - start)
+        write_json_atomic(layout.provenance, _provenance(config, clock))
+
+    # Bases: hub names pass through; builtin names are built (once, cached) here.
+    start = time.perf_counter()
+    teacher_base = resolve_model_name(config.teacher.model, config.embedded)
+    student_base = resolve_model_name(config.student.model, config.embedded)
+    clock.seconds.setdefault("bases", round(time.perf_counter() - start, 2))
+    tokenizer = load_tokenizer(teacher_base, revision=config.teacher.revision, trust_remote_code=config.teacher.trust_remote_code)
+    student_tokenizer = load_tokenizer(student_base, revision=config.student.revision, trust_remote_code=config.student.trust_remote_code)
+    check_same_vocabulary(tokenizer, student_tokenizer)
+
+    def make_data():
+        splits = prepare_sequences(config.data, tokenizer)
+        write_sequences(layout.data("validation"), splits.validation)
+        write_sequences(layout.data("train"), splits.train)  # written last: its presence marks the stage done
+
+    stage("data", layout.data("train"), make_data)
+    train = read_sequences(layout.data("train"))
+    validation = read_sequences(layout.data("validation"))
+    logger.info("D: %d training and %d validation sequences of %d tokens", len(train), len(validation), config.data.seq_len)
+
+    def load_base(spec, base):
+        return load_model(base, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+
+    def train_ce(name: str, spec_base, base: str, training, data: pd.DataFrame, seed: int, stage_kind: str):
+        def action():
+            model = fine_tune(load_base(spec_base, base), data, training, layout.work(name), seed)
+            _save_model(model, tokenizer, layout.model(name), {"stage": stage_kind, "seed": seed, "base": base})
+
+        stage(name, layout.model_done(name), action)
+
+    train_ce("teacher", config.teacher, teacher_base, config.teacher.training, train, config.seeds[0], "teacher")
+    teacher_cache: dict = {}
+
+    def teacher_model():
+        if "model" not in teacher_cache:
+            teacher_cache["model"] = load_model(str(layout.model("teacher")))
+        return teacher_cache["model"]
+
+    for seed in config.seeds:
+        suffix = seed_suffix(seed, config)
+        train_ce("baseline" + suffix, config.student, student_base, config.student.training, train, seed, "baseline")
+
+        def soft_action(name="soft" + suffix, seed=seed):
+            student = distill(load_base(config.student, student_base), teacher_model(), train, config.soft, layout.work(name), seed)
+            _save_model(student, tokenizer, layout.model(name), {"stage": "soft", "seed": seed, "base": student_base})
+
+        stage("soft" + suffix, layout.model_done("soft" + suffix), soft_action)
+
+    def make_hard_data():
+        generated = greedy_continuations(
+            teacher_model(), as_tensor(train), config.hard.prefix_len, config.data.seq_len, config.hard.generation_batch_size, desc="hard data"
+        )
+        hard = pd.DataFrame({"example_id": train["example_id"], "input_ids": list(generated.numpy().astype("int32"))})
+        write_sequences(layout.data("hard"), hard)
+
+    stage("hard_data", layout.data("hard"), make_hard_data)
+    hard_train = read_sequences(layout.data("hard"))
+    for seed in config.seeds:
+        suffix = seed_suffix(seed, config)
+        train_ce("hard" + suffix, config.student, student_base, config.hard.training, hard_train, seed, "hard")
+
+    teacher_cache.clear()
+    ext = config.extraction
+    for name in model_names(config):
+
+        def evaluate(name=name):
+            model = load_model(str(layout.model(name)))
+            verdicts = extract_memorized(model, train, ext.prefix_len, ext.suffix_len, ext.batch_size, desc=f"extract {name}")
+            write_parquet_atomic(layout.memorization(name), verdicts)
+            loss = validation_loss(model, validation, batch_size=ext.batch_size)
+            memorized = int(verdicts["memorized"].sum())
+            write_json_atomic(
+                layout.evaluation(name),
+                {
+                    "memorized": memorized,
+                    "examples": len(verdicts),
+                    "rate": memorized / len(verdicts),
+                    "val_loss": loss,
+                    "val_ppl": math.exp(loss),
+                },
+            )
+
+        stage(f"evaluate:{name}", layout.evaluation(name), evaluate)
+
+    summary = {
+        "name": config.name,
+        "models": {name: json.loads(layout.evaluation(name).read_text()) for name in model_names(config)},
+        "extraction": {"prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len},
+        "data": {"train_examples": len(train), "validation_examples": len(validation), "seq_len": config.data.seq_len},
+        "stage_seconds": clock.seconds,
+    }
+    write_json_atomic(layout.summary, summary)
+    write_json_atomic(layout.provenance, _provenance(config, clock))
+    logger.info("\n%s", headline_table(summary))
+    return summary

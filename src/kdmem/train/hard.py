@@ -1,0 +1,42 @@
+"""Hard distillation's data: the teacher's greedy continuation of every training prefix."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel
+
+
+def greedy_config(new_tokens: int, pad_token_id: int | None) -> GenerationConfig:
+    """Greedy decoding of exactly ``new_tokens`` tokens.
+
+    ``eos_token_id`` is cleared so that decoding neither stops at end-of-text nor suppresses it;
+    ``min_new_tokens`` would suppress it and so change the greedy path.
+    """
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=new_tokens,
+        eos_token_id=None,
+        pad_token_id=pad_token_id if pad_token_id is not None else 0,
+        bos_token_id=None,
+    )
+
+
+@torch.no_grad()
+def greedy_continuations(
+    model: PreTrainedModel, input_ids: torch.Tensor, prefix_len: int, total_len: int, batch_size: int = 64, desc: str = "generate"
+) -> torch.Tensor:
+    """(N, total_len) ids: each row's first ``prefix_len`` tokens, then the model's greedy continuation.
+
+    Batched with the KV cache; every prefix has the same length, so nothing is padded.
+    """
+    model.eval()
+    config = greedy_config(total_len - prefix_len, model.config.pad_token_id)
+    device = model.device
+    outputs = []
+    for start in tqdm(range(0, input_ids.shape[0], batch_size), desc=desc, unit="batch"):
+        prefix = input_ids[start : start + batch_size, :prefix_len].to(device)
+        generated = model.generate(prefix, attention_mask=torch.ones_like(prefix), generation_config=config)
+        outputs.append(generated.cpu())
+    return torch.cat(outputs) if outputs else input_ids.new_zeros((0, total_len))

@@ -1,0 +1,143 @@
+"""Training on ``transformers.Trainer``: cross-entropy fine-tuning and soft distillation.
+
+Both stages are a ``Trainer`` run, so ``accelerate launch`` (DDP, FSDP, DeepSpeed), bf16,
+gradient accumulation, checkpoints and ``report_to`` logging come from the ecosystem. The only
+new part is ``DistillationTrainer.compute_loss``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+
+from kdmem.config import SoftDistillConfig, TrainingConfig
+from kdmem.data import as_training_dataset
+from kdmem.losses import distillation_loss
+
+
+def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=float(cfg.warmup_ratio),  # a float below 1 is a share of all steps
+        weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        bf16=cfg.bf16,
+        logging_steps=cfg.logging_steps,
+        report_to=cfg.report_to,
+        save_strategy=cfg.extra_args.get("save_strategy", "no"),
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **{k: v for k, v in cfg.extra_args.items() if k != "save_strategy"},
+    )
+
+
+def causal_lm_collator(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Fixed-length sequences need no padding: labels are the inputs (the model shifts them)."""
+    input_ids = torch.stack([torch.as_tensor(row["input_ids"], dtype=torch.long) for row in rows])
+    return {"input_ids": input_ids, "labels": input_ids.clone()}
+
+
+def _run(trainer_cls, model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, **extra) -> PreTrainedModel:
+    set_seed(seed)
+    trainer = trainer_cls(
+        model=model,
+        args=training_arguments(cfg, work_dir, seed),
+        train_dataset=as_training_dataset(train),
+        data_collator=causal_lm_collator,
+        **extra,
+    )
+    trainer.train()
+    return trainer.model
+
+
+def fine_tune(model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int) -> PreTrainedModel:
+    """Next-token cross-entropy on every sequence of ``train`` (teacher, baseline, hard student)."""
+    return _run(Trainer, model, train, cfg, work_dir, seed)
+
+
+class DistillationTrainer(Trainer):
+    """A ``Trainer`` whose loss is a divergence from a frozen teacher's next-token distributions.
+
+    The loss is summed over tokens and divided by the token count of the whole accumulation
+    window (``num_items_in_batch``, which the Trainer gathers across processes), so a step's
+    gradient does not depend on how the window is split into micro-batches or processes.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, teacher: PreTrainedModel, distill: SoftDistillConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Make the Trainer count the window's tokens whatever the model's forward accepts.
+        self.model_accepts_loss_kwargs = True
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.distill = distill
+        self.teacher.to(self.args.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        with torch.no_grad():
+            teacher_logits = self.teacher(**inputs).logits
+        student_logits = outputs.logits
+        # Position i predicts token i+1: the last position has no target in D, as in cross-entropy.
+        vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])  # embedding rows past the tokenizer are padding
+        student_logits = student_logits[:, :-1, :vocab]
+        teacher_logits = teacher_logits[:, :-1, :vocab]
+        mask = labels[:, 1:].ne(-100)
+        total = distillation_loss(
+            student_logits,
+            teacher_logits,
+            kind=self.distill.kind,
+            temperature=self.distill.temperature,
+            mask=mask,
+            jsd_beta=self.distill.jsd_beta,
+            reduction="sum",
+        )
+        if self.distill.ce_weight:
+            nll = torch.nn.functional.cross_entropy(
+                outputs.logits[:, :-1].reshape(-1, outputs.logits.shape[-1]).float(),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            total = total + self.distill.ce_weight * nll
+        if num_items_in_batch is None:  # evaluation: one batch at a time
+            loss = total / mask.sum().clamp_min(1)
+        else:
+            loss = total / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                # num_items_in_batch counts every process's tokens, and DDP averages gradients over processes.
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+
+def distill(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    train: pd.DataFrame,
+    cfg: SoftDistillConfig,
+    work_dir: Path,
+    seed: int,
+) -> PreTrainedModel:
+    """Soft distillation of ``student`` from ``teacher`` on every sequence of ``train``."""
+    return _run(DistillationTrainer, student, train, cfg.training, work_dir, seed, teacher=teacher, distill=cfg)
+
+
+def validation_loss(model: PreTrainedModel, sequences: pd.DataFrame, batch_size: int = 32) -> float:
+    """Mean next-token cross-entropy (nats per token) over ``sequences``, through ``Trainer.evaluate``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, report_to="none", disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, data_collator=causal_lm_collator)
+        metrics = trainer.evaluate(eval_dataset=as_training_dataset(sequences))
+    return float(metrics["eval_loss"])
