@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel
@@ -23,6 +26,17 @@ def greedy_config(new_tokens: int, pad_token_id: int | None) -> GenerationConfig
     )
 
 
+@contextlib.contextmanager
+def end_of_text_cleared(model: PreTrainedModel) -> Iterator[None]:
+    """``generate`` fills an unset ``eos_token_id`` from the model's own generation config, so clear it there too."""
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None
+    try:
+        yield
+    finally:
+        model.generation_config.eos_token_id = saved
+
+
 @torch.no_grad()
 def greedy_continuations(
     model: PreTrainedModel, input_ids: torch.Tensor, prefix_len: int, total_len: int, batch_size: int = 64, desc: str = "generate"
@@ -35,8 +49,9 @@ def greedy_continuations(
     config = greedy_config(total_len - prefix_len, model.config.pad_token_id)
     device = model.device
     outputs = []
-    for start in tqdm(range(0, input_ids.shape[0], batch_size), desc=desc, unit="batch"):
-        prefix = input_ids[start : start + batch_size, :prefix_len].to(device)
-        generated = model.generate(prefix, attention_mask=torch.ones_like(prefix), generation_config=config)
-        outputs.append(generated.cpu())
+    with end_of_text_cleared(model):
+        for start in tqdm(range(0, input_ids.shape[0], batch_size), desc=desc, unit="batch"):
+            prefix = input_ids[start : start + batch_size, :prefix_len].to(device)
+            generated = model.generate(prefix, attention_mask=torch.ones_like(prefix), generation_config=config)
+            outputs.append(generated.cpu())
     return torch.cat(outputs) if outputs else input_ids.new_zeros((0, total_len))

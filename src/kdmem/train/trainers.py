@@ -137,7 +137,10 @@ def distill(
 def validation_loss(model: PreTrainedModel, sequences: pd.DataFrame, batch_size: int = 32) -> float:
     """Mean next-token cross-entropy (nats per token) over ``sequences``, through ``Trainer.evaluate``."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, report_to="none", disable_tqdm=True)
+        args = TrainingArguments(
+            output_dir=tmp, per_device_eval_batch_size=batch_size, report_to="none", disable_tqdm=True,
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
         trainer = Trainer(model=model, args=args, data_collator=causal_lm_collator)
         metrics = trainer.evaluate(eval_dataset=as_training_dataset(sequences))
     return float(metrics["eval_loss"])

@@ -1,0 +1,63 @@
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Tests build their own embedded models and data caches, never touching the user's."""
+    path = tmp_path_factory.mktemp("kdmem-cache")
+    previous = os.environ.get("KDMEM_CACHE")
+    os.environ["KDMEM_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("KDMEM_CACHE", None)
+    else:
+        os.environ["KDMEM_CACHE"] = previous
+
+
+TINY_OVERRIDES = [
+    "data.num_examples=48",
+    "data.validation_examples=16",
+    "embedded.pretrain_tokens=8000",
+    "embedded.vocab_size=512",
+    "teacher.training.epochs=2",
+    "student.training.epochs=2",
+    "soft.training.epochs=2",
+    "hard.training.epochs=2",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """The smoke preset, shrunk further: the whole pipeline in seconds."""
+    from kdmem.config import load_config
+
+    return load_config(preset="smoke", overrides=TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def tiny_bases(tiny_config):
+    from kdmem.train import embedded_bases
+
+    return embedded_bases(tiny_config.embedded)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_config, tiny_bases):
+    from kdmem.data import prepare_sequences
+    from kdmem.models import load_tokenizer
+
+    return prepare_sequences(tiny_config.data, load_tokenizer(str(tiny_bases["teacher"])))
+
+
+@pytest.fixture(scope="session")
+def memorizing_model(tiny_bases, tiny_data, tmp_path_factory):
+    """The tiny student base fine-tuned hard on D: it memorizes some examples and not others."""
+    from kdmem.config import TrainingConfig
+    from kdmem.models import load_model
+    from kdmem.train import fine_tune
+
+    model = load_model(str(tiny_bases["teacher"]))
+    cfg = TrainingConfig(epochs=30, learning_rate=5e-3, batch_size=16)
+    return fine_tune(model, tiny_data.train, cfg, tmp_path_factory.mktemp("memorizing"), seed=0).eval()

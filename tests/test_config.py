@@ -1,0 +1,56 @@
+import pytest
+
+from kdmem.config import ConfigError, ExperimentConfig, available_presets, load_config, save_config
+
+
+def test_defaults_are_the_embedded_experiment():
+    config = load_config()
+    assert config == ExperimentConfig()
+    assert config.teacher.model == "builtin:tiny-teacher" and config.data.source == "builtin:python-docs"
+    assert {"default", "smoke"} <= set(available_presets())
+
+
+def test_overrides_are_typed():
+    config = load_config(
+        preset="smoke",
+        overrides=["data.source=./my.jsonl", "data.seq_len=32", "seeds=[0,1,2]", "soft.temperature=3", "teacher.training.learning_rate=5e-5", "data.num_examples=null"],
+    )
+    assert config.name == "smoke"
+    assert config.data.source == "./my.jsonl" and config.data.seq_len == 32
+    assert config.seeds == [0, 1, 2]
+    assert config.soft.temperature == 3.0 and isinstance(config.soft.temperature, float)
+    assert config.teacher.training.learning_rate == 5e-5
+    assert config.data.num_examples is None
+    # the preset's other values survive a partial override of the same section
+    assert config.teacher.training.epochs == load_config(preset="smoke").teacher.training.epochs
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"Did you mean data\.seq_len\?"):
+        load_config(overrides=["data.seq_lem=12"])
+    with pytest.raises(ConfigError, match=r"Did you mean extraction\?"):
+        load_config(overrides=["extracton.prefix_len=3"])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher:\n  modle: EleutherAI/pythia-12b\n")
+    with pytest.raises(ConfigError, match=r"Did you mean teacher\.model\?"):
+        load_config(path)
+
+
+def test_wrong_types_and_inconsistent_values():
+    with pytest.raises(ConfigError, match="data.seq_len must be an integer"):
+        load_config(overrides=["data.seq_len=long"])
+    with pytest.raises(ConfigError, match="longer than data.seq_len"):
+        load_config(overrides=["extraction.prefix_len=50", "extraction.suffix_len=50", "data.seq_len=64"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(overrides=["data.seq_len"])
+    with pytest.raises(ConfigError, match="Unknown preset 'smok'. Did you mean 'smoke'"):
+        load_config(preset="smok")
+
+
+def test_yaml_round_trip(tmp_path):
+    config = load_config(preset="smoke", overrides=["seeds=[3,4]"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config

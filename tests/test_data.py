@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdmem.config import DataConfig
+from kdmem.data import DataError, example_id, load_documents, pack_sequences, prepare_sequences, python_docs
+from kdmem.models import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bases):
+    return load_tokenizer(str(tiny_bases["teacher"]))
+
+
+def test_builtin_corpus_parts_are_disjoint_and_real():
+    private, public = python_docs("private"), python_docs("public")
+    assert len(private) > 500 and len(public) > 1000
+    assert not set(private) & set(public)
+    assert sum(map(len, public)) > 2 * sum(map(len, private))
+    assert any("lambda" in text for text in public + private)  # the language reference is in there
+
+
+def test_packing_makes_fixed_length_named_sequences(tokenizer):
+    import datasets
+
+    documents = datasets.Dataset.from_dict({"text": ["the quick brown fox " * 20, "jumps over the lazy dog " * 30]})
+    frame = pack_sequences(documents, tokenizer, seq_len=16)
+    assert len(frame) > 3
+    assert all(len(ids) == 16 for ids in frame["input_ids"])
+    assert list(frame["example_id"]) == [example_id(ids) for ids in frame["input_ids"]]
+    stream = tokenizer("the quick brown fox " * 20, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert frame["input_ids"][0].tolist() == stream[:16]
+    capped = pack_sequences(documents, tokenizer, seq_len=16, limit=2)
+    assert len(capped) == 2
+
+
+def test_dedupe_drops_exact_repeats(tokenizer):
+    import datasets
+
+    documents = datasets.Dataset.from_dict({"text": ["same text again " * 4] * 10})
+    with_repeats = pack_sequences(documents, tokenizer, seq_len=8, dedupe=False)
+    deduped = pack_sequences(documents, tokenizer, seq_len=8, dedupe=True)
+    assert len(deduped) < len(with_repeats)
+    assert deduped["example_id"].is_unique
+
+
+def test_example_id_depends_on_tokens_only():
+    assert example_id([1, 2, 3]) == example_id(np.array([1, 2, 3], dtype=np.int32))
+    assert example_id([1, 2, 3]) != example_id([1, 2, 4])
+    assert len(example_id([5])) == 16
+
+
+def test_local_formats(tmp_path, tokenizer):
+    texts = [f"Document number {i} talks about item {i * 7} at length. " * 5 for i in range(30)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"body": t}) for t in texts))
+    (tmp_path / "d.txt").write_text("\n\n".join(texts))
+    pd.DataFrame({"text": texts}).to_parquet(tmp_path / "d.parquet")
+    lengths = []
+    for name, field in (("d.jsonl", "body"), ("d.txt", "text"), ("d.parquet", "text")):
+        documents = load_documents(DataConfig(source=str(tmp_path / name), text_field=field))
+        assert list(documents["text"]) == texts
+        lengths.append(len(pack_sequences(documents, tokenizer, seq_len=16)))
+    assert lengths[0] == lengths[1] == lengths[2] > 10
+
+
+def test_missing_text_field_and_missing_path(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
+    with pytest.raises(DataError, match=r"no text field 'text'; its columns are \['content'\]"):
+        load_documents(DataConfig(source=str(tmp_path / "d.jsonl")))
+    with pytest.raises(DataError, match="does not exist"):
+        load_documents(DataConfig(source=str(tmp_path / "nope.jsonl")))
+
+
+def test_prepare_splits_caches_and_refuses_too_little(tmp_path, tokenizer):
+    cfg = DataConfig(seq_len=32, num_examples=40, validation_examples=10)
+    splits = prepare_sequences(cfg, tokenizer)
+    assert (len(splits.train), len(splits.validation)) == (40, 10)
+    assert not set(splits.train["example_id"]) & set(splits.validation["example_id"])
+    again = prepare_sequences(cfg, tokenizer)
+    assert list(again.train["example_id"]) == list(splits.train["example_id"])
+    with pytest.raises(DataError, match="Lower data.num_examples"):
+        prepare_sequences(DataConfig(seq_len=32, num_examples=10**7), tokenizer)
+    (tmp_path / "short.jsonl").write_text(json.dumps({"text": "hi"}) + "\n")
+    with pytest.raises(DataError, match="yields no sequence"):
+        prepare_sequences(DataConfig(source=str(tmp_path / "short.jsonl"), seq_len=32), tokenizer)

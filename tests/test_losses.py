@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from kdmem.losses import KINDS, distillation_loss
+
+
+def textbook(student, teacher, kind, temperature, beta=0.5):
+    """One token at a time, in float64, straight from the definitions."""
+    values = []
+    for s_row, t_row in zip(student.double().reshape(-1, student.shape[-1]), teacher.double().reshape(-1, teacher.shape[-1])):
+        p_s = [math.exp(v / temperature) for v in s_row.tolist()]
+        p_t = [math.exp(v / temperature) for v in t_row.tolist()]
+        z_s, z_t = sum(p_s), sum(p_t)
+        p_s = [v / z_s for v in p_s]
+        p_t = [v / z_t for v in p_t]
+        if kind == "forward_kl":
+            value = sum(t * math.log(t / s) for t, s in zip(p_t, p_s))
+        elif kind == "reverse_kl":
+            value = sum(s * math.log(s / t) for t, s in zip(p_t, p_s))
+        elif kind == "jsd":
+            m = [beta * t + (1 - beta) * s for t, s in zip(p_t, p_s)]
+            value = beta * sum(t * math.log(t / mm) for t, mm in zip(p_t, m)) + (1 - beta) * sum(
+                s * math.log(s / mm) for s, mm in zip(p_s, m)
+            )
+        else:
+            value = 0.5 * sum(abs(t - s) for t, s in zip(p_t, p_s))
+        values.append(value * temperature**2)
+    return torch.tensor(values, dtype=torch.float64).reshape(student.shape[:-1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 4.0])
+def test_matches_textbook_with_mask(kind, temperature):
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 5, 11) * 3, torch.randn(3, 5, 11) * 3
+    mask = torch.rand(3, 5) > 0.4
+    expected = textbook(student, teacher, kind, temperature, beta=0.3)
+    got = distillation_loss(student, teacher, kind, temperature, mask, jsd_beta=0.3, chunk_size=4)
+    assert got.item() == pytest.approx(expected[mask].mean().item(), rel=1e-5, abs=1e-6)
+    per_token = distillation_loss(student, teacher, kind, temperature, mask, jsd_beta=0.3, reduction="none")
+    torch.testing.assert_close(per_token.double(), torch.where(mask, expected, 0.0), rtol=1e-5, atol=1e-6)
+    total = distillation_loss(student, teacher, kind, temperature, mask, jsd_beta=0.3, reduction="sum")
+    assert total.item() == pytest.approx(expected[mask].sum().item(), rel=1e-5)
+
+
+def test_unmasked_mean_and_zero_when_equal():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(2, 4, 7), torch.randn(2, 4, 7)
+    expected = textbook(student, teacher, "forward_kl", 2.0).mean().item()
+    assert distillation_loss(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+    for kind in KINDS:
+        assert distillation_loss(teacher, teacher, kind).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunked_gradient_equals_unchunked(kind):
+    torch.manual_seed(2)
+    teacher = torch.randn(4, 6, 13)
+    grads = []
+    for chunk_size in (1, 5, 10_000):
+        student = (torch.randn(4, 6, 13, generator=torch.Generator().manual_seed(3))).requires_grad_()
+        distillation_loss(student, teacher, kind, 2.0, chunk_size=chunk_size).backward()
+        grads.append(student.grad)
+    torch.testing.assert_close(grads[0], grads[2])
+    torch.testing.assert_close(grads[1], grads[2])
+
+
+def test_forward_kl_gradient_is_softmax_difference():
+    # d/dz_s of T^2 KL(p_t || p_s) = T * (p_s - p_t) per token; averaged over tokens.
+    torch.manual_seed(4)
+    student, teacher = torch.randn(1, 3, 5, requires_grad=True), torch.randn(1, 3, 5)
+    temperature = 3.0
+    distillation_loss(student, teacher, temperature=temperature).backward()
+    expected = temperature * (torch.softmax(student / temperature, -1) - torch.softmax(teacher / temperature, -1)) / 3
+    torch.testing.assert_close(student.grad, expected.detach())
+
+
+def test_bfloat16_inputs_computed_in_float32():
+    torch.manual_seed(5)
+    student, teacher = torch.randn(2, 3, 9), torch.randn(2, 3, 9)
+    low = distillation_loss(student.bfloat16(), teacher.bfloat16())
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(distillation_loss(student.bfloat16().float(), teacher.bfloat16().float()).item(), rel=1e-6)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="vocabulary sizes are 9 .student. and 8 .teacher."):
+        distillation_loss(torch.randn(2, 9), torch.randn(2, 8))
+    with pytest.raises(ValueError, match="Unknown distillation loss kind"):
+        distillation_loss(torch.randn(2, 9), torch.randn(2, 9), kind="kl")
+    with pytest.raises(ValueError, match="jsd_beta"):
+        distillation_loss(torch.randn(2, 9), torch.randn(2, 9), kind="jsd", jsd_beta=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(torch.randn(2, 9), torch.randn(2, 9), temperature=0)

@@ -1,0 +1,41 @@
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from kdmem.config import TinySizeConfig
+from kdmem.models import ModelError, build_model, check_same_vocabulary, load_model, load_tokenizer, train_tokenizer
+
+
+def test_save_pretrained_loads_by_local_path(tmp_path, tiny_bases):
+    tokenizer = load_tokenizer(str(tiny_bases["student"]))
+    model = build_model(TinySizeConfig(layers=1, hidden=32, heads=2), len(tokenizer), 16, tokenizer)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    loaded = load_model(str(tmp_path / "m"))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    assert load_tokenizer(str(tmp_path / "m")).get_vocab() == tokenizer.get_vocab()
+
+
+def test_embedded_bases_are_pretrained_gpt_neox(tiny_bases):
+    teacher, student = load_model(str(tiny_bases["teacher"])), load_model(str(tiny_bases["student"]))
+    assert isinstance(teacher, GPTNeoXForCausalLM) and isinstance(teacher.config, GPTNeoXConfig)
+    assert sum(p.numel() for p in teacher.parameters()) > sum(p.numel() for p in student.parameters())
+    assert (tiny_bases["teacher"] / "kdmem_pretraining.json").exists()
+
+
+def test_not_a_model_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+    with pytest.raises(ModelError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "missing"))
+
+
+def test_mismatched_vocabularies_are_refused(tiny_bases):
+    texts = ["alpha beta gamma delta " * 50, "one two three four five " * 50]
+    small, large = train_tokenizer(texts, 300), load_tokenizer(str(tiny_bases["teacher"]))
+    with pytest.raises(ModelError, match=rf"teacher {len(large)} tokens, student {len(small)} tokens"):
+        check_same_vocabulary(large, small)
+    check_same_vocabulary(large, load_tokenizer(str(tiny_bases["student"])))

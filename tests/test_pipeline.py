@@ -1,0 +1,68 @@
+import json
+
+import pandas as pd
+import pytest
+
+from kdmem import cli
+from kdmem.config import ConfigError, load_config
+from kdmem.pipeline import model_names, run
+from tests.conftest import TINY_OVERRIDES
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_config, tiny_bases, tmp_path_factory):
+    config = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["seeds=[0,1]"])
+    out = tmp_path_factory.mktemp("run")
+    return config, out, run(config, out)
+
+
+def test_layout_and_summary(finished_run):
+    config, out, summary = finished_run
+    names = ["teacher", "baseline", "baseline-seed1", "soft", "soft-seed1", "hard", "hard-seed1"]
+    assert model_names(config) == names
+    assert load_config(out / "config.yaml") == config
+    train = pd.read_parquet(out / "data" / "train.parquet")
+    assert list(train.columns) == ["example_id", "input_ids"] and len(train) == config.data.num_examples
+    assert len(pd.read_parquet(out / "data" / "validation.parquet")) == config.data.validation_examples
+    hard = pd.read_parquet(out / "data" / "hard.parquet")
+    assert list(hard["example_id"]) == list(train["example_id"])
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["models"] == summary["models"] and list(on_disk["models"]) == names
+    for name in names:
+        assert (out / "models" / name / "model.safetensors").exists()
+        assert (out / "models" / name / "tokenizer.json").exists()
+        verdicts = pd.read_parquet(out / "memorization" / f"{name}.parquet")
+        assert list(verdicts["example_id"]) == list(train["example_id"])
+        row = summary["models"][name]
+        assert row["memorized"] == int(verdicts["memorized"].sum()) and row["examples"] == len(train)
+        assert row["rate"] == pytest.approx(row["memorized"] / row["examples"])
+        assert row["val_ppl"] == pytest.approx(2.718281828 ** row["val_loss"], rel=1e-6)
+    provenance = json.loads((out / "run.json").read_text())
+    assert {"versions", "hardware", "seeds", "stage_seconds"} <= set(provenance)
+    assert "teacher" in provenance["stage_seconds"] and "evaluate:hard-seed1" in provenance["stage_seconds"]
+
+
+def test_rerun_skips_finished_stages(finished_run):
+    config, out, summary = finished_run
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    assert run(config, out)["models"] == summary["models"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
+
+
+def test_refuses_to_mix_configs(finished_run):
+    config, out, _ = finished_run
+    other = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["soft.temperature=3"])
+    with pytest.raises(ConfigError, match="different config .*soft.*--overwrite"):
+        run(other, out)
+
+
+def test_cli_reports_bad_config_without_traceback(capsys):
+    assert cli.main(["run", "--preset", "smoke", "data.seq_lne=3"]) == 2
+    assert "Did you mean data.seq_len?" in capsys.readouterr().err
+
+
+def test_cli_runs_and_prints_headline_table(tiny_bases, tmp_path, caplog):
+    caplog.set_level("INFO")
+    assert cli.main(["run", "--preset", "smoke", "--output", str(tmp_path / "cli"), *TINY_OVERRIDES]) == 0
+    assert "memorized" in caplog.text and "teacher" in caplog.text and "vs baseline" in caplog.text
+    assert (tmp_path / "cli" / "summary.json").exists()

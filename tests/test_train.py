@@ -1,0 +1,84 @@
+import torch
+
+from kdmem.config import SoftDistillConfig, TrainingConfig
+from kdmem.data import as_tensor
+from kdmem.losses import distillation_loss
+from kdmem.models import load_model
+from kdmem.train import distill, fine_tune, greedy_config, greedy_continuations
+from kdmem.train.hard import end_of_text_cleared
+
+
+def mean_kl(student, teacher, ids):
+    with torch.no_grad():
+        return distillation_loss(student(ids).logits, teacher(ids).logits, temperature=2.0).item()
+
+
+def test_soft_distillation_lowers_kl_to_teacher(tiny_bases, tiny_data, tmp_path):
+    teacher, student = load_model(str(tiny_bases["teacher"])), load_model(str(tiny_bases["student"]))
+    ids = as_tensor(tiny_data.train)[:16]
+    before = mean_kl(student, teacher, ids)
+    cfg = SoftDistillConfig(temperature=2.0, training=TrainingConfig(epochs=2, learning_rate=2e-3, batch_size=8))
+    student = distill(student, teacher, tiny_data.train, cfg, tmp_path, seed=0)
+    after = mean_kl(student.eval(), teacher, ids)
+    assert after < 0.9 * before, (before, after)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_same_seed_same_weights(tiny_bases, tiny_data, tmp_path):
+    cfg = TrainingConfig(epochs=1, learning_rate=1e-3, batch_size=8)
+    runs = [
+        _state(fine_tune(load_model(str(tiny_bases["student"])), tiny_data.train, cfg, tmp_path / str(i), seed=seed))
+        for i, seed in enumerate((0, 0, 1))
+    ]
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])  # a different seed shuffles differently
+
+
+def test_distillation_loss_is_normalised_over_the_accumulation_window(tiny_bases, tiny_data, tmp_path):
+    teacher = load_model(str(tiny_bases["teacher"]))
+    train = tiny_data.train.iloc[:8]
+    states = []
+    for batch, accumulation in ((8, 1), (4, 2), (2, 4)):
+        cfg = SoftDistillConfig(
+            training=TrainingConfig(epochs=1, learning_rate=1e-2, batch_size=batch, gradient_accumulation_steps=accumulation, lr_scheduler="constant")
+        )
+        student = distill(load_model(str(tiny_bases["student"])), teacher, train, cfg, tmp_path / f"{batch}", seed=0)
+        states.append(_state(student))
+    base = _state(load_model(str(tiny_bases["student"])))
+    assert any(not torch.equal(states[0][k], base[k]) for k in base)
+    for other in states[1:]:
+        for key in base:
+            torch.testing.assert_close(other[key], states[0][key], rtol=1e-4, atol=1e-5)
+
+
+def test_hard_data_equals_generate(memorizing_model, tiny_data):
+    ids = as_tensor(tiny_data.train)[:12]
+    prefix_len, total = 8, ids.shape[1]
+    batched = greedy_continuations(memorizing_model, ids, prefix_len, total, batch_size=5)
+    assert batched.shape == (12, total)
+    assert torch.equal(batched[:, :prefix_len], ids[:, :prefix_len])
+    config = greedy_config(total - prefix_len, memorizing_model.config.pad_token_id)
+    with end_of_text_cleared(memorizing_model):
+        for row in range(len(ids)):
+            alone = memorizing_model.generate(ids[row : row + 1, :prefix_len], do_sample=False, generation_config=config)
+            assert torch.equal(alone[0], batched[row])
+
+
+def test_generation_does_not_stop_at_end_of_text(memorizing_model, tiny_data):
+    # Force end-of-text to be the greedy choice everywhere: generation must still run to full length.
+    eos = memorizing_model.config.eos_token_id
+    head = memorizing_model.get_output_embeddings()
+    original = head.bias
+    try:
+        head.bias = torch.nn.Parameter(torch.zeros(memorizing_model.config.vocab_size))
+        with torch.no_grad():
+            head.bias[eos] = 1e4
+        out = greedy_continuations(memorizing_model, as_tensor(tiny_data.train)[:2], 4, 20)
+    finally:
+        head.bias = original
+    assert out.shape == (2, 20)
+    assert (out[:, 4:] == eos).all()
+    assert memorizing_model.generation_config.eos_token_id == eos  # restored afterwards
