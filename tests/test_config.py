@@ -54,3 +54,14 @@ def test_yaml_round_trip(tmp_path):
     config = load_config(preset="smoke", overrides=["seeds=[3,4]"])
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_defaults_survive_a_yaml_round_trip_with_their_types(tmp_path):
+    # Cache keys are built from the config's JSON: 12 and 12.0 must not name two different models.
+    import dataclasses
+    import json
+
+    config = load_config()
+    save_config(config, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml", overrides=["embedded.student.layers=4"])
+    assert json.dumps(dataclasses.asdict(again), sort_keys=True) == json.dumps(dataclasses.asdict(config), sort_keys=True)

@@ -85,3 +85,14 @@ def test_prepare_splits_caches_and_refuses_too_little(tmp_path, tokenizer):
     (tmp_path / "short.jsonl").write_text(json.dumps({"text": "hi"}) + "\n")
     with pytest.raises(DataError, match="yields no sequence"):
         prepare_sequences(DataConfig(source=str(tmp_path / "short.jsonl"), seq_len=32), tokenizer)
+
+
+def test_streaming_reads_only_what_it_needs(tmp_path, tokenizer):
+    texts = [f"Streamed document {i} says something about number {i * 3}. " * 6 for i in range(200)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"body": t}) for t in texts))
+    streamed = load_documents(DataConfig(source=str(tmp_path / "d.jsonl"), text_field="body", streaming=True))
+    assert not hasattr(streamed, "__len__")  # an IterableDataset, read lazily
+    eager = load_documents(DataConfig(source=str(tmp_path / "d.jsonl"), text_field="body"))
+    a = pack_sequences(streamed, tokenizer, seq_len=16, limit=25)
+    b = pack_sequences(eager, tokenizer, seq_len=16, limit=25)
+    assert len(a) == 25 and list(a["example_id"]) == list(b["example_id"])

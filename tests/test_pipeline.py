@@ -64,5 +64,5 @@ def test_cli_reports_bad_config_without_traceback(capsys):
 def test_cli_runs_and_prints_headline_table(tiny_bases, tmp_path, caplog):
     caplog.set_level("INFO")
     assert cli.main(["run", "--preset", "smoke", "--output", str(tmp_path / "cli"), *TINY_OVERRIDES]) == 0
-    assert "memorized" in caplog.text and "teacher" in caplog.text and "vs baseline" in caplog.text
+    assert "memorized" in caplog.text and "teacher" in caplog.text and "reduction" in caplog.text
     assert (tmp_path / "cli" / "summary.json").exists()

@@ -111,9 +111,9 @@ class ExtractionConfig:
 
 @dataclass
 class TinySizeConfig:
-    layers: int = 2
-    hidden: int = 128
-    heads: int = 2
+    layers: int = 4
+    hidden: int = 192
+    heads: int = 4
 
 
 @dataclass
@@ -128,11 +128,11 @@ class EmbeddedModelsConfig:
     vocab_size: int = 2048
     seq_len: int = 64
     teacher: TinySizeConfig = field(default_factory=lambda: TinySizeConfig(layers=4, hidden=256, heads=4))
-    student: TinySizeConfig = field(default_factory=TinySizeConfig)
+    student: TinySizeConfig = field(default_factory=lambda: TinySizeConfig(layers=4, hidden=192, heads=4))
     pretrain_tokens: int = 400_000
     """Cap on public-corpus tokens used for pre-training."""
     pretraining: TrainingConfig = field(
-        default_factory=lambda: TrainingConfig(epochs=2, learning_rate=2e-3, warmup_ratio=0.05, batch_size=32)
+        default_factory=lambda: TrainingConfig(epochs=2.0, learning_rate=2e-3, warmup_ratio=0.05, batch_size=32)
     )
     seed: int = 0
 
@@ -143,20 +143,20 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(
         default_factory=lambda: ModelConfig(
-            model="builtin:tiny-teacher", training=TrainingConfig(epochs=12, learning_rate=2e-3, batch_size=32)
+            model="builtin:tiny-teacher", training=TrainingConfig(epochs=12.0, learning_rate=2e-3, batch_size=32)
         )
     )
     student: ModelConfig = field(
         default_factory=lambda: ModelConfig(
-            model="builtin:tiny-student", training=TrainingConfig(epochs=12, learning_rate=2e-3, batch_size=32)
+            model="builtin:tiny-student", training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32)
         )
     )
     """The student's base; its ``training`` is the cross-entropy baseline's."""
     soft: SoftDistillConfig = field(
-        default_factory=lambda: SoftDistillConfig(training=TrainingConfig(epochs=12, learning_rate=2e-3, batch_size=32))
+        default_factory=lambda: SoftDistillConfig(training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32))
     )
     hard: HardDistillConfig = field(
-        default_factory=lambda: HardDistillConfig(training=TrainingConfig(epochs=12, learning_rate=2e-3, batch_size=32))
+        default_factory=lambda: HardDistillConfig(training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32))
     )
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     seeds: list[int] = field(default_factory=lambda: [0])

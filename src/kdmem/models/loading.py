@@ -41,8 +41,12 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
 ) -> PreTrainedModel:
-    """A causal LM from safetensors weights only; no pickled checkpoint is ever loaded."""
+    """A causal LM from safetensors weights only; no pickled checkpoint is ever loaded.
+
+    It is placed on ``device``, by default the first GPU when there is one, else the CPU.
+    """
     _check_local(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path,
@@ -51,7 +55,11 @@ def load_model(
         use_safetensors=True,
         dtype=dtype if dtype is not None else torch.float32,
     )
-    return model
+    return model.to(device if device is not None else default_device())
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def check_same_vocabulary(teacher_tokenizer, student_tokenizer) -> None:

@@ -10,9 +10,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
-from transformers import set_seed
+import datasets
+from transformers import PreTrainedTokenizerFast, set_seed
 
 from kdmem.config import EmbeddedModelsConfig
 from kdmem.data import pack_sequences, python_docs
@@ -24,31 +26,51 @@ logger = logging.getLogger(__name__)
 BUILTIN_MODELS = ("builtin:tiny-teacher", "builtin:tiny-student")
 
 
-def embedded_bases(cfg: EmbeddedModelsConfig) -> dict[str, Path]:
-    """``{"teacher": path, "student": path}`` of the pretrained tiny bases, built on first use."""
-    public = python_docs("public")
-    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True) + hashlib.sha256("\x00".join(public).encode()).hexdigest()
-    folder = cache_dir() / "models" / f"tiny-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    paths = {role: folder / role for role in ("teacher", "student")}
-    if all((path / "model.safetensors").exists() for path in paths.values()):
-        return paths
-    logger.info("Building the embedded tiny models in %s (once; later runs reuse them).", folder)
-    with atomic_dir(folder) as tmp:
-        tokenizer = train_tokenizer(public, cfg.vocab_size)
-        import datasets
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-        corpus = pack_sequences(
-            datasets.Dataset.from_dict({"text": public}), tokenizer, cfg.seq_len, limit=cfg.pretrain_tokens // cfg.seq_len
-        )
-        for role, size in (("teacher", cfg.teacher), ("student", cfg.student)):
+
+def _embedded_tokenizer(cfg: EmbeddedModelsConfig, public: list[str]) -> tuple[Path, str]:
+    key = _key(cfg.vocab_size, hashlib.sha256("\x00".join(public).encode()).hexdigest())
+    folder = cache_dir() / "models" / f"tiny-tokenizer-{key}"
+    if not (folder / "tokenizer.json").exists():
+        with atomic_dir(folder) as tmp:
+            train_tokenizer(public, cfg.vocab_size).save_pretrained(tmp)
+    return folder, key
+
+
+def embedded_bases(cfg: EmbeddedModelsConfig) -> dict[str, Path]:
+    """``{"teacher": path, "student": path}`` of the pretrained tiny bases, each built on first use.
+
+    Each base is cached under a key of everything that shapes it (tokenizer, size, pre-training),
+    so changing the student's size rebuilds the student alone.
+    """
+    public = python_docs("public")
+    tokenizer_path, tokenizer_key = _embedded_tokenizer(cfg, public)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_path)
+    corpus = None
+    paths = {}
+    for role, size in (("teacher", cfg.teacher), ("student", cfg.student)):
+        recipe = (tokenizer_key, dataclasses.asdict(size), cfg.seq_len, cfg.pretrain_tokens, dataclasses.asdict(cfg.pretraining), cfg.seed)
+        folder = cache_dir() / "models" / f"tiny-{role}-{_key(*recipe)}"
+        paths[role] = folder
+        if (folder / "model.safetensors").exists():
+            continue
+        logger.info("Pre-training the embedded %s base into %s (once; later runs reuse it).", role, folder)
+        if corpus is None:
+            corpus = pack_sequences(
+                datasets.Dataset.from_dict({"text": public}), tokenizer, cfg.seq_len, limit=cfg.pretrain_tokens // cfg.seq_len
+            )
+        with atomic_dir(folder) as tmp:
             set_seed(cfg.seed)
             model = build_model(size, len(tokenizer), cfg.seq_len, tokenizer)
-            model = fine_tune(model, corpus, cfg.pretraining, tmp / f".work-{role}", cfg.seed)
-            model.save_pretrained(tmp / role)
-            tokenizer.save_pretrained(tmp / role)
-            (tmp / role / "kdmem_pretraining.json").write_text(
-                json.dumps({"sequences": len(corpus), "seq_len": cfg.seq_len, "config": dataclasses.asdict(cfg)}, indent=2)
+            model = fine_tune(model, corpus, cfg.pretraining, tmp / ".work", cfg.seed)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "kdmem_pretraining.json").write_text(
+                json.dumps({"role": role, "sequences": len(corpus), "config": dataclasses.asdict(cfg)}, indent=2)
             )
+            shutil.rmtree(tmp / ".work", ignore_errors=True)
     return paths
 
 
