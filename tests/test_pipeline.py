@@ -37,6 +37,7 @@ def test_layout_and_summary(finished_run):
         assert row["memorized"] == int(verdicts["memorized"].sum()) and row["examples"] == len(train)
         assert row["rate"] == pytest.approx(row["memorized"] / row["examples"])
         assert row["val_ppl"] == pytest.approx(2.718281828 ** row["val_loss"], rel=1e-6)
+    assert not (out / "work").exists()  # Trainer scratch space is removed once each model is saved
     provenance = json.loads((out / "run.json").read_text())
     assert {"versions", "hardware", "seeds", "stage_seconds"} <= set(provenance)
     assert "teacher" in provenance["stage_seconds"] and "evaluate:hard-seed1" in provenance["stage_seconds"]

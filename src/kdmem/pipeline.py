@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -68,8 +69,13 @@ class RunLayout:
     def evaluation(self, name: str) -> Path:
         return self.root / "evaluation" / f"{name}.json"
 
+    @property
+    def work_root(self) -> Path:
+        """Scratch space of the Trainer runs; emptied as each model is saved."""
+        return self.root / "work"
+
     def work(self, name: str) -> Path:
-        return self.root / "work" / name
+        return self.work_root / name
 
 
 @dataclass
@@ -112,16 +118,16 @@ def _check_output(layout: RunLayout, config: ExperimentConfig, overwrite: bool) 
             f"{layout.root} holds a run with a different config (sections that differ: {', '.join(changed)}). "
             "Use another --output, or pass --overwrite to discard that run."
         )
-    import shutil
-
     shutil.rmtree(layout.root)
 
 
-def _save_model(model, tokenizer, path: Path, info: dict) -> None:
+def _save_model(model, tokenizer, path: Path, info: dict, work_dir: Path) -> None:
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / "kdmem_stage.json", info)
+    # The Trainer's checkpoints only serve to resume this stage, which is now done.
+    shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _provenance(config: ExperimentConfig, clock: StageClock) -> dict:
@@ -202,7 +208,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     def train_ce(name: str, spec_base, base: str, training, data: pd.DataFrame, seed: int, stage_kind: str):
         def action():
             model = fine_tune(load_base(spec_base, base), data, training, layout.work(name), seed)
-            _save_model(model, tokenizer, layout.model(name), {"stage": stage_kind, "seed": seed, "base": base})
+            _save_model(model, tokenizer, layout.model(name), {"stage": stage_kind, "seed": seed, "base": base}, layout.work(name))
 
         stage(name, layout.model_done(name), action)
 
@@ -220,7 +226,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
         def soft_action(name="soft" + suffix, seed=seed):
             student = distill(load_base(config.student, student_base), teacher_model(), train, config.soft, layout.work(name), seed)
-            _save_model(student, tokenizer, layout.model(name), {"stage": "soft", "seed": seed, "base": student_base})
+            _save_model(student, tokenizer, layout.model(name), {"stage": "soft", "seed": seed, "base": student_base}, layout.work(name))
 
         stage("soft" + suffix, layout.model_done("soft" + suffix), soft_action)
 
@@ -267,6 +273,8 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
         "data": {"train_examples": len(train), "validation_examples": len(validation), "seq_len": config.data.seq_len},
         "stage_seconds": clock.seconds,
     }
+    if layout.work_root.exists() and not any(layout.work_root.iterdir()):
+        layout.work_root.rmdir()
     write_json_atomic(layout.summary, summary)
     write_json_atomic(layout.provenance, _provenance(config, clock))
     logger.info("\n%s", headline_table(summary))
