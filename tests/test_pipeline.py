@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -67,3 +68,25 @@ def test_cli_runs_and_prints_headline_table(tiny_bases, tmp_path, caplog):
     assert cli.main(["run", "--preset", "smoke", "--output", str(tmp_path / "cli"), *TINY_OVERRIDES]) == 0
     assert "memorized" in caplog.text and "teacher" in caplog.text and "reduction" in caplog.text
     assert (tmp_path / "cli" / "summary.json").exists()
+
+
+def test_console_script_smoke_preset_shows_the_papers_direction(tmp_path):
+    """`kdmem run --preset smoke` end to end, as a user types it: the soft student memorizes far
+    fewer training examples than the baseline, at a lower validation loss."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    script = shutil.which("kdmem") or str(Path(sys.executable).parent / "kdmem")
+    result = subprocess.run(
+        [script, "run", "--preset", "smoke", "--output", str(tmp_path / "smoke")],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "reduction" in result.stderr  # the headline table is logged
+    models = json.loads((tmp_path / "smoke" / "summary.json").read_text())["models"]
+    assert models["baseline"]["memorized"] >= 5
+    assert models["soft"]["memorized"] * 3 <= models["baseline"]["memorized"]
+    assert models["soft"]["val_loss"] < models["baseline"]["val_loss"]
+    assert models["teacher"]["memorized"] > models["soft"]["memorized"]
