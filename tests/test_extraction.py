@@ -1,27 +1,105 @@
+import pytest
 import torch
 
-from kdmem.data import as_tensor
-from kdmem.memorization import extract_memorized, matched_suffix_tokens
-from kdmem.train import greedy_continuations
+from kdmem.config import DataConfig, TrainingConfig
+from kdmem.data import as_tensor, prepare_sequences
+from kdmem.memorization import TokenChecks, decisive_min_gap, extract_memorized, greedy_matched_tokens, leading_matches
+from kdmem.models import load_model, load_tokenizer
+from kdmem.train import fine_tune
+
+PREFIX, SUFFIX = 16, 16
 
 
-def test_matched_tokens_counts_leading_agreement():
-    input_ids = torch.tensor([[5, 1, 2, 3, 4]])
+def test_pure_checks_on_hand_built_logits():
+    targets = torch.tensor([[1, 2, 3, 4]])
     logits = torch.zeros(1, 4, 8)
-    for position, token in enumerate([1, 2, 7, 4]):  # the third suffix token is wrong
-        logits[0, position, token] = 1.0
-    assert matched_suffix_tokens(logits, input_ids, prefix_len=1, suffix_len=4).tolist() == [2]
-    assert matched_suffix_tokens(logits, input_ids, prefix_len=1, suffix_len=2).tolist() == [2]
+    for position, (token, top) in enumerate([(1, 3.0), (2, 2.5), (7, 0.5), (4, 9.0)]):  # third is wrong
+        logits[0, position, token] = top
+    checks = TokenChecks.of(logits, targets)
+    assert checks.correct.tolist() == [[True, True, False, True]]
+    assert checks.gap.tolist() == [[3.0, 2.5, 0.5, 9.0]]
+    matched = leading_matches(checks.correct)
+    assert matched.tolist() == [2]
+    # decisive positions: the two matched ones and the first mismatch, not the later match
+    assert decisive_min_gap(checks, matched).tolist() == [0.5]
+    all_right = TokenChecks(torch.ones(1, 4, dtype=torch.bool), torch.tensor([[3.0, 2.0, 4.0, 1.5]]))
+    assert decisive_min_gap(all_right, leading_matches(all_right.correct)).tolist() == [1.5]
 
 
-def test_one_pass_verdicts_equal_greedy_decoding(memorizing_model, tiny_data):
-    prefix_len, suffix_len = 16, 16
-    verdicts = extract_memorized(memorizing_model, tiny_data.train, prefix_len, suffix_len, batch_size=7)
-    ids = as_tensor(tiny_data.train)
-    generated = greedy_continuations(memorizing_model, ids[:, : prefix_len + suffix_len], prefix_len, prefix_len + suffix_len)
-    agree = (generated[:, prefix_len:] == ids[:, prefix_len : prefix_len + suffix_len]).long().cumprod(1).sum(1)
-    assert verdicts["matched_tokens"].tolist() == agree.tolist()
-    assert verdicts["memorized"].tolist() == (agree == suffix_len).tolist()
-    assert list(verdicts["example_id"]) == list(tiny_data.train["example_id"])
-    # The case must be informative: some examples memorized, some not.
-    assert 0 < verdicts["memorized"].sum() < len(verdicts)
+@pytest.fixture(scope="module")
+def audit_case(tiny_bases, tmp_path_factory):
+    """500 training sequences and a model fine-tuned on them until some, not all, are memorized."""
+    tokenizer = load_tokenizer(str(tiny_bases["teacher"]))
+    data = prepare_sequences(DataConfig(seq_len=32, num_examples=500, validation_examples=20), tokenizer).train
+    cfg = TrainingConfig(epochs=24, learning_rate=5e-3, batch_size=32)
+    model = fine_tune(load_model(str(tiny_bases["teacher"])), data, cfg, tmp_path_factory.mktemp("audit"), seed=0)
+    return model.eval(), data
+
+
+def test_staged_verdicts_equal_greedy_decoding_on_500_examples(audit_case):
+    model, data = audit_case
+    verdicts = extract_memorized(model, data, PREFIX, SUFFIX, batch_size=64, recheck=False)
+    truth = greedy_matched_tokens(model, as_tensor(data), PREFIX, SUFFIX)
+    assert len(verdicts) == 500
+    assert verdicts["matched_tokens"].tolist() == truth.tolist()
+    assert verdicts["memorized"].tolist() == (truth == SUFFIX).tolist()
+    assert list(verdicts["example_id"]) == list(data["example_id"])
+    memorized = int(verdicts["memorized"].sum())
+    assert 10 <= memorized <= 490, memorized  # informative: both kinds of example present
+    assert (verdicts["matched_tokens"] < 4).sum() > 0  # and some exit at the first stage
+
+
+def test_stage_split_and_full_pass_agree(audit_case):
+    model, data = audit_case
+    reference = extract_memorized(model, data, PREFIX, SUFFIX, recheck=False)
+    for first_stage_tokens in (1, 3, SUFFIX):
+        other = extract_memorized(model, data, PREFIX, SUFFIX, first_stage_tokens=first_stage_tokens, recheck=False)
+        assert other["matched_tokens"].tolist() == reference["matched_tokens"].tolist()
+        torch.testing.assert_close(torch.tensor(other["min_margin"].values), torch.tensor(reference["min_margin"].values), rtol=1e-4, atol=1e-4)
+    full = extract_memorized(model, data, PREFIX, SUFFIX, full=True, recheck=False)
+    assert full["matched_tokens"].tolist() == reference["matched_tokens"].tolist()
+    torch.testing.assert_close(torch.tensor(full["min_margin"].values), torch.tensor(reference["min_margin"].values), rtol=1e-4, atol=1e-4)
+
+
+def test_full_fields_match_a_direct_computation(audit_case):
+    model, data = audit_case
+    rows = data.iloc[:20]
+    full = extract_memorized(model, rows, PREFIX, SUFFIX, full=True)
+    ids = as_tensor(rows)
+    with torch.no_grad():
+        logits = model(ids).logits
+    for i in range(len(rows)):
+        predicted = logits[i, PREFIX - 1 : PREFIX + SUFFIX - 1].argmax(-1)
+        true = ids[i, PREFIX : PREFIX + SUFFIX]
+        assert full["suffix_token_accuracy"][i] == pytest.approx((predicted == true).float().mean().item())
+        nll = torch.nn.functional.cross_entropy(logits[i, PREFIX - 1 : PREFIX + SUFFIX - 1], true)
+        assert full["suffix_loss"][i] == pytest.approx(nll.item(), rel=1e-4)
+
+
+def test_prefix_curve_equals_separate_extractions(audit_case):
+    model, data = audit_case
+    suffix = 8
+    curve = extract_memorized(model, data, PREFIX, suffix, full=True, prefix_lens=[4, 10, 24])
+    for prefix in (4, 10, 24):
+        separate = extract_memorized(model, data, prefix, suffix, recheck=False)
+        assert curve[f"memorized_p{prefix}"].tolist() == separate["memorized"].tolist()
+    with pytest.raises(ValueError, match="needs full=True"):
+        extract_memorized(model, data, PREFIX, suffix, prefix_lens=[4])
+    with pytest.raises(ValueError, match="does not fit"):
+        extract_memorized(model, data, PREFIX, suffix, full=True, prefix_lens=[30])
+
+
+def test_near_ties_are_rechecked_with_generate(audit_case):
+    model, data = audit_case
+    rows = data.iloc[:64]
+    everything = extract_memorized(model, rows, PREFIX, SUFFIX, margin_tolerance=float("inf"))
+    assert everything["rechecked"].all()
+    plain = extract_memorized(model, rows, PREFIX, SUFFIX, recheck=False)
+    assert everything["matched_tokens"].tolist() == plain["matched_tokens"].tolist()
+    assert not plain["rechecked"].any()
+
+
+def test_too_short_sequences_are_refused(audit_case):
+    model, data = audit_case
+    with pytest.raises(ValueError, match="fewer than prefix_len \\+ suffix_len = 40"):
+        extract_memorized(model, data.iloc[:2], 20, 20)

@@ -90,3 +90,36 @@ def test_console_script_smoke_preset_shows_the_papers_direction(tmp_path):
     assert models["soft"]["memorized"] * 3 <= models["baseline"]["memorized"]
     assert models["soft"]["val_loss"] < models["baseline"]["val_loss"]
     assert models["teacher"]["memorized"] > models["soft"]["memorized"]
+
+
+def test_cli_extract_on_a_runs_training_set(finished_run, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    config, out, summary = finished_run
+    target = tmp_path / "teacher.parquet"
+    args = ["extract", "--model", str(out / "models" / "teacher"), "--data", str(out / "data" / "train.parquet"),
+            "--prefix-len", "16", "--suffix-len", "16", "--output", str(target), "--full", "--prefix-lens", "8,16"]
+    assert cli.main(args) == 0
+    verdicts = pd.read_parquet(target)
+    in_run = pd.read_parquet(out / "memorization" / "teacher.parquet")
+    assert list(verdicts["example_id"]) == list(in_run["example_id"])
+    assert verdicts["memorized"].tolist() == in_run["memorized"].tolist()
+    assert verdicts["memorized_p16"].tolist() == verdicts["memorized"].tolist()
+    assert {"suffix_token_accuracy", "suffix_loss", "memorized_p8", "min_margin", "rechecked"} <= set(verdicts.columns)
+    memorized = summary["models"]["teacher"]["memorized"]
+    assert f"memorized {memorized} of {len(verdicts)}" in capsys.readouterr().out
+    recorded = json.loads(pq.read_schema(target).metadata[b"kdmem"])
+    assert recorded["prefix_len"] == 16 and recorded["prefix_lens"] == [8, 16]
+
+
+def test_cli_extract_on_text_and_bad_arguments(tiny_bases, tmp_path, capsys):
+    target = tmp_path / "v.parquet"
+    args = ["extract", "--model", str(tiny_bases["teacher"]), "--data", "builtin:python-docs", "--prefix-len", "8",
+            "--suffix-len", "8", "--num-examples", "20", "--output", str(target)]
+    assert cli.main(args) == 0
+    verdicts = pd.read_parquet(target)
+    assert len(verdicts) == 20 and "memorized 0 of 20" in capsys.readouterr().out  # a base has not seen D
+    assert cli.main(args[:-2] + ["--output", str(tmp_path / "w.parquet"), "--prefix-lens", "4"]) == 2
+    assert "needs full=True" in capsys.readouterr().err
+    assert cli.main(["extract", "--model", str(tmp_path / "nowhere"), "--data", "builtin:python-docs", "-o", str(target)]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from kdmem.config import ConfigError, available_presets, load_config
 from kdmem.data import DataError
 from kdmem.models import ModelError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError, ValueError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +28,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", help="output folder (default: runs/NAME)")
     run.add_argument("--overwrite", action="store_true", help="discard a run with a different config in --output")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.num_examples=200")
+
+    extract = commands.add_parser(
+        "extract",
+        help="measure discoverable memorization of one model on one data source",
+        description="Greedy decoding from a prefix must reproduce the next suffix tokens exactly; verdicts equal "
+        "model.generate's, computed with forward passes and early exit.",
+    )
+    extract.add_argument("--model", required=True, help="hub name or save_pretrained folder")
+    extract.add_argument("--data", required=True, help="a Parquet file with input_ids (e.g. OUT/data/train.parquet), a text file or folder, builtin:python-docs, or a hub dataset")
+    extract.add_argument("--prefix-len", type=int, default=50)
+    extract.add_argument("--suffix-len", type=int, default=50)
+    extract.add_argument("--output", "-o", required=True, help="Parquet file to write")
+    extract.add_argument("--seq-len", type=int, help="sequence length when --data is text (default: prefix + suffix)")
+    extract.add_argument("--num-examples", type=int, help="audit at most this many sequences")
+    extract.add_argument("--text-field", default="text")
+    extract.add_argument("--subset", help="hub dataset config name")
+    extract.add_argument("--split", default="train")
+    extract.add_argument("--batch-size", type=int, default=64)
+    extract.add_argument("--full", action="store_true", help="also suffix_token_accuracy, suffix_loss and prefix curves (one full pass)")
+    extract.add_argument("--prefix-lens", default="", help="with --full: comma-separated prefix lengths, e.g. 10,20,50,100")
+    extract.add_argument("--margin-tolerance", type=float, default=1e-3)
+    extract.add_argument("--trust-remote-code", action="store_true")
     return parser
 
 
@@ -36,6 +58,38 @@ def _split_config_and_overrides(args) -> None:
     if args.config and "=" in args.config:
         args.overrides.insert(0, args.config)
         args.config = None
+
+
+def _extract(args) -> None:
+    from kdmem.config import DataConfig
+    from kdmem.memorization.audit import AuditConfig, audit, one_line_summary
+
+    try:
+        prefix_lens = [int(p) for p in args.prefix_lens.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"--prefix-lens must be comma-separated integers, got {args.prefix_lens!r}.") from None
+    data = DataConfig(
+        source=args.data,
+        subset=args.subset,
+        split=args.split,
+        text_field=args.text_field,
+        seq_len=args.seq_len or args.prefix_len + args.suffix_len,
+        num_examples=args.num_examples,
+        validation_examples=0,
+    )
+    cfg = AuditConfig(
+        model=args.model,
+        data=data,
+        prefix_len=args.prefix_len,
+        suffix_len=args.suffix_len,
+        batch_size=args.batch_size,
+        full=args.full,
+        prefix_lens=prefix_lens,
+        margin_tolerance=args.margin_tolerance,
+        trust_remote_code=args.trust_remote_code,
+    )
+    verdicts = audit(cfg, args.output)
+    print(one_line_summary(verdicts))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             _split_config_and_overrides(args)
             config = load_config(args.config, preset=args.preset, overrides=args.overrides)
             run(config, args.output, overwrite=args.overwrite)
+        elif args.command == "extract":
+            _extract(args)
         return 0
     except USER_ERRORS as error:
         if args.debug:

@@ -107,6 +107,14 @@ class ExtractionConfig:
     prefix_len: int = 32
     suffix_len: int = 32
     batch_size: int = 64
+    full: bool = False
+    """One full forward pass per example, adding suffix_token_accuracy, suffix_loss and prefix curves."""
+    prefix_lens: list[int] = field(default_factory=list)
+    """With ``full``: also decide memorization for each of these prefix lengths (same suffix_len)."""
+    first_stage_tokens: int = 4
+    """Early exit: suffix tokens every example is checked on before the survivors continue."""
+    margin_tolerance: float = 1e-3
+    """Examples whose top-1/top-2 logit gap falls below this are decided by real greedy decoding."""
 
 
 @dataclass
@@ -176,6 +184,13 @@ class ExperimentConfig:
             raise ConfigError(
                 f"hard.prefix_len = {self.hard.prefix_len} must be between 1 and data.seq_len - 1 = {self.data.seq_len - 1}."
             )
+        if ext.prefix_lens and not ext.full:
+            raise ConfigError("extraction.prefix_lens needs extraction.full=true (the curve comes from the full pass).")
+        for length in ext.prefix_lens:
+            if length < 1 or length + ext.suffix_len > self.data.seq_len:
+                raise ConfigError(
+                    f"extraction.prefix_lens entry {length} plus suffix_len {ext.suffix_len} does not fit data.seq_len = {self.data.seq_len}."
+                )
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed, e.g. seeds=[0].")
         if len(set(self.seeds)) != len(self.seeds):

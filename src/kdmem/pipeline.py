@@ -249,7 +249,18 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
         def evaluate(name=name):
             model = load_model(str(layout.model(name)))
-            verdicts = extract_memorized(model, train, ext.prefix_len, ext.suffix_len, ext.batch_size, desc=f"extract {name}")
+            verdicts = extract_memorized(
+                model,
+                train,
+                ext.prefix_len,
+                ext.suffix_len,
+                ext.batch_size,
+                full=ext.full,
+                prefix_lens=ext.prefix_lens,
+                first_stage_tokens=ext.first_stage_tokens,
+                margin_tolerance=ext.margin_tolerance,
+                desc=f"extract {name}",
+            )
             write_parquet_atomic(layout.memorization(name), verdicts)
             loss = validation_loss(model, validation, batch_size=ext.batch_size)
             memorized = int(verdicts["memorized"].sum())
@@ -261,6 +272,11 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
                     "rate": memorized / len(verdicts),
                     "val_loss": loss,
                     "val_ppl": math.exp(loss),
+                    "rechecked": int(verdicts["rechecked"].sum()),
+                    **{
+                        f"rate_p{length}": float(verdicts[f"memorized_p{length}"].mean())
+                        for length in ext.prefix_lens
+                    },
                 },
             )
 

@@ -103,7 +103,7 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
             f"data.num_examples={cfg.num_examples} plus data.validation_examples={cfg.validation_examples} "
             f"= {wanted} are needed. Lower data.num_examples, or use a larger source."
         )
-    if available <= cfg.validation_examples:
+    if available <= cfg.validation_examples and cfg.validation_examples:
         raise DataError(
             f"{cfg.source} yields {available} sequences, not more than data.validation_examples="
             f"{cfg.validation_examples}; nothing would be left to train on. Lower data.validation_examples."
@@ -115,6 +115,29 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
         write_sequences(tmp / "train.parquet", train)
         write_sequences(tmp / "validation.parquet", validation)
     return SequenceSplits(train, validation)
+
+
+def load_sequences(cfg: DataConfig, tokenizer) -> pd.DataFrame:
+    """Sequences to audit: a Parquet file with ``input_ids`` as is, else D prepared from ``cfg``.
+
+    A Parquet file such as a run's ``data/train.parquet`` keeps its ``example_id`` column; one
+    without it gets ids derived from the tokens.
+    """
+    path = Path(cfg.source).expanduser()
+    if path.suffix == ".parquet" and path.is_file():
+        import pyarrow.parquet as pq
+
+        if "input_ids" in pq.read_schema(path).names:
+            frame = pd.read_parquet(path)
+            frame["input_ids"] = [np.asarray(ids, dtype=np.int32) for ids in frame["input_ids"]]
+            if "example_id" not in frame.columns:
+                frame["example_id"] = [example_id(ids) for ids in frame["input_ids"]]
+            if frame["input_ids"].map(len).nunique() > 1:
+                raise DataError(f"{path}: the input_ids rows differ in length; every sequence must have the same number of tokens.")
+            if cfg.num_examples is not None:
+                frame = frame.iloc[: cfg.num_examples]
+            return frame[["example_id", "input_ids"]].reset_index(drop=True)
+    return prepare_sequences(dataclasses.replace(cfg, validation_examples=0), tokenizer).train
 
 
 def write_sequences(path: Path, frame: pd.DataFrame) -> None:
