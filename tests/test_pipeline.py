@@ -38,6 +38,10 @@ def test_layout_and_summary(finished_run):
         assert row["memorized"] == int(verdicts["memorized"].sum()) and row["examples"] == len(train)
         assert row["rate"] == pytest.approx(row["memorized"] / row["examples"])
         assert row["val_ppl"] == pytest.approx(2.718281828 ** row["val_loss"], rel=1e-6)
+    for name in names:  # memorization over training ends where the final audit does
+        history = summary["memorization_over_training"][name]
+        assert [record["epoch"] for record in history] == [2]
+        assert history[-1]["memorized"] == summary["models"][name]["memorized"]
     assert not (out / "work").exists()  # Trainer scratch space is removed once each model is saved
     provenance = json.loads((out / "run.json").read_text())
     assert {"versions", "hardware", "seeds", "stage_seconds"} <= set(provenance)

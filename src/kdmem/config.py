@@ -115,6 +115,10 @@ class ExtractionConfig:
     """Early exit: suffix tokens every example is checked on before the survivors continue."""
     margin_tolerance: float = 1e-3
     """Examples whose top-1/top-2 logit gap falls below this are decided by real greedy decoding."""
+    track_every_epochs: int = 2
+    """Also audit D every this many epochs of each training stage (0: only at the end)."""
+    track_examples: int | None = None
+    """Audit only the first this many examples of D while training (None: all of them)."""
 
 
 @dataclass

@@ -27,7 +27,7 @@ import yaml
 from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, save_config
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
 from kdmem.io import atomic_dir, write_json_atomic, write_parquet_atomic
-from kdmem.memorization import extract_memorized
+from kdmem.memorization import MemorizationTracker, extract_memorized
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.report import headline_table
 from kdmem.train import distill, fine_tune, greedy_continuations, resolve_model_name, validation_loss
@@ -205,10 +205,23 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     def load_base(spec, base):
         return load_model(base, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
 
+    ext = config.extraction
+
+    def trackers(name: str) -> list[MemorizationTracker]:
+        if not ext.track_every_epochs:
+            return []
+        sample = train if ext.track_examples is None else train.iloc[: ext.track_examples]
+        return [MemorizationTracker(sample, ext.prefix_len, ext.suffix_len, ext.track_every_epochs, ext.batch_size, name)]
+
+    def stage_info(kind: str, seed: int, base: str, callbacks: list[MemorizationTracker]) -> dict:
+        history = callbacks[0].history if callbacks else []
+        return {"stage": kind, "seed": seed, "base": base, "memorization_over_training": history}
+
     def train_ce(name: str, spec_base, base: str, training, data: pd.DataFrame, seed: int, stage_kind: str):
         def action():
-            model = fine_tune(load_base(spec_base, base), data, training, layout.work(name), seed)
-            _save_model(model, tokenizer, layout.model(name), {"stage": stage_kind, "seed": seed, "base": base}, layout.work(name))
+            callbacks = trackers(name)
+            model = fine_tune(load_base(spec_base, base), data, training, layout.work(name), seed, callbacks)
+            _save_model(model, tokenizer, layout.model(name), stage_info(stage_kind, seed, base, callbacks), layout.work(name))
 
         stage(name, layout.model_done(name), action)
 
@@ -225,8 +238,9 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
         train_ce("baseline" + suffix, config.student, student_base, config.student.training, train, seed, "baseline")
 
         def soft_action(name="soft" + suffix, seed=seed):
-            student = distill(load_base(config.student, student_base), teacher_model(), train, config.soft, layout.work(name), seed)
-            _save_model(student, tokenizer, layout.model(name), {"stage": "soft", "seed": seed, "base": student_base}, layout.work(name))
+            callbacks = trackers(name)
+            student = distill(load_base(config.student, student_base), teacher_model(), train, config.soft, layout.work(name), seed, callbacks)
+            _save_model(student, tokenizer, layout.model(name), stage_info("soft", seed, student_base, callbacks), layout.work(name))
 
         stage("soft" + suffix, layout.model_done("soft" + suffix), soft_action)
 
@@ -244,7 +258,6 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
         train_ce("hard" + suffix, config.student, student_base, config.hard.training, hard_train, seed, "hard")
 
     teacher_cache.clear()
-    ext = config.extraction
     for name in model_names(config):
 
         def evaluate(name=name):
@@ -286,6 +299,9 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
         "name": config.name,
         "models": {name: json.loads(layout.evaluation(name).read_text()) for name in model_names(config)},
         "extraction": {"prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len},
+        "memorization_over_training": {
+            name: json.loads(layout.model_done(name).read_text())["memorization_over_training"] for name in model_names(config)
+        },
         "data": {"train_examples": len(train), "validation_examples": len(validation), "seq_len": config.data.seq_len},
         "stage_seconds": clock.seconds,
     }

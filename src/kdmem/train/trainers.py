@@ -48,22 +48,23 @@ def causal_lm_collator(rows: list[dict]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "labels": input_ids.clone()}
 
 
-def _run(trainer_cls, model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, **extra) -> PreTrainedModel:
+def _run(trainer_cls, model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, callbacks=None, **extra) -> PreTrainedModel:
     set_seed(seed)
     trainer = trainer_cls(
         model=model,
         args=training_arguments(cfg, work_dir, seed),
         train_dataset=as_training_dataset(train),
         data_collator=causal_lm_collator,
+        callbacks=callbacks,
         **extra,
     )
     trainer.train()
     return trainer.model
 
 
-def fine_tune(model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int) -> PreTrainedModel:
+def fine_tune(model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, callbacks=None) -> PreTrainedModel:
     """Next-token cross-entropy on every sequence of ``train`` (teacher, baseline, hard student)."""
-    return _run(Trainer, model, train, cfg, work_dir, seed)
+    return _run(Trainer, model, train, cfg, work_dir, seed, callbacks)
 
 
 class DistillationTrainer(Trainer):
@@ -129,9 +130,10 @@ def distill(
     cfg: SoftDistillConfig,
     work_dir: Path,
     seed: int,
+    callbacks=None,
 ) -> PreTrainedModel:
     """Soft distillation of ``student`` from ``teacher`` on every sequence of ``train``."""
-    return _run(DistillationTrainer, student, train, cfg.training, work_dir, seed, teacher=teacher, distill=cfg)
+    return _run(DistillationTrainer, student, train, cfg.training, work_dir, seed, callbacks, teacher=teacher, distill=cfg)
 
 
 def validation_loss(model: PreTrainedModel, sequences: pd.DataFrame, batch_size: int = 32) -> float:
