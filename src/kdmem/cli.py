@@ -45,10 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--text-field", default="text")
     extract.add_argument("--subset", help="hub dataset config name")
     extract.add_argument("--split", default="train")
-    extract.add_argument("--batch-size", type=int, default=64)
+    extract.add_argument("--batch-size", type=int, help="sequences per forward pass (default: the largest that fits in memory)")
     extract.add_argument("--full", action="store_true", help="also suffix_token_accuracy, suffix_loss and prefix curves (one full pass)")
     extract.add_argument("--prefix-lens", default="", help="with --full: comma-separated prefix lengths, e.g. 10,20,50,100")
     extract.add_argument("--margin-tolerance", type=float, default=1e-3)
+    extract.add_argument("--shard-size", type=int, default=10_000, help="examples per resumable output shard")
     extract.add_argument("--trust-remote-code", action="store_true")
     return parser
 
@@ -87,9 +88,13 @@ def _extract(args) -> None:
         prefix_lens=prefix_lens,
         margin_tolerance=args.margin_tolerance,
         trust_remote_code=args.trust_remote_code,
+        shard_size=args.shard_size,
     )
     verdicts = audit(cfg, args.output)
-    print(one_line_summary(verdicts))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(one_line_summary(verdicts))
 
 
 def main(argv: list[str] | None = None) -> int:

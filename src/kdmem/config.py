@@ -122,6 +122,21 @@ class ExtractionConfig:
 
 
 @dataclass
+class CanaryConfig:
+    """Synthetic secrets planted in D before training (the Secret Sharer's canaries).
+
+    Each canary is a random key of ``extraction.prefix_len`` tokens followed by a random secret
+    that fills the rest of the sequence; it goes into the training data ``repeats[i]`` times.
+    """
+
+    repeats: list[int] = field(default_factory=list)
+    """Copies of each canary in the training data, one canary per entry (e.g. [1, 4, 16, 64]); empty: none."""
+    num_candidates: int = 1000
+    """Random alternative secrets each true secret is ranked against to measure its exposure."""
+    seed: int = 0
+
+
+@dataclass
 class TinySizeConfig:
     layers: int = 4
     hidden: int = 192
@@ -171,6 +186,7 @@ class ExperimentConfig:
         default_factory=lambda: HardDistillConfig(training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32))
     )
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    canaries: CanaryConfig = field(default_factory=CanaryConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of the student-side models (baseline, soft, hard); the teacher uses the first."""
     embedded: EmbeddedModelsConfig = field(default_factory=EmbeddedModelsConfig)
@@ -195,6 +211,10 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"extraction.prefix_lens entry {length} plus suffix_len {ext.suffix_len} does not fit data.seq_len = {self.data.seq_len}."
                 )
+        if any(r < 1 for r in self.canaries.repeats):
+            raise ConfigError(f"canaries.repeats must be positive counts, got {self.canaries.repeats}.")
+        if self.canaries.num_candidates < 1:
+            raise ConfigError("canaries.num_candidates must be at least 1.")
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed, e.g. seeds=[0].")
         if len(set(self.seeds)) != len(self.seeds):

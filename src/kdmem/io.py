@@ -60,6 +60,7 @@ def write_json_atomic(path: Path, value: Any) -> None:
     write_text_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
-def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> None:
+def write_parquet_atomic(path: Path, frame: pd.DataFrame, **options) -> None:
+    """``options`` go to ``DataFrame.to_parquet`` (e.g. ``row_group_size``)."""
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        frame.to_parquet(tmp, index=False, **options)

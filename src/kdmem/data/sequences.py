@@ -11,6 +11,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from kdmem.config import DataConfig
@@ -84,9 +85,13 @@ def _cache_key(cfg: DataConfig, tokenizer) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _cache_folder(cfg: DataConfig, tokenizer) -> Path:
+    return cache_dir() / "data" / _cache_key(cfg, tokenizer)
+
+
 def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
     """D and validation for a data config and tokenizer; cached on disk by source, tokenizer and shape."""
-    folder = cache_dir() / "data" / _cache_key(cfg, tokenizer)
+    folder = _cache_folder(cfg, tokenizer)
     if (folder / "train.parquet").exists():
         return SequenceSplits(read_sequences(folder / "train.parquet"), read_sequences(folder / "validation.parquet"))
     wanted = None if cfg.num_examples is None else cfg.num_examples + cfg.validation_examples
@@ -117,31 +122,59 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
     return SequenceSplits(train, validation)
 
 
-def load_sequences(cfg: DataConfig, tokenizer) -> pd.DataFrame:
-    """Sequences to audit: a Parquet file with ``input_ids`` as is, else D prepared from ``cfg``.
-
-    A Parquet file such as a run's ``data/train.parquet`` keeps its ``example_id`` column; one
-    without it gets ids derived from the tokens.
-    """
+def sequence_file(cfg: DataConfig, tokenizer) -> Path:
+    """A Parquet file of sequences to audit: ``cfg.source`` itself when it is a Parquet file with an
+    ``input_ids`` column (such as a run's ``data/train.parquet``), else D prepared from ``cfg``
+    (without a validation split) in the on-disk cache."""
     path = Path(cfg.source).expanduser()
-    if path.suffix == ".parquet" and path.is_file():
-        import pyarrow.parquet as pq
+    if path.suffix == ".parquet" and path.is_file() and "input_ids" in pq.read_schema(path).names:
+        return path
+    cfg = dataclasses.replace(cfg, validation_examples=0)
+    prepare_sequences(cfg, tokenizer)
+    return _cache_folder(cfg, tokenizer) / "train.parquet"
 
-        if "input_ids" in pq.read_schema(path).names:
-            frame = pd.read_parquet(path)
-            frame["input_ids"] = [np.asarray(ids, dtype=np.int32) for ids in frame["input_ids"]]
-            if "example_id" not in frame.columns:
-                frame["example_id"] = [example_id(ids) for ids in frame["input_ids"]]
-            if frame["input_ids"].map(len).nunique() > 1:
-                raise DataError(f"{path}: the input_ids rows differ in length; every sequence must have the same number of tokens.")
-            if cfg.num_examples is not None:
-                frame = frame.iloc[: cfg.num_examples]
-            return frame[["example_id", "input_ids"]].reset_index(drop=True)
-    return prepare_sequences(dataclasses.replace(cfg, validation_examples=0), tokenizer).train
+
+def count_sequences(path: Path, limit: int | None = None) -> int:
+    rows = pq.ParquetFile(path).metadata.num_rows
+    return rows if limit is None else min(rows, limit)
+
+
+def read_sequence_rows(path: Path, start: int, stop: int) -> pd.DataFrame:
+    """Rows ``start`` to ``stop`` of a sequence file, reading only the row groups that hold them, so
+    a file of any size is audited with bounded memory. A file without ``example_id`` gets ids
+    derived from the tokens."""
+    file = pq.ParquetFile(path)
+    first_row, groups, offset = 0, [], None
+    for index in range(file.num_row_groups):
+        rows = file.metadata.row_group(index).num_rows
+        if first_row < stop and first_row + rows > start:
+            groups.append(index)
+            offset = first_row if offset is None else offset
+        first_row += rows
+    columns = [c for c in ("example_id", "input_ids") if c in file.schema_arrow.names]
+    if not groups:
+        return pd.DataFrame({"example_id": [], "input_ids": []})
+    frame = file.read_row_groups(groups, columns=columns).slice(start - offset, stop - start).to_pandas()
+    frame["input_ids"] = [np.asarray(ids, dtype=np.int32) for ids in frame["input_ids"]]
+    if "example_id" not in frame.columns:
+        frame["example_id"] = [example_id(ids) for ids in frame["input_ids"]]
+    if frame["input_ids"].map(len).nunique() > 1:
+        raise DataError(f"{path}: the input_ids rows differ in length; every sequence must have the same number of tokens.")
+    return frame[["example_id", "input_ids"]].reset_index(drop=True)
+
+
+def load_sequences(cfg: DataConfig, tokenizer) -> pd.DataFrame:
+    """Every sequence to audit (at most ``cfg.num_examples``), in memory; see ``sequence_file``."""
+    path = sequence_file(cfg, tokenizer)
+    return read_sequence_rows(path, 0, count_sequences(path, cfg.num_examples))
+
+
+ROW_GROUP_SIZE = 10_000
+"""Sequences per Parquet row group: the unit a reader of a large sequence file loads at a time."""
 
 
 def write_sequences(path: Path, frame: pd.DataFrame) -> None:
-    write_parquet_atomic(path, frame[["example_id", "input_ids"]])
+    write_parquet_atomic(path, frame[["example_id", "input_ids"]], row_group_size=ROW_GROUP_SIZE)
 
 
 def read_sequences(path: Path) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from accelerate.utils import find_executable_batch_size
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
@@ -106,7 +107,7 @@ def extract_memorized(
     sequences: pd.DataFrame,
     prefix_len: int = 50,
     suffix_len: int = 50,
-    batch_size: int = 64,
+    batch_size: int | None = 64,
     *,
     full: bool = False,
     prefix_lens: tuple[int, ...] | list[int] = (),
@@ -119,6 +120,8 @@ def extract_memorized(
 
     Args:
         sequences: a frame with ``example_id`` and ``input_ids`` (all of one length).
+        batch_size: sequences per forward pass; None finds the largest that fits in memory
+            (recorded in the result's ``attrs["batch_size"]``).
         full: one full forward pass per example instead of early exit, adding
             ``suffix_token_accuracy`` (share of suffix positions whose argmax is the true token),
             ``suffix_loss`` (mean cross-entropy over the suffix, nats) and, for each length P in
@@ -145,22 +148,30 @@ def extract_memorized(
             raise ValueError(f"Prefix length {p} plus suffix_len {suffix_len} does not fit sequences of {length} tokens.")
 
     model.eval()
-    device = model.device
-    columns: dict[str, list[torch.Tensor]] = {}
-    for start in tqdm(range(0, len(input_ids), batch_size), desc=desc, unit="batch"):
-        batch = input_ids[start : start + batch_size].to(device)
-        if full:
-            checks, fields = _full_pass(model, batch, prefix_len, suffix_len, prefix_lens)
-        else:
-            checks, fields = _staged_checks(model, batch, prefix_len, suffix_len, first_stage_tokens), {}
-        matched = leading_matches(checks.correct)
-        fields = {"matched_tokens": matched, "min_margin": decisive_min_gap(checks, matched), **fields}
-        for name, value in fields.items():
-            columns.setdefault(name, []).append(value.cpu())
-    values = {name: torch.cat(parts) for name, parts in columns.items()} if columns else {
-        "matched_tokens": torch.zeros(0, dtype=torch.long),
-        "min_margin": torch.zeros(0),
-    }
+
+    def verdict_columns(batch_size: int) -> dict[str, torch.Tensor]:
+        columns: dict[str, list[torch.Tensor]] = {}
+        progress = tqdm(total=len(input_ids), desc=desc, unit="ex")
+        for start in range(0, len(input_ids), batch_size):
+            batch = input_ids[start : start + batch_size].to(model.device)
+            if full:
+                checks, fields = _full_pass(model, batch, prefix_len, suffix_len, prefix_lens)
+            else:
+                checks, fields = _staged_checks(model, batch, prefix_len, suffix_len, first_stage_tokens), {}
+            matched = leading_matches(checks.correct)
+            fields = {"matched_tokens": matched, "min_margin": decisive_min_gap(checks, matched), **fields}
+            for name, value in fields.items():
+                columns.setdefault(name, []).append(value.cpu())
+            progress.update(len(batch))
+        progress.close()
+        if not columns:
+            return {"matched_tokens": torch.zeros(0, dtype=torch.long), "min_margin": torch.zeros(0)}
+        return {name: torch.cat(parts) for name, parts in columns.items()}
+
+    if batch_size is None:
+        values, batch_size = largest_fitting_batch(verdict_columns, starting_batch_size(model))
+    else:
+        values = verdict_columns(batch_size)
     matched = values.pop("matched_tokens")
     rechecked = torch.zeros(len(matched), dtype=torch.bool)
     if recheck:
@@ -179,7 +190,31 @@ def extract_memorized(
     )
     for name, value in values.items():
         frame[name] = value.numpy()
+    frame.attrs["batch_size"] = batch_size
     return frame
+
+
+def starting_batch_size(model: PreTrainedModel) -> int:
+    """Where the search for the largest batch starts: wide on accelerators; on CPU larger batches
+    buy no speed, so the search starts at a size that is already efficient there."""
+    return 1024 if model.device.type != "cpu" else 64
+
+
+def largest_fitting_batch(work, starting: int):
+    """Run ``work(batch_size)`` with the largest batch size that fits in memory, halving from
+    ``starting`` on every out-of-memory error (accelerate's search); return (result, batch size)."""
+    size = starting
+
+    def halve() -> int:
+        nonlocal size
+        size //= 2
+        return size
+
+    @find_executable_batch_size(starting_batch_size=starting, reduce_batch_size_fn=halve)
+    def attempt(batch_size):
+        return work(batch_size), batch_size
+
+    return attempt()
 
 
 def greedy_matched_tokens(model: PreTrainedModel, input_ids: torch.Tensor, prefix_len: int, suffix_len: int, batch_size: int = 64) -> torch.Tensor:

@@ -1,0 +1,133 @@
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import kdmem.memorization.audit as audit_module
+from kdmem.config import DataConfig
+from kdmem.data import read_sequence_rows, write_sequences
+from kdmem.memorization import extract_memorized
+from kdmem.memorization.audit import AuditConfig, audit
+from kdmem.models import load_tokenizer
+
+PREFIX, SUFFIX = 16, 16
+
+
+@pytest.fixture(scope="module")
+def saved_case(memorizing_model, tiny_bases, tiny_data, tmp_path_factory):
+    """The memorizing model saved as a folder, and D as a run's train.parquet."""
+    folder = tmp_path_factory.mktemp("audit-case")
+    memorizing_model.save_pretrained(folder / "model")
+    load_tokenizer(str(tiny_bases["teacher"])).save_pretrained(folder / "model")
+    write_sequences(folder / "train.parquet", tiny_data.train)
+    return folder
+
+
+def audit_config(case, **changes) -> AuditConfig:
+    values = dict(
+        model=str(case / "model"),
+        data=DataConfig(source=str(case / "train.parquet"), validation_examples=0),
+        prefix_len=PREFIX,
+        suffix_len=SUFFIX,
+        batch_size=8,
+        shard_size=10,
+    )
+    return AuditConfig(**(values | changes))
+
+
+def test_read_sequence_rows_crosses_row_groups(tiny_data, tmp_path):
+    path = tmp_path / "small-groups.parquet"
+    tiny_data.train.to_parquet(path, index=False, row_group_size=7)
+    assert pq.ParquetFile(path).num_row_groups == 7
+    for start, stop in [(0, 48), (0, 7), (5, 9), (13, 30), (40, 48), (47, 60)]:
+        rows = read_sequence_rows(path, start, stop)
+        expected = tiny_data.train.iloc[start:stop]
+        assert rows["example_id"].tolist() == expected["example_id"].tolist()
+        assert all((a == b).all() for a, b in zip(rows["input_ids"], expected["input_ids"]))
+
+
+def test_sharded_audit_equals_one_pass(saved_case, memorizing_model, tiny_data, tmp_path):
+    output = tmp_path / "verdicts.parquet"
+    sharded = audit(audit_config(saved_case), output)
+    direct = extract_memorized(memorizing_model, tiny_data.train, PREFIX, SUFFIX, batch_size=8)
+    pd.testing.assert_frame_equal(sharded, direct)
+    assert not output.with_name(output.name + ".shards").exists()
+    settings = pq.read_schema(output).metadata[b"kdmem"]
+    assert b'"prefix_len": 16' in settings and b'"examples": 48' in settings
+
+
+def test_a_killed_audit_resumes_without_losing_or_repeating_examples(saved_case, tmp_path, monkeypatch):
+    uninterrupted = audit(audit_config(saved_case), tmp_path / "whole.parquet")
+    output = tmp_path / "killed.parquet"
+    calls = []
+    real_extract = audit_module.extract_memorized
+
+    def dies_on_third_shard(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(audit_module, "extract_memorized", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        audit(audit_config(saved_case), output)
+    shards = output.with_name(output.name + ".shards")
+    assert sorted(p.name for p in shards.glob("shard-*")) == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert not output.exists()
+
+    calls.clear()
+    monkeypatch.setattr(audit_module, "extract_memorized", lambda *a, **k: calls.append(len(a[1])) or real_extract(*a, **k))
+    resumed = audit(audit_config(saved_case), output)
+    assert calls == [10, 10, 8]  # only the three missing shards
+    pd.testing.assert_frame_equal(resumed, uninterrupted)
+    assert resumed["example_id"].is_unique and len(resumed) == 48
+
+
+def test_resuming_with_other_settings_is_refused(saved_case, tmp_path, monkeypatch):
+    output = tmp_path / "changed.parquet"
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audit_module, "extract_memorized", dies)
+    with pytest.raises(KeyboardInterrupt):
+        audit(audit_config(saved_case), output)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="other settings \\(suffix_len\\).*delete that folder"):
+        audit(audit_config(saved_case, suffix_len=8), output)
+    # the batch size changes no verdict: resuming with another one is allowed
+    assert len(audit(audit_config(saved_case, batch_size=16), output)) == 48
+
+
+def test_automatic_batch_size_halves_until_it_fits(memorizing_model, tiny_data, monkeypatch):
+    reference = extract_memorized(memorizing_model, tiny_data.train, PREFIX, SUFFIX, batch_size=48)
+    real_forward = memorizing_model.forward
+
+    def forward_with_small_memory(*args, **kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids.shape[0] > 12:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GB.")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(memorizing_model, "forward", forward_with_small_memory)
+    automatic = extract_memorized(memorizing_model, tiny_data.train, PREFIX, SUFFIX, batch_size=None)
+    assert automatic.attrs["batch_size"] == 8  # 64 -> 32 -> 16 -> 8
+    pd.testing.assert_frame_equal(automatic, reference)
+
+
+def test_two_processes_under_accelerate_equal_one(saved_case, tmp_path):
+    single = tmp_path / "one.parquet"
+    double = tmp_path / "two.parquet"
+    common = ["--model", str(saved_case / "model"), "--data", str(saved_case / "train.parquet"),
+              "--prefix-len", str(PREFIX), "--suffix-len", str(SUFFIX), "--batch-size", "8", "--shard-size", "10"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run([sys.executable, "-m", "kdmem.cli", "extract", *common, "--output", str(single)], check=True, env=env, capture_output=True)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kdmem.cli", "extract"]
+    result = subprocess.run([*launch, *common, "--output", str(double)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("memorized ") == 1  # only the main process prints the summary
+    pd.testing.assert_frame_equal(pd.read_parquet(double), pd.read_parquet(single))
