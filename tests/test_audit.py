@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import kdmem.memorization.audit as audit_module
-from kdmem.config import DataConfig
+from kdmem.config import DataConfig, ExtractionConfig
 from kdmem.data import read_sequence_rows, write_sequences
-from kdmem.memorization import extract_memorized
+from kdmem.memorization import extract_memorized, sample_positions
 from kdmem.memorization.audit import AuditConfig, audit
 from kdmem.models import load_tokenizer
 
@@ -27,15 +27,13 @@ def saved_case(memorizing_model, tiny_bases, tiny_data, tmp_path_factory):
 
 
 def audit_config(case, **changes) -> AuditConfig:
-    values = dict(
+    extraction = dict(prefix_len=PREFIX, suffix_len=SUFFIX, batch_size=8, approximate_sample=0) | changes
+    return AuditConfig(
         model=str(case / "model"),
         data=DataConfig(source=str(case / "train.parquet"), validation_examples=0),
-        prefix_len=PREFIX,
-        suffix_len=SUFFIX,
-        batch_size=8,
+        extraction=ExtractionConfig(**extraction),
         shard_size=10,
     )
-    return AuditConfig(**(values | changes))
 
 
 def test_read_sequence_rows_crosses_row_groups(tiny_data, tmp_path):
@@ -57,6 +55,19 @@ def test_sharded_audit_equals_one_pass(saved_case, memorizing_model, tiny_data, 
     assert not output.with_name(output.name + ".shards").exists()
     settings = pq.read_schema(output).metadata[b"kdmem"]
     assert b'"prefix_len": 16' in settings and b'"examples": 48' in settings
+
+
+def test_approximate_sample_and_listed_ids_land_in_the_same_rows(saved_case, memorizing_model, tiny_data, tmp_path):
+    listed = list(tiny_data.train["example_id"].iloc[[3, 40]])
+    sharded = audit(audit_config(saved_case, approximate_sample=12, approximate_ids=[*listed, "no-such-id"], seed=1), tmp_path / "a.parquet")
+    checked = sharded["approx_token_match"].notna()
+    positions = set(sample_positions(48, 12, seed=1)) | {3, 40}
+    assert set(checked[checked].index) == positions
+    # the same rows and values as one in-memory pass over all of D
+    in_memory = audit(audit_config(saved_case, approximate_sample=12, approximate_ids=listed, seed=1))
+    pd.testing.assert_frame_equal(sharded, in_memory, check_like=True)
+    exact = sharded[checked & sharded["memorized"]]
+    assert (exact["approx_token_match"] == 1.0).all() and (exact["approx_edit_distance"] == 0.0).all()
 
 
 def test_a_killed_audit_resumes_without_losing_or_repeating_examples(saved_case, tmp_path, monkeypatch):
@@ -96,7 +107,7 @@ def test_resuming_with_other_settings_is_refused(saved_case, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         audit(audit_config(saved_case), output)
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="other settings \\(suffix_len\\).*delete that folder"):
+    with pytest.raises(ValueError, match="other settings \\(extraction\\).*delete that folder"):
         audit(audit_config(saved_case, suffix_len=8), output)
     # the batch size changes no verdict: resuming with another one is allowed
     assert len(audit(audit_config(saved_case, batch_size=16), output)) == 48

@@ -38,6 +38,9 @@ def test_layout_and_summary(finished_run):
         assert row["memorized"] == int(verdicts["memorized"].sum()) and row["examples"] == len(train)
         assert row["rate"] == pytest.approx(row["memorized"] / row["examples"])
         assert row["val_ppl"] == pytest.approx(2.718281828 ** row["val_loss"], rel=1e-6)
+        # the approximate check covers a sample (here all 48 examples, fewer than the default 100)
+        assert verdicts["approx_token_match"].notna().sum() == row["approximate"]["examples"] == len(train)
+        assert row["approximate"]["exact"] == row["memorized"]
     for name in names:  # memorization over training ends where the final audit does
         history = summary["memorization_over_training"][name]
         assert [record["epoch"] for record in history] == [2]
@@ -113,7 +116,7 @@ def test_cli_extract_on_a_runs_training_set(finished_run, tmp_path, capsys):
     memorized = summary["models"]["teacher"]["memorized"]
     assert f"memorized {memorized} of {len(verdicts)}" in capsys.readouterr().out
     recorded = json.loads(pq.read_schema(target).metadata[b"kdmem"])
-    assert recorded["prefix_len"] == 16 and recorded["prefix_lens"] == [8, 16]
+    assert recorded["extraction"]["prefix_len"] == 16 and recorded["extraction"]["prefix_lens"] == [8, 16]
 
 
 def test_cli_extract_on_text_and_bad_arguments(tiny_bases, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from kdmem.config import ConfigError, available_presets, load_config
 from kdmem.data import DataError
@@ -50,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--prefix-lens", default="", help="with --full: comma-separated prefix lengths, e.g. 10,20,50,100")
     extract.add_argument("--margin-tolerance", type=float, default=1e-3)
     extract.add_argument("--shard-size", type=int, default=10_000, help="examples per resumable output shard")
+    extract.add_argument("--approximate-sample", type=int, default=0, metavar="N",
+                         help="also decode N random examples with greedy generate: token match rate, edit distance, longest common run")
+    extract.add_argument("--approximate-ids", default="", metavar="IDS",
+                         help="... and these examples: comma-separated example ids, or a file with one id per line")
+    extract.add_argument("--seed", type=int, default=0, help="seed of the approximate sample")
     extract.add_argument("--trust-remote-code", action="store_true")
     return parser
 
@@ -61,8 +67,15 @@ def _split_config_and_overrides(args) -> None:
         args.config = None
 
 
+def _example_ids(text: str) -> list[str]:
+    """``a,b,c`` or the path of a file with one id per line."""
+    if text and Path(text).is_file():
+        return [line.strip() for line in Path(text).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _extract(args) -> None:
-    from kdmem.config import DataConfig
+    from kdmem.config import DataConfig, ExtractionConfig
     from kdmem.memorization.audit import AuditConfig, audit, one_line_summary
 
     try:
@@ -81,14 +94,19 @@ def _extract(args) -> None:
     cfg = AuditConfig(
         model=args.model,
         data=data,
-        prefix_len=args.prefix_len,
-        suffix_len=args.suffix_len,
-        batch_size=args.batch_size,
-        full=args.full,
-        prefix_lens=prefix_lens,
-        margin_tolerance=args.margin_tolerance,
-        trust_remote_code=args.trust_remote_code,
+        extraction=ExtractionConfig(
+            prefix_len=args.prefix_len,
+            suffix_len=args.suffix_len,
+            batch_size=args.batch_size,
+            full=args.full,
+            prefix_lens=prefix_lens,
+            margin_tolerance=args.margin_tolerance,
+            approximate_sample=args.approximate_sample,
+            approximate_ids=_example_ids(args.approximate_ids),
+            seed=args.seed,
+        ),
         shard_size=args.shard_size,
+        trust_remote_code=args.trust_remote_code,
     )
     verdicts = audit(cfg, args.output)
     from accelerate import PartialState

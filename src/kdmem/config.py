@@ -106,7 +106,8 @@ class ExtractionConfig:
 
     prefix_len: int = 32
     suffix_len: int = 32
-    batch_size: int = 64
+    batch_size: int | None = 64
+    """Sequences per forward pass; None: the largest that fits in memory."""
     full: bool = False
     """One full forward pass per example, adding suffix_token_accuracy, suffix_loss and prefix curves."""
     prefix_lens: list[int] = field(default_factory=list)
@@ -115,6 +116,13 @@ class ExtractionConfig:
     """Early exit: suffix tokens every example is checked on before the survivors continue."""
     margin_tolerance: float = 1e-3
     """Examples whose top-1/top-2 logit gap falls below this are decided by real greedy decoding."""
+    approximate_sample: int = 100
+    """Also decode this many random training examples with greedy ``generate`` and add the
+    approximate measures (token match rate, edit distance, longest common run); 0: none."""
+    approximate_ids: list[str] = field(default_factory=list)
+    """... and these examples, by ``example_id``."""
+    seed: int = 0
+    """Seed of the approximate sample."""
     track_every_epochs: int = 2
     """Also audit D every this many epochs of each training stage (0: only at the end)."""
     track_examples: int | None = None

@@ -27,7 +27,7 @@ import yaml
 from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, save_config
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
 from kdmem.io import atomic_dir, write_json_atomic, write_parquet_atomic
-from kdmem.memorization import MemorizationTracker, extract_memorized
+from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.report import headline_table
 from kdmem.train import distill, fine_tune, greedy_continuations, resolve_model_name, validation_loss
@@ -262,18 +262,8 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
         def evaluate(name=name):
             model = load_model(str(layout.model(name)))
-            verdicts = extract_memorized(
-                model,
-                train,
-                ext.prefix_len,
-                ext.suffix_len,
-                ext.batch_size,
-                full=ext.full,
-                prefix_lens=ext.prefix_lens,
-                first_stage_tokens=ext.first_stage_tokens,
-                margin_tolerance=ext.margin_tolerance,
-                desc=f"extract {name}",
-            )
+            sample = sample_positions(len(train), ext.approximate_sample, ext.seed)
+            verdicts = measure_memorization(model, train, ext, sample, desc=f"extract {name}")
             write_parquet_atomic(layout.memorization(name), verdicts)
             loss = validation_loss(model, validation, batch_size=ext.batch_size)
             memorized = int(verdicts["memorized"].sum())
@@ -290,6 +280,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
                         f"rate_p{length}": float(verdicts[f"memorized_p{length}"].mean())
                         for length in ext.prefix_lens
                     },
+                    **approximate_summary(verdicts),
                 },
             )
 

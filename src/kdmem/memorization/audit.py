@@ -4,37 +4,65 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from accelerate import PartialState
+from transformers import PreTrainedModel
 
-from kdmem.config import DataConfig
+from kdmem.config import DataConfig, ExtractionConfig
 from kdmem.data import count_sequences, read_sequence_rows, sequence_file
 from kdmem.io import atomic_path, write_json_atomic, write_parquet_atomic
+from kdmem.memorization.approximate import add_approximate, approximate_memorization, sample_positions
 from kdmem.memorization.extraction import extract_memorized
 from kdmem.models import load_model, load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class AuditConfig:
+    """``kdmem extract``: one model, one data source, the extraction settings, and sharding."""
+
     model: str
     data: DataConfig
-    prefix_len: int = 50
-    suffix_len: int = 50
-    batch_size: int | None = None
-    """Sequences per forward pass; None: the largest that fits in memory."""
-    full: bool = False
-    prefix_lens: list[int] = field(default_factory=list)
-    margin_tolerance: float = 1e-3
-    trust_remote_code: bool = False
+    extraction: ExtractionConfig = field(default_factory=lambda: ExtractionConfig(prefix_len=50, suffix_len=50, batch_size=None, approximate_sample=0))
     shard_size: int = 10_000
     """Examples per output shard: the unit of resumption and of work per process."""
+    trust_remote_code: bool = False
+
+
+def measure_memorization(
+    model: PreTrainedModel, rows: pd.DataFrame, ext: ExtractionConfig, approximate_positions=(), desc: str = "extract"
+) -> pd.DataFrame:
+    """Exact verdicts of every row (``extract_memorized`` with ``ext``'s settings), plus the
+    approximate measures of the rows at ``approximate_positions`` and of the rows ``ext`` lists by id.
+    The batch size used is in the result's ``attrs["batch_size"]``."""
+    verdicts = extract_memorized(
+        model,
+        rows,
+        ext.prefix_len,
+        ext.suffix_len,
+        ext.batch_size,
+        full=ext.full,
+        prefix_lens=ext.prefix_lens,
+        first_stage_tokens=ext.first_stage_tokens,
+        margin_tolerance=ext.margin_tolerance,
+        desc=desc,
+    )
+    listed = np.flatnonzero(rows["example_id"].isin(set(ext.approximate_ids)).to_numpy())
+    positions = np.union1d(np.asarray(approximate_positions, dtype=np.int64), listed)
+    if ext.approximate_sample or ext.approximate_ids:
+        measures = approximate_memorization(model, rows.iloc[positions], ext.prefix_len, ext.suffix_len, verdicts.attrs["batch_size"])
+        verdicts = add_approximate(verdicts, positions, measures)
+    return verdicts
 
 
 def audit(cfg: AuditConfig, output: str | Path | None = None) -> pd.DataFrame:
@@ -52,30 +80,25 @@ def audit(cfg: AuditConfig, output: str | Path | None = None) -> pd.DataFrame:
         source = sequence_file(cfg.data, tokenizer)
     total = count_sequences(source, cfg.data.num_examples)
     model = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=state.device)
-    batch_size = cfg.batch_size
+    ext = cfg.extraction
+    sampled = sample_positions(total, ext.approximate_sample, ext.seed)
 
     def verdicts_of(start: int, stop: int, desc: str) -> pd.DataFrame:
-        nonlocal batch_size
-        verdicts = extract_memorized(
-            model,
-            read_sequence_rows(source, start, stop),
-            cfg.prefix_len,
-            cfg.suffix_len,
-            batch_size,
-            full=cfg.full,
-            prefix_lens=cfg.prefix_lens,
-            margin_tolerance=cfg.margin_tolerance,
-            desc=desc,
-        )
-        batch_size = verdicts.attrs["batch_size"]  # found once, kept for later shards
+        nonlocal ext
+        in_shard = sampled[(sampled >= start) & (sampled < stop)] - start
+        verdicts = measure_memorization(model, read_sequence_rows(source, start, stop), ext, in_shard, desc)
+        # The batch size that fits is found once and kept for later shards.
+        ext = dataclasses.replace(ext, batch_size=verdicts.attrs["batch_size"])
         return verdicts
 
     if output is None:
-        return verdicts_of(0, total, "extract")
+        verdicts = verdicts_of(0, total, "extract")
+        _warn_about_missing_ids(verdicts, set(ext.approximate_ids))
+        return verdicts
     output = Path(output)
     shards = output.with_name(output.name + ".shards")
     settings = dataclasses.asdict(cfg) | {"examples": total}
-    settings.pop("batch_size")  # the batch size changes no verdict, so a resumed run may change it
+    settings["extraction"].pop("batch_size")  # it changes no verdict, so a resumed run may change it
     _claim_shard_folder(shards, settings, state)
     count = max(1, math.ceil(total / cfg.shard_size))
     for index in range(state.process_index, count, state.num_processes):
@@ -93,7 +116,16 @@ def audit(cfg: AuditConfig, output: str | Path | None = None) -> pd.DataFrame:
             pq.write_table(table, tmp)
         shutil.rmtree(shards)
     state.wait_for_everyone()
-    return pd.read_parquet(output)
+    verdicts = pd.read_parquet(output)
+    _warn_about_missing_ids(verdicts, set(ext.approximate_ids))
+    return verdicts
+
+
+def _warn_about_missing_ids(verdicts: pd.DataFrame, listed: set[str]) -> None:
+    missing = listed - set(verdicts["example_id"])
+    if missing:
+        logger.warning("%d of the %d example ids listed for the approximate check are not in the data, e.g. %s",
+                       len(missing), len(listed), sorted(missing)[0])
 
 
 def _claim_shard_folder(shards: Path, settings: dict, state: PartialState) -> None:
