@@ -130,6 +130,17 @@ class ExtractionConfig:
 
 
 @dataclass
+class MembershipConfig:
+    """Membership inference: do a model's scores tell D's examples from held-out ones?"""
+
+    enabled: bool = True
+    min_k: float = 0.2
+    """k of Min-K% Prob: the share of lowest-probability tokens whose log-probabilities are averaged."""
+    reference: bool = True
+    """Also score the reference ratio against the base each model was fine-tuned from."""
+
+
+@dataclass
 class CanaryConfig:
     """Synthetic secrets planted in D before training (the Secret Sharer's canaries).
 
@@ -194,6 +205,7 @@ class ExperimentConfig:
         default_factory=lambda: HardDistillConfig(training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32))
     )
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of the student-side models (baseline, soft, hard); the teacher uses the first."""
@@ -219,6 +231,8 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"extraction.prefix_lens entry {length} plus suffix_len {ext.suffix_len} does not fit data.seq_len = {self.data.seq_len}."
                 )
+        if not 0 < self.membership.min_k <= 1:
+            raise ConfigError(f"membership.min_k must be in (0, 1], got {self.membership.min_k}.")
         if any(r < 1 for r in self.canaries.repeats):
             raise ConfigError(f"canaries.repeats must be positive counts, got {self.canaries.repeats}.")
         if self.canaries.num_candidates < 1:
