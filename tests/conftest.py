@@ -61,3 +61,14 @@ def memorizing_model(tiny_bases, tiny_data, tmp_path_factory):
     model = load_model(str(tiny_bases["teacher"]))
     cfg = TrainingConfig(epochs=30, learning_rate=5e-3, batch_size=16)
     return fine_tune(model, tiny_data.train, cfg, tmp_path_factory.mktemp("memorizing"), seed=0).eval()
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_config, tiny_bases, tmp_path_factory):
+    """A whole tiny run with two seeds and a temperature sweep: (config, folder, summary)."""
+    from kdmem.config import load_config
+    from kdmem.pipeline import run
+
+    config = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["seeds=[0,1]", "soft.sweep_temperatures=[1,4]"])
+    out = tmp_path_factory.mktemp("run")
+    return config, out, run(config, out)

@@ -1,25 +1,21 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from kdmem import cli
 from kdmem.config import ConfigError, load_config
-from kdmem.pipeline import model_names, run
+from kdmem.layout import model_names
+from kdmem.pipeline import run
 from tests.conftest import TINY_OVERRIDES
 
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_config, tiny_bases, tmp_path_factory):
-    config = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["seeds=[0,1]"])
-    out = tmp_path_factory.mktemp("run")
-    return config, out, run(config, out)
 
 
 def test_layout_and_summary(finished_run):
     config, out, summary = finished_run
-    names = ["teacher", "baseline", "baseline-seed1", "soft", "soft-seed1", "hard", "hard-seed1"]
+    names = ["teacher", "baseline", "baseline-seed1", "soft", "soft-seed1", "hard", "hard-seed1", "soft-T1", "soft-T4"]
     assert model_names(config) == names
     assert load_config(out / "config.yaml") == config
     train = pd.read_parquet(out / "data" / "train.parquet")
@@ -130,3 +126,23 @@ def test_cli_extract_on_text_and_bad_arguments(tiny_bases, tmp_path, capsys):
     assert "needs full=True" in capsys.readouterr().err
     assert cli.main(["extract", "--model", str(tmp_path / "nowhere"), "--data", "builtin:python-docs", "-o", str(target)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_canaries_are_planted_in_training_but_not_in_d(tiny_bases, tmp_path):
+    config = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["canaries.repeats=[1,8]", "canaries.num_candidates=40"])
+    out = tmp_path / "canaries"
+    summary = run(config, out)
+    train = pd.read_parquet(out / "data" / "train.parquet")
+    canaries = pd.read_parquet(out / "data" / "canaries.parquet")
+    assert list(canaries["repeats"]) == [1, 8] and len(train) == config.data.num_examples
+    canary_tokens = {tuple(ids) for ids in canaries["input_ids"]}
+    assert not canary_tokens & {tuple(ids) for ids in train["input_ids"]}  # D, the audited set, has none
+    hard = pd.read_parquet(out / "data" / "hard.parquet")
+    assert len(hard) == len(train) + 9 and (hard["example_id"] == "canary-01").sum() == 8  # training saw the copies
+    for name in model_names(config):
+        exposure = pd.read_parquet(out / "canaries" / f"{name}.parquet")
+        assert list(exposure["canary_id"]) == ["canary-00", "canary-01"]
+        assert ((exposure["exposure"] >= 0) & (exposure["exposure"] <= np.log2(41) + 1e-9)).all()
+        recorded = summary["models"][name]["canaries"]
+        assert [c["exposure"] for c in recorded] == pytest.approx(exposure["exposure"].tolist())
+    json.dumps(summary)  # plain JSON types only

@@ -57,7 +57,47 @@ def _parser() -> argparse.ArgumentParser:
                          help="... and these examples: comma-separated example ids, or a file with one id per line")
     extract.add_argument("--seed", type=int, default=0, help="seed of the approximate sample")
     extract.add_argument("--trust-remote-code", action="store_true")
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="explain a finished run's memorization: overlaps, features, predictor, mechanism, sweeps",
+        description="Writes OUT/analysis.json, OUT/features.parquet and OUT/figures/ (PNG and SVG).",
+    )
+    analyze.add_argument("output", help="a run folder written by `kdmem run`")
+    analyze.add_argument("--repeats", type=int, default=100, help="repetitions of the predictor's 1:3 protocol (paper: 100)")
+
+    predict = commands.add_parser(
+        "predict",
+        help="score any data for the risk that a distilled student memorizes it, before distillation",
+        description="Fits the predictor on a finished, analyzed run and scores DATA with a teacher (and baseline).",
+    )
+    predict.add_argument("run", help="an analyzed run folder (it holds features.parquet)")
+    predict.add_argument("--data", required=True, help="a Parquet file with input_ids, a text file or folder, builtin:python-docs, or a hub dataset")
+    predict.add_argument("--output", "-o", required=True, help="Parquet file to write: example_id, risk, features")
+    predict.add_argument("--student", default="soft", choices=["soft", "hard"], help="whose memorization to predict")
+    predict.add_argument("--teacher", help="teacher model (default: the run's)")
+    predict.add_argument("--baseline", help="baseline model (default: the run's)")
+    predict.add_argument("--teacher-only", action="store_true", help="use teacher perplexity and zlib entropy only (no baseline)")
+    predict.add_argument("--seq-len", type=int, help="sequence length when --data is text (default: the run's)")
+    predict.add_argument("--num-examples", type=int)
+    predict.add_argument("--text-field", default="text")
+    predict.add_argument("--subset")
+    predict.add_argument("--split", default="train")
     return parser
+
+
+def _predict(args) -> None:
+    from kdmem.analysis.analyze import predict
+    from kdmem.config import DataConfig
+    from kdmem.io import write_parquet_atomic
+
+    seq_len = args.seq_len or load_config(Path(args.run) / "config.yaml").data.seq_len
+    data = DataConfig(source=args.data, subset=args.subset, split=args.split, text_field=args.text_field, seq_len=seq_len,
+                      num_examples=args.num_examples, validation_examples=0)
+    risk = predict(args.run, data, student=args.student, teacher=args.teacher, baseline=args.baseline, teacher_only=args.teacher_only)
+    write_parquet_atomic(Path(args.output), risk)
+    top = risk["risk"].quantile(0.99)
+    print(f"scored {len(risk)} sequences; mean risk {risk['risk'].mean():.4f}, 99th percentile {top:.4f}; wrote {args.output}")
 
 
 def _split_config_and_overrides(args) -> None:
@@ -127,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             run(config, args.output, overwrite=args.overwrite)
         elif args.command == "extract":
             _extract(args)
+        elif args.command == "analyze":
+            from kdmem.analysis.analyze import analyze
+
+            analyze(args.output, repeats=args.repeats)
+        elif args.command == "predict":
+            _predict(args)
         return 0
     except USER_ERRORS as error:
         if args.debug:

@@ -84,6 +84,9 @@ class SoftDistillConfig:
     kind: str = "forward_kl"
     """``forward_kl`` (the paper), ``reverse_kl``, ``jsd`` or ``tvd``."""
     temperature: float = 2.0
+    sweep_temperatures: list[float] = field(default_factory=list)
+    """Extra soft students at these temperatures (paper: 1, 2, 3, 4), first seed only, named
+    ``soft-T{t}``; the one at ``temperature`` is the ``soft`` student itself."""
     jsd_beta: float = 0.5
     ce_weight: float = 0.0
     """Weight of an added cross-entropy term on D; the paper uses none."""
@@ -245,8 +248,8 @@ class ExperimentConfig:
             raise ConfigError(
                 f"soft.kind = {self.soft.kind!r} is unknown; use forward_kl, reverse_kl, jsd or tvd."
             )
-        if self.soft.temperature <= 0:
-            raise ConfigError(f"soft.temperature must be positive, got {self.soft.temperature}.")
+        if self.soft.temperature <= 0 or any(t <= 0 for t in self.soft.sweep_temperatures):
+            raise ConfigError(f"soft.temperature and soft.sweep_temperatures must be positive, got {self.soft.temperature} and {self.soft.sweep_temperatures}.")
         if self.data.num_examples is not None and self.data.num_examples < 1:
             raise ConfigError("data.num_examples must be at least 1 (or null for every sequence).")
         if self.data.seq_len < 2:

@@ -9,6 +9,7 @@ no half-written file and a rerun on the same folder continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,56 +27,16 @@ import yaml
 
 from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, save_config
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
+from kdmem.analysis.analyze import analyze
 from kdmem.io import atomic_dir, write_json_atomic, write_parquet_atomic
+from kdmem.layout import RunLayout, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
+from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.report import headline_table
 from kdmem.train import distill, fine_tune, greedy_continuations, resolve_model_name, validation_loss
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RunLayout:
-    """Where each output of a run lives."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def provenance(self) -> Path:
-        return self.root / "run.json"
-
-    def data(self, split: str) -> Path:
-        return self.root / "data" / f"{split}.parquet"
-
-    def model(self, name: str) -> Path:
-        return self.root / "models" / name
-
-    def model_done(self, name: str) -> Path:
-        """Written last into a model's folder, so its presence means the model is whole."""
-        return self.model(name) / "kdmem_stage.json"
-
-    def memorization(self, name: str) -> Path:
-        return self.root / "memorization" / f"{name}.parquet"
-
-    def evaluation(self, name: str) -> Path:
-        return self.root / "evaluation" / f"{name}.json"
-
-    @property
-    def work_root(self) -> Path:
-        """Scratch space of the Trainer runs; emptied as each model is saved."""
-        return self.root / "work"
-
-    def work(self, name: str) -> Path:
-        return self.work_root / name
 
 
 @dataclass
@@ -91,18 +52,6 @@ class StageClock:
 
     def record(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = round(seconds, 2)
-
-
-def seed_suffix(seed: int, config: ExperimentConfig) -> str:
-    return "" if seed == config.seeds[0] else f"-seed{seed}"
-
-
-def model_names(config: ExperimentConfig) -> list[str]:
-    """Every model a run trains, in order: teacher, then baseline, soft and hard for each seed."""
-    names = ["teacher"]
-    for kind in ("baseline", "soft", "hard"):
-        names += [kind + seed_suffix(seed, config) for seed in config.seeds]
-    return names
 
 
 def _check_output(layout: RunLayout, config: ExperimentConfig, overwrite: bool) -> None:
@@ -164,6 +113,56 @@ def _provenance(config: ExperimentConfig, clock: StageClock) -> dict:
     }
 
 
+def evaluate_model(
+    name: str,
+    base: str,
+    layout: RunLayout,
+    config: ExperimentConfig,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    tokenizer,
+    canaries: pd.DataFrame | None,
+) -> dict:
+    """Everything kdmem measures of one trained model; its row of the summary.
+
+    Writes ``memorization/NAME.parquet`` (exact and approximate extraction on D),
+    ``membership/NAME.parquet`` (scores on D and validation) and ``canaries/NAME.parquet``.
+    """
+    ext = config.extraction
+    model = load_model(str(layout.model(name)))
+    sample = sample_positions(len(train), ext.approximate_sample, ext.seed)
+    verdicts = measure_memorization(model, train, ext, sample, desc=f"extract {name}")
+    write_parquet_atomic(layout.memorization(name), verdicts)
+    batch_size = verdicts.attrs["batch_size"]
+    loss = validation_loss(model, validation, batch_size=batch_size)
+    memorized = int(verdicts["memorized"].sum())
+    row = {
+        "memorized": memorized,
+        "examples": len(verdicts),
+        "rate": memorized / len(verdicts),
+        "val_loss": loss,
+        "val_ppl": math.exp(loss),
+        "rechecked": int(verdicts["rechecked"].sum()),
+        **{f"rate_p{length}": float(verdicts[f"memorized_p{length}"].mean()) for length in ext.prefix_lens},
+        **approximate_summary(verdicts),
+    }
+    if canaries is not None:
+        exposure = canary_exposure(
+            model,
+            canaries,
+            ext.prefix_len,
+            ext.suffix_len,
+            vocab_size=len(tokenizer),
+            excluded_token_ids=tokenizer.all_special_ids,
+            num_candidates=config.canaries.num_candidates,
+            seed=config.canaries.seed,
+            batch_size=batch_size,
+        )
+        write_parquet_atomic(layout.canaries(name), exposure)
+        row["canaries"] = exposure[["canary_id", "repeats", "exposure", "extractable"]].to_dict("records")
+    return row
+
+
 def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite: bool = False) -> dict:
     """Run (or finish) the experiment in ``output`` (default ``runs/NAME``); return the summary."""
     config.validate()
@@ -195,11 +194,19 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     def make_data():
         splits = prepare_sequences(config.data, tokenizer)
         write_sequences(layout.data("validation"), splits.validation)
+        if config.canaries.repeats:
+            canaries = make_canaries(
+                config.canaries, len(tokenizer), config.data.seq_len, config.extraction.prefix_len, tokenizer.all_special_ids
+            )
+            write_parquet_atomic(layout.data("canaries"), canaries)
         write_sequences(layout.data("train"), splits.train)  # written last: its presence marks the stage done
 
     stage("data", layout.data("train"), make_data)
     train = read_sequences(layout.data("train"))
     validation = read_sequences(layout.data("validation"))
+    canaries = pd.read_parquet(layout.data("canaries")) if config.canaries.repeats else None
+    # What training sees: D, plus each canary's copies when canaries are planted (D stays the audited set).
+    training_rows = train if canaries is None else inject_canaries(train, canaries, config.canaries.seed)
     logger.info("D: %d training and %d validation sequences of %d tokens", len(train), len(validation), config.data.seq_len)
 
     def load_base(spec, base):
@@ -225,7 +232,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
         stage(name, layout.model_done(name), action)
 
-    train_ce("teacher", config.teacher, teacher_base, config.teacher.training, train, config.seeds[0], "teacher")
+    train_ce("teacher", config.teacher, teacher_base, config.teacher.training, training_rows, config.seeds[0], "teacher")
     teacher_cache: dict = {}
 
     def teacher_model():
@@ -233,22 +240,29 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             teacher_cache["model"] = load_model(str(layout.model("teacher")))
         return teacher_cache["model"]
 
+    def train_soft(name: str, seed: int, soft):
+        def action():
+            callbacks = trackers(name)
+            student = distill(load_base(config.student, student_base), teacher_model(), training_rows, soft, layout.work(name), seed, callbacks)
+            info = stage_info("soft", seed, student_base, callbacks) | {"temperature": soft.temperature}
+            _save_model(student, tokenizer, layout.model(name), info, layout.work(name))
+
+        stage(name, layout.model_done(name), action)
+
     for seed in config.seeds:
         suffix = seed_suffix(seed, config)
-        train_ce("baseline" + suffix, config.student, student_base, config.student.training, train, seed, "baseline")
+        train_ce("baseline" + suffix, config.student, student_base, config.student.training, training_rows, seed, "baseline")
+        train_soft("soft" + suffix, seed, config.soft)
 
-        def soft_action(name="soft" + suffix, seed=seed):
-            callbacks = trackers(name)
-            student = distill(load_base(config.student, student_base), teacher_model(), train, config.soft, layout.work(name), seed, callbacks)
-            _save_model(student, tokenizer, layout.model(name), stage_info("soft", seed, student_base, callbacks), layout.work(name))
-
-        stage("soft" + suffix, layout.model_done("soft" + suffix), soft_action)
+    for temperature, name in temperature_sweep(config).items():
+        if name != "soft":
+            train_soft(name, config.seeds[0], dataclasses.replace(config.soft, temperature=temperature))
 
     def make_hard_data():
         generated = greedy_continuations(
-            teacher_model(), as_tensor(train), config.hard.prefix_len, config.data.seq_len, config.hard.generation_batch_size, desc="hard data"
+            teacher_model(), as_tensor(training_rows), config.hard.prefix_len, config.data.seq_len, config.hard.generation_batch_size, desc="hard data"
         )
-        hard = pd.DataFrame({"example_id": train["example_id"], "input_ids": list(generated.numpy().astype("int32"))})
+        hard = pd.DataFrame({"example_id": training_rows["example_id"], "input_ids": list(generated.numpy().astype("int32"))})
         write_sequences(layout.data("hard"), hard)
 
     stage("hard_data", layout.data("hard"), make_hard_data)
@@ -261,28 +275,8 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     for name in model_names(config):
 
         def evaluate(name=name):
-            model = load_model(str(layout.model(name)))
-            sample = sample_positions(len(train), ext.approximate_sample, ext.seed)
-            verdicts = measure_memorization(model, train, ext, sample, desc=f"extract {name}")
-            write_parquet_atomic(layout.memorization(name), verdicts)
-            loss = validation_loss(model, validation, batch_size=ext.batch_size)
-            memorized = int(verdicts["memorized"].sum())
-            write_json_atomic(
-                layout.evaluation(name),
-                {
-                    "memorized": memorized,
-                    "examples": len(verdicts),
-                    "rate": memorized / len(verdicts),
-                    "val_loss": loss,
-                    "val_ppl": math.exp(loss),
-                    "rechecked": int(verdicts["rechecked"].sum()),
-                    **{
-                        f"rate_p{length}": float(verdicts[f"memorized_p{length}"].mean())
-                        for length in ext.prefix_lens
-                    },
-                    **approximate_summary(verdicts),
-                },
-            )
+            base = teacher_base if name == "teacher" else student_base
+            write_json_atomic(layout.evaluation(name), evaluate_model(name, base, layout, config, train, validation, tokenizer, canaries))
 
         stage(f"evaluate:{name}", layout.evaluation(name), evaluate)
 
@@ -299,6 +293,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     if layout.work_root.exists() and not any(layout.work_root.iterdir()):
         layout.work_root.rmdir()
     write_json_atomic(layout.summary, summary)
+    stage("analysis", layout.analysis, lambda: analyze(layout.root))
     write_json_atomic(layout.provenance, _provenance(config, clock))
     logger.info("\n%s", headline_table(summary))
     return summary

@@ -14,6 +14,7 @@ from kdmem.data.sequences import (
     prepare_sequences,
     read_sequences,
     write_sequences,
+    zlib_entropy,
 )
 from kdmem.data.sources import DataError, load_documents
 
@@ -33,4 +34,5 @@ __all__ = [
     "python_docs",
     "read_sequences",
     "write_sequences",
+    "zlib_entropy",
 ]

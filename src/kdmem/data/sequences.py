@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,12 @@ class SequenceSplits:
 def example_id(input_ids) -> str:
     """A stable name for a sequence, derived from its tokens alone (16 hex digits of SHA-256)."""
     return hashlib.sha256(np.asarray(input_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def zlib_entropy(text: str) -> int:
+    """Bytes of the UTF-8 text after ``zlib.compress`` (default level): the paper's "zlib entropy",
+    low for repetitive, predictable text."""
+    return len(zlib.compress(text.encode("utf-8")))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

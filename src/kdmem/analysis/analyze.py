@@ -1,0 +1,189 @@
+"""``kdmem analyze OUT``: explain a finished run's memorization; ``OUT/analysis.json``,
+``OUT/features.parquet`` and ``OUT/figures/``.
+
+Reads the per-example verdicts under ``OUT/memorization/`` and the saved models, and runs the
+paper's analyses: set overlaps per student (and over the union of seeds), seed consistency,
+per-example features, the pre-distillation predictor, the mechanism of suppression, soft vs hard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdmem.analysis import figures
+from kdmem.analysis.features import model_features
+from kdmem.analysis.overlaps import categories, memorized_ids, overlap, seed_consistency, soft_vs_hard
+from kdmem.analysis.predictor import FEATURES, TEACHER_ONLY_FEATURES, deployment_protocol, fit_risk_model, paper_protocol
+from kdmem.config import DataConfig, load_config
+from kdmem.data import load_sequences, read_sequences
+from kdmem.io import write_json_atomic, write_parquet_atomic
+from kdmem.layout import RunLayout, seed_suffix, temperature_sweep
+from kdmem.models import load_model, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+STUDENT_KINDS = ("soft", "hard")
+
+
+def analyze(output: str | Path, *, repeats: int = 100, last_k: int | None = None) -> dict:
+    """Run every analysis on the run in ``output``; write and return ``analysis.json``'s content.
+
+    Args:
+        repeats: repetitions of the predictor's balanced protocol (paper: 100).
+        last_k: tokens at the end of each sequence for the entropy feature (default: the
+            extraction suffix length, the span memorization is judged on; paper: 50 = its suffix).
+    """
+    layout = RunLayout(Path(output))
+    if not layout.summary.exists():
+        raise FileNotFoundError(f"{layout.root} holds no finished run (no summary.json); run `kdmem run` first.")
+    config = load_config(layout.config)
+    train = read_sequences(layout.data("train"))
+    last_k = last_k or config.extraction.suffix_len
+    suffixes = [seed_suffix(seed, config) for seed in config.seeds]
+    memorized = {path.stem: memorized_ids(pd.read_parquet(path)) for path in sorted((layout.root / "memorization").glob("*.parquet"))}
+    teacher = memorized["teacher"]
+    figure_dir = layout.figures
+    result: dict = {"examples": len(train), "memorized": {name: len(ids) for name, ids in memorized.items()}}
+
+    # 1. Set overlaps: each student against the teacher and the baseline of its own seed, and the
+    #    union over seeds against the union of baselines (the paper's set analyses use the union).
+    def union(kind: str) -> set:
+        return set().union(*(memorized[kind + s] for s in suffixes))
+
+    comparisons = {}  # name -> (baseline set, student set)
+    for kind in STUDENT_KINDS:
+        for suffix in suffixes:
+            comparisons[kind + suffix] = (memorized["baseline" + suffix], memorized[kind + suffix])
+        if len(suffixes) > 1:
+            comparisons[f"{kind}_union"] = (union("baseline"), union(kind))
+    result["overlap"] = {name: overlap(teacher, baseline, student) for name, (baseline, student) in comparisons.items()}
+    for name, (baseline, student) in comparisons.items():
+        regions = categories(train["example_id"], teacher, baseline, student).value_counts().to_dict()
+        figures.venn(regions, name, figure_dir / f"venn_{name}")
+
+    # 2. Seed consistency.
+    if len(suffixes) > 1:
+        result["seed_consistency"] = {}
+        for kind in STUDENT_KINDS:
+            matrix = seed_consistency(train["example_id"], [memorized["baseline" + s] for s in suffixes], [memorized[kind + s] for s in suffixes])
+            result["seed_consistency"][kind] = matrix.tolist()
+            figures.seed_heatmap(matrix, kind, figure_dir / f"seed_consistency_{kind}")
+    else:
+        result["seed_consistency"] = {"skipped": "one seed only; set seeds=[0,1,2] for the heatmap"}
+
+    # 3. Per-example features under teacher, baseline and the first seed's students.
+    tokenizer = load_tokenizer(str(layout.model("teacher")))
+    names = ["teacher", "baseline", *STUDENT_KINDS]
+    models = {name: load_model(str(layout.model(name))) for name in names}
+    features = model_features(models, train, tokenizer, last_k=last_k, batch_size=config.extraction.batch_size or 32)
+    del models
+    for name in names:
+        features[f"memorized_{name}"] = features["example_id"].isin(memorized[name])
+    for kind in STUDENT_KINDS:
+        features[f"category_{kind}"] = categories(features["example_id"], teacher, memorized["baseline"], memorized[kind]).to_numpy()
+    write_parquet_atomic(layout.features, features)
+    easy = features["example_id"].isin(teacher & memorized["baseline"]).to_numpy()
+    figures.zlib_vs_perplexity(features, easy, figure_dir / "zlib_vs_baseline_ppl")
+    result["features"] = {
+        "last_k": last_k,
+        "easy_vs_rest": _means(features, easy, ["zlib_entropy", "baseline_ppl", "teacher_ppl", "teacher_baseline_kl"]),
+    }
+
+    # 4. Predicting each student's memorized set (union over seeds) before distillation.
+    result["predictor"] = {}
+    for kind in STUDENT_KINDS:
+        target = features["example_id"].isin(union(kind)).to_numpy()
+        deployment, _ = deployment_protocol(features, target, FEATURES)
+        result["predictor"][kind] = {
+            "paper_protocol": paper_protocol(features, target, FEATURES, repeats=repeats),
+            "paper_protocol_teacher_only": paper_protocol(features, target, TEACHER_ONLY_FEATURES, repeats=repeats),
+            "all_remaining_examples": deployment,
+        }
+
+    # 5. Mechanism: what the suppressed examples look like to each model.
+    result["mechanism"] = {}
+    for kind in STUDENT_KINDS:
+        suppressed = (features[f"category_{kind}"] == "suppressed").to_numpy()
+        result["mechanism"][kind] = {
+            "suppressed": int(suppressed.sum()),
+            **{
+                name: {
+                    measure: float(features.loc[suppressed, f"{name}_{measure}"].mean()) if suppressed.any() else None
+                    for measure in ("entropy_last_k", "log_prob")
+                }
+                for name in ("teacher", "baseline", kind)
+            },
+        }
+        if suppressed.any():
+            figures.mechanism(features, suppressed, ["teacher", "baseline", kind], figure_dir / f"mechanism_{kind}")
+
+    # 6. Soft vs hard.
+    result["soft_vs_hard"] = soft_vs_hard(teacher, memorized["baseline"], memorized["soft"], memorized["hard"])
+
+    # 7. Temperature sweep.
+    summary = json.loads(layout.summary.read_text())
+    sweep = temperature_sweep(config)
+    if sweep:
+        rows = [
+            {"temperature": t, "model": name, **{k: summary["models"][name][k] for k in ("memorized", "rate", "val_loss")}}
+            for t, name in sweep.items()
+        ]
+        result["temperature_sweep"] = rows
+        figures.temperature_curve(rows, summary["models"]["baseline"], figure_dir / "temperature_sweep")
+    else:
+        result["temperature_sweep"] = {"skipped": "no sweep configured; set soft.sweep_temperatures=[1,2,3,4]"}
+    write_json_atomic(layout.analysis, result)
+    logger.info("analysis written to %s", layout.analysis)
+    return result
+
+
+def _means(features: pd.DataFrame, selected: np.ndarray, columns: list[str]) -> dict:
+    """Means of ``columns`` over the selected examples and over the rest (None where empty)."""
+
+    def means(rows: pd.DataFrame):
+        return {c: float(rows[c].mean()) for c in columns} if len(rows) else None
+
+    return {"selected": means(features[selected]), "rest": means(features[~selected])}
+
+
+def predict(
+    run: str | Path,
+    data: DataConfig,
+    *,
+    student: str = "soft",
+    teacher: str | None = None,
+    baseline: str | None = None,
+    teacher_only: bool = False,
+    batch_size: int = 32,
+) -> pd.DataFrame:
+    """Risk that a student distilled from ``teacher`` memorizes each sequence of ``data``, before
+    any distillation: a logistic regression fitted on the finished run's ``features.parquet``
+    (target: the ``student`` kind's memorized examples, union over seeds), applied to features of
+    ``data`` computed with ``teacher`` and ``baseline`` (default: the run's own models).
+
+    Returns ``example_id`` and ``risk`` (the predicted probability), with the features used.
+    The model is refitted from the Parquet features each time; nothing is unpickled.
+    """
+    layout = RunLayout(Path(run))
+    features_path = layout.features
+    if not features_path.exists():
+        raise FileNotFoundError(f"{features_path} does not exist; run `kdmem analyze {layout.root}` first.")
+    config = load_config(layout.config)
+    known = pd.read_parquet(features_path)
+    suffixes = [seed_suffix(seed, config) for seed in config.seeds]
+    target_ids = set().union(*(memorized_ids(pd.read_parquet(layout.memorization(student + s))) for s in suffixes))
+    columns = TEACHER_ONLY_FEATURES if teacher_only else FEATURES
+    model = fit_risk_model(known, known["example_id"].isin(target_ids).to_numpy(), columns)
+    models = {"teacher": load_model(teacher or str(layout.model("teacher")))}
+    if not teacher_only:
+        models["baseline"] = load_model(baseline or str(layout.model("baseline")))
+    tokenizer = load_tokenizer(teacher or str(layout.model("teacher")))
+    sequences = load_sequences(data, tokenizer)
+    scored = model_features(models, sequences, tokenizer, last_k=config.extraction.suffix_len, batch_size=batch_size)
+    scored.insert(1, "risk", model.predict_proba(scored[list(columns)].to_numpy(dtype=float))[:, 1])
+    return scored[["example_id", "risk", *columns]]

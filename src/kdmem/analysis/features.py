@@ -1,0 +1,76 @@
+"""Per-example features: what an example looks like to each model, and how compressible its text is.
+
+All model features come from one teacher-forced forward pass per model over each sequence:
+
+- ``NAME_loss``: mean next-token negative log-likelihood over the sequence (nats);
+  ``NAME_ppl`` = exp(``NAME_loss``);
+- ``NAME_log_prob``: the sequence log-probability, the sum of its next-token log-probabilities (nats);
+- ``NAME_entropy_last_k``: mean entropy (nats) of the next-token distribution over the last K
+  predicted positions (paper: K = 50), the mechanism analysis's measure of confidence;
+- ``teacher_baseline_kl``: mean over positions of KL(teacher || baseline) between their
+  next-token distributions (nats), how differently the two models see the example.
+
+``zlib_entropy`` is the compressed byte length of the decoded text (the paper's measure).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from kdmem.data import as_tensor, zlib_entropy
+
+
+def _token_statistics(logits: torch.Tensor, targets: torch.Tensor, last_k: int) -> dict[str, torch.Tensor]:
+    """(batch, positions, vocab) logits predicting (batch, positions) targets -> per-row statistics."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    return {
+        "loss": -token_log_probs.mean(dim=1),
+        "log_prob": token_log_probs.sum(dim=1),
+        "entropy_last_k": entropy[:, -last_k:].mean(dim=1),
+    }
+
+
+@torch.no_grad()
+def model_features(
+    models: dict[str, PreTrainedModel],
+    sequences: pd.DataFrame,
+    tokenizer,
+    last_k: int = 50,
+    batch_size: int = 32,
+    kl_pair: tuple[str, str] | None = ("teacher", "baseline"),
+) -> pd.DataFrame:
+    """One row per sequence: ``example_id``, ``zlib_entropy``, the per-model features named above for
+    every model in ``models`` (keys become name prefixes), and ``teacher_baseline_kl`` when both
+    models of ``kl_pair`` are given. Models must share the tokenizer (and vocabulary)."""
+    input_ids = as_tensor(sequences)
+    columns: dict[str, list[torch.Tensor]] = {}
+    for model in models.values():
+        model.eval()
+    for start in tqdm(range(0, len(input_ids), batch_size), desc="features", unit="batch"):
+        batch = input_ids[start : start + batch_size]
+        targets = batch[:, 1:]
+        logits = {}
+        for name, model in models.items():
+            logits[name] = model(input_ids=batch[:, :-1].to(model.device)).logits.float().cpu()
+            for stat, value in _token_statistics(logits[name], targets, last_k).items():
+                columns.setdefault(f"{name}_{stat}", []).append(value)
+        if kl_pair and set(kl_pair) <= set(logits):
+            p_log = F.log_softmax(logits[kl_pair[0]], dim=-1)
+            q_log = F.log_softmax(logits[kl_pair[1]], dim=-1)
+            kl = (p_log.exp() * (p_log - q_log)).sum(dim=-1).mean(dim=1)
+            columns.setdefault(f"{kl_pair[0]}_{kl_pair[1]}_kl", []).append(kl)
+        logits.clear()
+    frame = pd.DataFrame({"example_id": sequences["example_id"].to_numpy()})
+    frame["zlib_entropy"] = [zlib_entropy(tokenizer.decode(ids.tolist())) for ids in sequences["input_ids"]]
+    for name, parts in columns.items():
+        frame[name] = torch.cat(parts).numpy()
+    for name in models:
+        frame[f"{name}_ppl"] = np.exp(frame[f"{name}_loss"])
+    return frame

@@ -1,0 +1,113 @@
+"""The analysis figures, each saved as PNG and SVG (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Circle  # noqa: E402
+
+from kdmem.analysis.overlaps import CATEGORIES  # noqa: E402
+
+
+def save(figure, stem: Path) -> list[Path]:
+    """Write ``stem.png`` and ``stem.svg``; return both paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        figure.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(figure)
+    return paths
+
+
+def venn(region_counts: dict[str, int], student: str, stem: Path) -> list[Path]:
+    """Three-set Venn of teacher, baseline and ``student``; ``region_counts`` maps each of
+    ``CATEGORIES``' names to its number of examples."""
+    figure, axes = plt.subplots(figsize=(5, 4.6))
+    centres = {"teacher": (-0.55, 0.35), "baseline": (0.55, 0.35), student: (0.0, -0.55)}
+    for (name, centre), colour in zip(centres.items(), ("tab:blue", "tab:orange", "tab:green")):
+        axes.add_patch(Circle(centre, 1.0, alpha=0.25, color=colour))
+        x, y = centre
+        axes.text(x * 1.9, y * 1.9 + (0.25 if y > 0 else -0.3), name, ha="center", fontsize=11, weight="bold")
+    # Where each region's count is printed: (in teacher, in baseline, in student) -> (x, y).
+    spots = {
+        (True, False, False): (-1.0, 0.65), (False, True, False): (1.0, 0.65), (False, False, True): (0.0, -1.05),
+        (True, True, False): (0.0, 0.75), (True, False, True): (-0.6, -0.35), (False, True, True): (0.6, -0.35),
+        (True, True, True): (0.0, 0.0),
+    }
+    for membership, (x, y) in spots.items():
+        axes.text(x, y, str(region_counts.get(CATEGORIES[membership], 0)), ha="center", va="center", fontsize=12)
+    axes.set_xlim(-2.0, 2.0)
+    axes.set_ylim(-2.0, 1.9)
+    axes.set_aspect("equal")
+    axes.axis("off")
+    axes.set_title(f"Memorized examples: teacher, baseline, {student}")
+    return save(figure, stem)
+
+
+def seed_heatmap(matrix: np.ndarray, student: str, stem: Path) -> list[Path]:
+    """Examples by how many baseline seeds (rows) and student seeds (columns) memorize them."""
+    figure, axes = plt.subplots(figsize=(4.8, 4))
+    image = axes.imshow(np.log1p(matrix), cmap="viridis", origin="lower")
+    for (i, j), count in np.ndenumerate(matrix):
+        axes.text(j, i, str(count), ha="center", va="center", color="white" if count < matrix.max() / 2 else "black")
+    axes.set_xlabel(f"{student} seeds that memorize")
+    axes.set_ylabel("baseline seeds that memorize")
+    axes.set_xticks(range(matrix.shape[1]))
+    axes.set_yticks(range(matrix.shape[0]))
+    figure.colorbar(image, label="log(1 + examples)")
+    axes.set_title("Seed consistency")
+    return save(figure, stem)
+
+
+def zlib_vs_perplexity(features: pd.DataFrame, easy: np.ndarray, stem: Path, sample: int = 500, seed: int = 0) -> list[Path]:
+    """zlib entropy against baseline perplexity: easy-to-memorize examples against a random sample."""
+    figure, axes = plt.subplots(figsize=(5.5, 4))
+    others = features[~easy]
+    others = others.sample(min(sample, len(others)), random_state=seed)
+    axes.scatter(others["zlib_entropy"], others["baseline_ppl"], s=8, alpha=0.4, label="random sample", color="tab:gray")
+    axes.scatter(features.loc[easy, "zlib_entropy"], features.loc[easy, "baseline_ppl"], s=14, label="easy (teacher ∩ baseline)", color="tab:red")
+    axes.set_yscale("log")
+    axes.set_xlabel("zlib entropy (compressed bytes)")
+    axes.set_ylabel("baseline perplexity")
+    axes.legend()
+    axes.set_title("What easy-to-memorize examples look like")
+    return save(figure, stem)
+
+
+def mechanism(features: pd.DataFrame, suppressed: np.ndarray, models: list[str], stem: Path) -> list[Path]:
+    """For the suppressed examples: mean token entropy over the last K tokens against sequence
+    log-probability, one colour per model."""
+    figure, axes = plt.subplots(figsize=(5.5, 4))
+    rows = features[suppressed]
+    for name in models:
+        axes.scatter(rows[f"{name}_log_prob"], rows[f"{name}_entropy_last_k"], s=14, alpha=0.7, label=name)
+    axes.set_xlabel("sequence log-probability (nats)")
+    axes.set_ylabel("mean token entropy, last K tokens (nats)")
+    axes.legend()
+    axes.set_title(f"Suppressed examples ({int(suppressed.sum())}): teacher and baseline memorize, student does not")
+    return save(figure, stem)
+
+
+def temperature_curve(rows: list[dict], baseline: dict, stem: Path) -> list[Path]:
+    """Soft students' memorized count and validation loss against the distillation temperature,
+    with the baseline's as reference lines."""
+    figure, count_axes = plt.subplots(figsize=(5.5, 4))
+    temperatures = [row["temperature"] for row in rows]
+    count_axes.plot(temperatures, [row["memorized"] for row in rows], "o-", color="tab:green", label="student memorized")
+    count_axes.axhline(baseline["memorized"], color="tab:green", linestyle=":", label="baseline memorized")
+    count_axes.set_xlabel("temperature T")
+    count_axes.set_ylabel("memorized examples")
+    loss_axes = count_axes.twinx()
+    loss_axes.plot(temperatures, [row["val_loss"] for row in rows], "s--", color="tab:purple", label="student val loss")
+    loss_axes.axhline(baseline["val_loss"], color="tab:purple", linestyle=":", label="baseline val loss")
+    loss_axes.set_ylabel("validation loss (nats)")
+    handles = count_axes.get_legend_handles_labels()[0] + loss_axes.get_legend_handles_labels()[0]
+    count_axes.legend(handles=handles, fontsize=8, loc="best")
+    count_axes.set_title("Temperature sweep")
+    return save(figure, stem)

@@ -1,0 +1,94 @@
+"""A run's folder: where each output of ``kdmem run`` lives, and the names of its models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdmem.config import ExperimentConfig
+
+
+@dataclass
+class RunLayout:
+    """Where each output of a run lives."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis.json"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features.parquet"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / "run.json"
+
+    def data(self, split: str) -> Path:
+        return self.root / "data" / f"{split}.parquet"
+
+    def model(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def model_done(self, name: str) -> Path:
+        """Written last into a model's folder, so its presence means the model is whole."""
+        return self.model(name) / "kdmem_stage.json"
+
+    def memorization(self, name: str) -> Path:
+        return self.root / "memorization" / f"{name}.parquet"
+
+    def membership(self, name: str) -> Path:
+        return self.root / "membership" / f"{name}.parquet"
+
+    def canaries(self, name: str) -> Path:
+        return self.root / "canaries" / f"{name}.parquet"
+
+    def evaluation(self, name: str) -> Path:
+        return self.root / "evaluation" / f"{name}.json"
+
+    @property
+    def work_root(self) -> Path:
+        """Scratch space of the Trainer runs; emptied as each model is saved."""
+        return self.root / "work"
+
+    def work(self, name: str) -> Path:
+        return self.work_root / name
+
+
+def seed_suffix(seed: int, config: ExperimentConfig) -> str:
+    return "" if seed == config.seeds[0] else f"-seed{seed}"
+
+
+def sweep_name(temperature: float) -> str:
+    return f"soft-T{temperature:g}"
+
+
+def temperature_sweep(config: ExperimentConfig) -> dict[float, str]:
+    """Temperature -> the soft student distilled at it (first seed), for the sweep."""
+    sweep = {t: sweep_name(t) for t in config.soft.sweep_temperatures}
+    if sweep:
+        sweep[config.soft.temperature] = "soft"
+    return dict(sorted(sweep.items()))
+
+
+def model_names(config: ExperimentConfig) -> list[str]:
+    """Every model a run trains, in order: teacher, then baseline, soft and hard for each seed,
+    then the temperature sweep's extra soft students."""
+    names = ["teacher"]
+    for kind in ("baseline", "soft", "hard"):
+        names += [kind + seed_suffix(seed, config) for seed in config.seeds]
+    return names + [name for name in temperature_sweep(config).values() if name not in names]

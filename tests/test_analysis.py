@@ -1,0 +1,116 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdmem import cli
+from kdmem.analysis.analyze import analyze, predict
+from kdmem.analysis.features import model_features
+from kdmem.config import DataConfig
+from kdmem.data import as_tensor, zlib_entropy
+from kdmem.models import load_model, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def hand_run(finished_run, tmp_path_factory):
+    """The finished tiny run, with memorized sets replaced by hand-chosen ones (real models, known sets)."""
+    _, source, _ = finished_run
+    out = tmp_path_factory.mktemp("hand") / "run"
+    shutil.copytree(source, out)
+    ids = list(pd.read_parquet(out / "data" / "train.parquet")["example_id"])
+    sets = {
+        "teacher": ids[0:20],
+        "baseline": ids[10:30],
+        "baseline-seed1": ids[12:32],
+        "soft": ids[12:16] + ids[0:2],  # 4 easy, 2 inherited
+        "soft-seed1": ids[14:18] + ids[40:41],  # 4 easy (2 shared with seed 0), 1 student-only
+        "hard": ids[0:10] + ids[10:18],  # 10 inherited, 8 easy
+        "hard-seed1": ids[5:15],
+        "soft-T1": ids[0:3],
+        "soft-T4": [],
+    }
+    for name, members in sets.items():
+        frame = pd.DataFrame({"example_id": ids, "memorized": [i in set(members) for i in ids]})
+        frame.to_parquet(out / "memorization" / f"{name}.parquet", index=False)
+    return out, ids, {name: set(members) for name, members in sets.items()}
+
+
+def test_analysis_counts_match_the_hand_built_sets(hand_run):
+    out, ids, sets = hand_run
+    result = analyze(out, repeats=5)
+    assert json.loads((out / "analysis.json").read_text()) == json.loads(json.dumps(result))
+    soft = result["overlap"]["soft"]
+    assert (soft["easy"], soft["inherited"], soft["suppressed"], soft["t_b_s"]) == (10, 2, 6, 4)
+    assert soft["share_easy"] == pytest.approx(4 / 6) and soft["share_inherited"] == pytest.approx(2 / 6)
+    assert soft["teacher_only"] == 10 and soft["student_only"] == 0
+    seed1 = result["overlap"]["soft-seed1"]  # against baseline-seed1 (ids 12..31)
+    assert (seed1["easy"], seed1["t_b_s"], seed1["student_only"]) == (8, 4, 1)
+    union = result["overlap"]["soft_union"]  # soft seeds 0..1 union vs baselines' union (ids 10..31)
+    assert (union["student"], union["t_b_s"], union["inherited"], union["student_only"]) == (9, 6, 2, 1)
+    hard = result["overlap"]["hard"]
+    assert (hard["inherited"], hard["t_b_s"], hard["inherited_share_of_teacher_only"]) == (10, 8, 1.0)
+    heatmap = np.array(result["seed_consistency"]["soft"])
+    assert heatmap.sum() == len(ids) and heatmap[2, 2] == 2  # ids 14, 15: both baselines, both soft seeds
+    assert heatmap[0, 1] == 2 + 1  # ids 0, 1 (seed 0) and 40 (seed 1): no baseline
+    versus = result["soft_vs_hard"]
+    assert (versus["hard_only"], versus["inherited_soft"], versus["inherited_hard"]) == (12, 2, 10)
+    assert versus["inherited_ratio_hard_over_soft"] == 5.0
+    sweep = result["temperature_sweep"]
+    assert [row["temperature"] for row in sweep] == [1.0, 2.0, 4.0]
+    assert [row["model"] for row in sweep] == ["soft-T1", "soft", "soft-T4"]
+    assert result["mechanism"]["soft"]["suppressed"] == 6
+    for stem in ("venn_soft", "venn_hard_union", "seed_consistency_soft", "zlib_vs_baseline_ppl", "mechanism_soft", "temperature_sweep"):
+        for suffix in (".png", ".svg"):
+            assert (out / "figures" / (stem + suffix)).stat().st_size > 1000
+
+
+def test_features_and_categories(hand_run):
+    out, ids, sets = hand_run
+    analyze(out, repeats=5)
+    features = pd.read_parquet(out / "features.parquet")
+    assert list(features["example_id"]) == ids
+    category = dict(zip(features["example_id"], features["category_soft"]))
+    assert category[ids[0]] == "inherited" and category[ids[12]] == "t_b_s" and category[ids[10]] == "suppressed"
+    assert category[ids[25]] == "baseline_only" and category[ids[45]] == "none"
+    assert features["memorized_hard"].sum() == 18
+    tokenizer = load_tokenizer(str(out / "models" / "teacher"))
+    train = pd.read_parquet(out / "data" / "train.parquet")
+    assert features["zlib_entropy"][3] == zlib_entropy(tokenizer.decode(list(train["input_ids"][3])))
+
+
+def test_model_features_equal_a_direct_computation(finished_run):
+    _, out, _ = finished_run
+    train = pd.read_parquet(out / "data" / "train.parquet").iloc[:6]
+    tokenizer = load_tokenizer(str(out / "models" / "teacher"))
+    teacher, baseline = load_model(str(out / "models" / "teacher")), load_model(str(out / "models" / "baseline"))
+    features = model_features({"teacher": teacher, "baseline": baseline}, train, tokenizer, last_k=5, batch_size=4)
+    import torch
+
+    ids = as_tensor(train)
+    with torch.no_grad():
+        t_logits, b_logits = teacher(ids).logits[:, :-1], baseline(ids).logits[:, :-1]
+    t_log, b_log = t_logits.log_softmax(-1), b_logits.log_softmax(-1)
+    for i in range(len(train)):
+        token_lp = t_log[i].gather(-1, ids[i, 1:, None]).squeeze(-1)
+        assert features["teacher_log_prob"][i] == pytest.approx(token_lp.sum().item(), rel=1e-4)
+        assert features["teacher_ppl"][i] == pytest.approx(torch.exp(-token_lp.mean()).item(), rel=1e-4)
+        entropy = -(t_log[i].exp() * t_log[i]).sum(-1)
+        assert features["teacher_entropy_last_k"][i] == pytest.approx(entropy[-5:].mean().item(), rel=1e-4)
+        kl = (t_log[i].exp() * (t_log[i] - b_log[i])).sum(-1).mean()
+        assert features["teacher_baseline_kl"][i] == pytest.approx(kl.item(), rel=1e-4)
+
+
+def test_predict_scores_new_data_and_the_cli(hand_run, tmp_path, capsys):
+    out, ids, sets = hand_run
+    analyze(out, repeats=5)
+    risk = predict(out, DataConfig(source=str(out / "data" / "validation.parquet"), validation_examples=0), student="hard")
+    assert len(risk) == 16 and risk["risk"].between(0, 1).all()
+    target = tmp_path / "risk.parquet"
+    args = ["predict", str(out), "--data", str(out / "data" / "validation.parquet"), "--student", "hard", "--teacher-only", "-o", str(target)]
+    assert cli.main(args) == 0
+    assert "scored 16 sequences" in capsys.readouterr().out
+    assert set(pd.read_parquet(target).columns) == {"example_id", "risk", "teacher_ppl", "zlib_entropy"}
+    assert cli.main(["analyze", str(tmp_path / "nothing")]) == 2
+    assert "no finished run" in capsys.readouterr().err
