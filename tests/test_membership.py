@@ -16,6 +16,7 @@ from kdmem.memorization.membership import (
     membership_metrics,
     membership_scores,
     membership_table,
+    write_membership,
     token_log_probs,
     zlib_entropy,
 )
@@ -146,8 +147,23 @@ def test_fine_tuned_model_betrays_its_training_set_and_the_base_does_not(memoriz
 
 
 def test_table_metadata_round_trips_through_parquet(base, tiny_data, tokenizer, tmp_path):
-    frame, metrics = audit_membership(base, tiny_data.train.iloc[:8], tiny_data.validation.iloc[:8], tokenizer)
+    frame, metrics = audit_membership(base, tiny_data.train.iloc[:8], tiny_data.validation.iloc[:8], tokenizer, min_k=0.5)
     path = tmp_path / "membership.parquet"
-    pq.write_table(membership_table(frame, metrics), path)
-    assert json.loads(pq.read_schema(path).metadata[b"kdmem"]) == {"scores": SCORES, "metrics": metrics}
+    write_membership(path, frame, metrics, min_k=0.5)
+    assert json.loads(pq.read_schema(path).metadata[b"kdmem"]) == {"scores": SCORES, "min_k": 0.5, "metrics": metrics}
     pd.testing.assert_frame_equal(pd.read_parquet(path), frame)
+    assert pq.read_table(path).equals(membership_table(frame, metrics, 0.5))
+
+
+def test_membership_command_on_a_run(finished_run, tmp_path, capsys):
+    from kdmem import cli
+
+    _, out, summary = finished_run
+    target = tmp_path / "m.parquet"
+    args = ["membership", "--model", str(out / "models" / "teacher"), "--members", str(out / "data" / "train.parquet"),
+            "--non-members", str(out / "data" / "validation.parquet"), "-o", str(target)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    auc = summary["models"]["teacher"]["membership"]["loss"]["auc"]
+    assert f"loss AUC {auc:.3f}" in printed and "reference_ratio" not in printed  # no reference given
+    assert len(pd.read_parquet(target)) == len(pd.read_parquet(out / "data" / "train.parquet")) + 16

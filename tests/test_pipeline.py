@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from kdmem import cli
@@ -37,6 +38,11 @@ def test_layout_and_summary(finished_run):
         # the approximate check covers a sample (here all 48 examples, fewer than the default 100)
         assert verdicts["approx_token_match"].notna().sum() == row["approximate"]["examples"] == len(train)
         assert row["approximate"]["exact"] == row["memorized"]
+        scores = pd.read_parquet(out / "membership" / f"{name}.parquet")
+        assert (scores["split"] == "train").sum() == len(train) and (scores["split"] == "validation").sum() == config.data.validation_examples
+        assert 0.0 <= row["membership"]["loss"]["auc"] <= 1.0 and "reference_ratio" in row["membership"]
+        recorded = json.loads(pq.read_schema(out / "membership" / f"{name}.parquet").metadata[b"kdmem"])
+        assert "zlib" in recorded["scores"]["zlib_ratio"]["formula"] and recorded["metrics"] == row["membership"]
     for name in names:  # memorization over training ends where the final audit does
         history = summary["memorization_over_training"][name]
         assert [record["epoch"] for record in history] == [2]

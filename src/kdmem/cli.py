@@ -58,6 +58,20 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--seed", type=int, default=0, help="seed of the approximate sample")
     extract.add_argument("--trust-remote-code", action="store_true")
 
+    membership = commands.add_parser(
+        "membership",
+        help="membership inference: per-example scores on members and non-members, ROC-AUC and TPR at 1%% FPR",
+        description="Scores: loss, zlib_ratio, min_k_prob, reference_ratio; formulas in the output's Parquet metadata.",
+    )
+    membership.add_argument("--model", required=True, help="hub name or save_pretrained folder")
+    membership.add_argument("--members", required=True, help="Parquet file with input_ids the model was trained on (e.g. OUT/data/train.parquet)")
+    membership.add_argument("--non-members", required=True, help="Parquet file with input_ids it was not trained on (e.g. OUT/data/validation.parquet)")
+    membership.add_argument("--reference", help="reference model for reference_ratio (e.g. the base before fine-tuning)")
+    membership.add_argument("--min-k", type=float, default=0.2, help="k of Min-K%% Prob")
+    membership.add_argument("--batch-size", type=int, default=64)
+    membership.add_argument("--output", "-o", required=True, help="Parquet file to write")
+    membership.add_argument("--trust-remote-code", action="store_true")
+
     analyze = commands.add_parser(
         "analyze",
         help="explain a finished run's memorization: overlaps, features, predictor, mechanism, sweeps",
@@ -84,6 +98,25 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--subset")
     predict.add_argument("--split", default="train")
     return parser
+
+
+def _membership(args) -> None:
+    from kdmem.config import DataConfig
+    from kdmem.data import load_sequences
+    from kdmem.memorization.membership import audit_membership, write_membership
+    from kdmem.models import load_model, load_tokenizer
+
+    remote = args.trust_remote_code
+    tokenizer = load_tokenizer(args.model, trust_remote_code=remote)
+    members, non_members = (
+        load_sequences(DataConfig(source=path, num_examples=None, validation_examples=0), tokenizer) for path in (args.members, args.non_members)
+    )
+    model = load_model(args.model, trust_remote_code=remote)
+    reference = load_model(args.reference, trust_remote_code=remote) if args.reference else None
+    scores, metrics = audit_membership(model, members, non_members, tokenizer, reference, args.batch_size, args.min_k)
+    write_membership(Path(args.output), scores, metrics, args.min_k)
+    shown = ", ".join(f"{name} AUC {value['auc']:.3f}" for name, value in metrics.items() if isinstance(value, dict))
+    print(f"{metrics['members']} members, {metrics['non_members']} non-members: {shown}")
 
 
 def _predict(args) -> None:
@@ -167,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             run(config, args.output, overwrite=args.overwrite)
         elif args.command == "extract":
             _extract(args)
+        elif args.command == "membership":
+            _membership(args)
         elif args.command == "analyze":
             from kdmem.analysis.analyze import analyze
 

@@ -32,6 +32,7 @@ from kdmem.io import atomic_dir, write_json_atomic, write_parquet_atomic
 from kdmem.layout import RunLayout, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
+from kdmem.memorization.membership import audit_membership, write_membership
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.report import headline_table
 from kdmem.train import distill, fine_tune, greedy_continuations, resolve_model_name, validation_loss
@@ -146,6 +147,11 @@ def evaluate_model(
         **{f"rate_p{length}": float(verdicts[f"memorized_p{length}"].mean()) for length in ext.prefix_lens},
         **approximate_summary(verdicts),
     }
+    if config.membership.enabled:
+        reference = load_model(base) if config.membership.reference else None
+        scores, metrics = audit_membership(model, train, validation, tokenizer, reference, batch_size, config.membership.min_k)
+        write_membership(layout.membership(name), scores, metrics, config.membership.min_k)
+        row["membership"] = metrics
     if canaries is not None:
         exposure = canary_exposure(
             model,

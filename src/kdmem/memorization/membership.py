@@ -18,12 +18,14 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 from transformers import PreTrainedModel
 
 from kdmem.data import as_tensor, zlib_entropy
+from kdmem.io import atomic_path
 
 LOWER, HIGHER = "lower means member", "higher means member"
 
@@ -51,7 +53,7 @@ SCORES: dict[str, dict[str, str]] = {
 }
 """Every membership score: ``formula``, ``direction`` (the side of the score where members lie) and ``source``."""
 
-__all__ = ["SCORES", "audit_membership", "membership_metrics", "membership_scores", "membership_table", "token_log_probs", "zlib_entropy"]
+__all__ = ["SCORES", "audit_membership", "membership_metrics", "membership_scores", "membership_table", "token_log_probs", "write_membership", "zlib_entropy"]
 
 
 @torch.no_grad()
@@ -140,11 +142,12 @@ def audit_membership(
     tokenizer,
     reference: PreTrainedModel | None = None,
     batch_size: int = 64,
+    min_k: float = 0.2,
 ) -> tuple[pd.DataFrame, dict]:
     """Scores of the training (member) and validation (non-member) sequences in one frame, with a
     ``split`` column of "train" or "validation", and their ``membership_metrics``."""
     scored = {
-        split: membership_scores(model, frame, tokenizer, reference, batch_size)
+        split: membership_scores(model, frame, tokenizer, reference, batch_size, min_k)
         for split, frame in (("train", train), ("validation", validation))
     }
     frame = pd.concat([scores.assign(split=split) for split, scores in scored.items()], ignore_index=True)
@@ -152,8 +155,15 @@ def audit_membership(
     return frame, membership_metrics(scored["train"], scored["validation"])
 
 
-def membership_table(frame: pd.DataFrame, metrics: dict) -> pa.Table:
+def membership_table(frame: pd.DataFrame, metrics: dict, min_k: float = 0.2) -> pa.Table:
     """The scores as an Arrow table whose schema metadata, key ``kdmem``, holds JSON
-    ``{"scores": SCORES, "metrics": metrics}``, so the formulas travel with the Parquet file."""
+    ``{"scores": SCORES, "min_k": k, "metrics": metrics}``, so the formulas travel with the Parquet file."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), "kdmem": json.dumps({"scores": SCORES, "metrics": metrics})})
+    recorded = json.dumps({"scores": SCORES, "min_k": min_k, "metrics": metrics})
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), "kdmem": recorded})
+
+
+def write_membership(path, frame: pd.DataFrame, metrics: dict, min_k: float = 0.2) -> None:
+    """Write ``membership_table`` atomically to ``path`` (Parquet)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(membership_table(frame, metrics, min_k), tmp)
