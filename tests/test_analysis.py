@@ -114,3 +114,52 @@ def test_predict_scores_new_data_and_the_cli(hand_run, tmp_path, capsys):
     assert set(pd.read_parquet(target).columns) == {"example_id", "risk", "teacher_ppl", "zlib_entropy"}
     assert cli.main(["analyze", str(tmp_path / "nothing")]) == 2
     assert "no finished run" in capsys.readouterr().err
+
+
+def test_filtering_removes_flagged_examples_and_redistills(hand_run, tmp_path):
+    from kdmem.config import load_config, save_config
+    from kdmem.pipeline import run
+
+    source, ids, sets = hand_run
+    out = tmp_path / "filtered"
+    shutil.copytree(source, out)
+    for stale in ("summary.json", "analysis.json"):
+        (out / stale).unlink()
+    config = load_config(out / "config.yaml", overrides=["filtering.enabled=true"])
+    save_config(config, out / "config.yaml")  # as if the run had been configured so from the start
+    summary = run(config, out)
+    flagging = json.loads((out / "filtering.json").read_text())
+    removed = set(flagging["removed_ids"])
+    assert flagging["flagged"] == len(removed) > 0 and flagging["memorized"] == len(sets["soft"] | sets["soft-seed1"])
+    assert "soft-filtered" in summary["models"]
+    after = pd.read_parquet(out / "memorization" / "soft-filtered.parquet")
+    assert list(after["example_id"]) == ids  # audited on all of D, removed examples included
+    report = json.loads((out / "analysis.json").read_text())["filtering"]
+    assert report["memorized_before"] == len(sets["soft"]) and report["flagged"] == len(removed)
+    assert report["val_loss_after"] == summary["models"]["soft-filtered"]["val_loss"]
+    assert report["val_loss_cost"] == pytest.approx(report["val_loss_after"] - report["val_loss_before"])
+
+
+def test_compare_runs_overlaps_and_zlib_under_two_tokenizers(finished_run, hand_run):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from kdmem.analysis.compare import compare_runs, zlib_under_tokenizers
+
+    _, plain, _ = finished_run
+    hand, ids, sets = hand_run
+    result = compare_runs(plain, hand)
+    assert result["same_tokenizer"] and result["shared_examples"] == len(ids)
+    plain_teacher = set(pd.read_parquet(plain / "memorization" / "teacher.parquet").query("memorized")["example_id"])
+    assert result["overlap"]["teacher"]["both"] == len(plain_teacher & sets["teacher"])
+    assert result["overlap"]["hard"]["b"] == len(sets["hard"])
+    assert result["zlib_pearson"] == pytest.approx(1.0)  # one tokenizer: identical estimates
+
+    texts = ["the cat sat on the mat " * 3, "zqxj vvkw plmq " * 2, "aaaa aaaa aaaa aaaa", "import os, sys; print(sys.argv)"]
+    coarse = ByteLevelBPETokenizer()
+    coarse.train_from_iterator(texts * 20, vocab_size=300, show_progress=False)
+    fine = load_tokenizer(str(plain / "models" / "teacher"))
+    zlib = zlib_under_tokenizers(texts, [fine, PreTrainedTokenizerFast(tokenizer_object=coarse)], seq_len=6)
+    assert zlib.shape == (2, 4)
+    # 6 tokens of a tokenizer with merges for these texts cover more text than 6 of the other
+    assert (zlib[1] >= zlib[0]).sum() >= 3

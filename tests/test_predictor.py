@@ -53,3 +53,21 @@ def test_precision_at_recall_on_a_hand_case():
     # thresholds 0.9 (P 1, R 1/3), 0.7 (P 2/3, R 2/3), 0.4 (P 1/2, R 1)
     assert precision_at_recall(y, score, 0.6) == (pytest.approx(2 / 3), 0.7)
     assert precision_at_recall(y, score, 0.99) == (pytest.approx(0.5), 0.4)
+
+
+def test_flagging_reaches_the_target_recall_and_the_report_counts():
+    from kdmem.analysis.filtering import filtering_report, flag_examples
+
+    frame, memorized = gaussian_case(200, 1800, shift=2.5)
+    frame.insert(0, "example_id", [f"e{i}" for i in range(len(frame))])
+    flagged, info = flag_examples(frame, memorized, target_recall=0.99)
+    assert info["flagged"] == len(flagged) and info["memorized"] == 200
+    # on all of D the recall is near the target (it was set on half of it)
+    assert info["flagged_memorized"] / 200 >= 0.95
+    assert info["flagged"] < len(frame)  # it does not simply flag everything
+    with pytest.raises(ValueError, match="at least 4"):
+        flag_examples(frame, np.zeros(len(frame), dtype=bool))
+    report = filtering_report({"a", "b", "c"}, {"b", "d", "e"}, {"a", "d"}, 4.0, 4.1)
+    assert report == {"memorized_before": 3, "memorized_after": 3, "removed_and_memorized_before": 1, "still_memorized": 1,
+                      "new_after": 2, "new_after_among_removed": 1, "val_loss_before": 4.0, "val_loss_after": 4.1,
+                      "val_loss_cost": pytest.approx(0.1)}

@@ -144,6 +144,17 @@ class MembershipConfig:
 
 
 @dataclass
+class FilteringConfig:
+    """The intervention: remove from D what the predictor flags, re-distill the soft student from
+    the same teacher (first seed), and compare what it memorizes."""
+
+    enabled: bool = False
+    target_recall: float = 0.99
+    """The flagging threshold is set on held-out examples so at least this share of the soft
+    student's memorized examples are flagged."""
+
+
+@dataclass
 class CanaryConfig:
     """Synthetic secrets planted in D before training (the Secret Sharer's canaries).
 
@@ -209,6 +220,7 @@ class ExperimentConfig:
     )
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
+    filtering: FilteringConfig = field(default_factory=FilteringConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of the student-side models (baseline, soft, hard); the teacher uses the first."""

@@ -31,6 +31,11 @@ class RunLayout:
         return self.root / "features.parquet"
 
     @property
+    def filtering(self) -> Path:
+        """What the filtering intervention removed from D, and how its threshold was set."""
+        return self.root / "filtering.json"
+
+    @property
     def figures(self) -> Path:
         return self.root / "figures"
 
@@ -73,6 +78,10 @@ def seed_suffix(seed: int, config: ExperimentConfig) -> str:
     return "" if seed == config.seeds[0] else f"-seed{seed}"
 
 
+FILTERED = "soft-filtered"
+"""The soft student re-distilled on D without the examples the predictor flags."""
+
+
 def sweep_name(temperature: float) -> str:
     return f"soft-T{temperature:g}"
 
@@ -91,4 +100,5 @@ def model_names(config: ExperimentConfig) -> list[str]:
     names = ["teacher"]
     for kind in ("baseline", "soft", "hard"):
         names += [kind + seed_suffix(seed, config) for seed in config.seeds]
-    return names + [name for name in temperature_sweep(config).values() if name not in names]
+    names += [name for name in temperature_sweep(config).values() if name not in names]
+    return names + ([FILTERED] if config.filtering.enabled else [])

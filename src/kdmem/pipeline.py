@@ -27,9 +27,11 @@ import yaml
 
 from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, save_config
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
-from kdmem.analysis.analyze import analyze
+from kdmem.analysis.analyze import analyze, model_feature_table
+from kdmem.analysis.filtering import flag_examples
+from kdmem.analysis.overlaps import memorized_ids
 from kdmem.io import atomic_dir, write_json_atomic, write_parquet_atomic
-from kdmem.layout import RunLayout, model_names, seed_suffix, temperature_sweep
+from kdmem.layout import FILTERED, RunLayout, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
 from kdmem.memorization.membership import audit_membership, write_membership
@@ -246,10 +248,10 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             teacher_cache["model"] = load_model(str(layout.model("teacher")))
         return teacher_cache["model"]
 
-    def train_soft(name: str, seed: int, soft):
+    def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows):
         def action():
             callbacks = trackers(name)
-            student = distill(load_base(config.student, student_base), teacher_model(), training_rows, soft, layout.work(name), seed, callbacks)
+            student = distill(load_base(config.student, student_base), teacher_model(), rows, soft, layout.work(name), seed, callbacks)
             info = stage_info("soft", seed, student_base, callbacks) | {"temperature": soft.temperature}
             _save_model(student, tokenizer, layout.model(name), info, layout.work(name))
 
@@ -277,14 +279,36 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
         suffix = seed_suffix(seed, config)
         train_ce("hard" + suffix, config.student, student_base, config.hard.training, hard_train, seed, "hard")
 
-    teacher_cache.clear()
-    for name in model_names(config):
-
-        def evaluate(name=name):
+    def evaluate(name: str):
+        def action():
             base = teacher_base if name == "teacher" else student_base
             write_json_atomic(layout.evaluation(name), evaluate_model(name, base, layout, config, train, validation, tokenizer, canaries))
 
-        stage(f"evaluate:{name}", layout.evaluation(name), evaluate)
+        stage(f"evaluate:{name}", layout.evaluation(name), action)
+
+    for name in model_names(config):
+        if name != FILTERED:
+            evaluate(name)
+    stage("features", layout.features, lambda: model_feature_table(layout, config, train))
+
+    if config.filtering.enabled:
+
+        def flag():
+            features = pd.read_parquet(layout.features)
+            soft = set().union(*(memorized_ids(pd.read_parquet(layout.memorization("soft" + seed_suffix(s, config)))) for s in config.seeds))
+            try:
+                removed, info = flag_examples(features, features["example_id"].isin(soft).to_numpy(), config.filtering.target_recall, config.seeds[0])
+            except ValueError as error:
+                raise ConfigError(f"filtering.enabled: {error}. Train longer, or turn filtering off.") from None
+            write_json_atomic(layout.filtering, info | {"removed_ids": sorted(removed)})
+
+        stage("filtering", layout.filtering, flag)
+        removed = set(json.loads(layout.filtering.read_text())["removed_ids"])
+        kept = train[~train["example_id"].isin(removed)]
+        kept_rows = kept if canaries is None else inject_canaries(kept, canaries, config.canaries.seed)
+        train_soft(FILTERED, config.seeds[0], config.soft, kept_rows)
+        evaluate(FILTERED)
+    teacher_cache.clear()
 
     summary = {
         "name": config.name,

@@ -17,12 +17,13 @@ import pandas as pd
 
 from kdmem.analysis import figures
 from kdmem.analysis.features import model_features
+from kdmem.analysis.filtering import filtering_report
 from kdmem.analysis.overlaps import categories, memorized_ids, overlap, seed_consistency, soft_vs_hard
 from kdmem.analysis.predictor import FEATURES, TEACHER_ONLY_FEATURES, deployment_protocol, fit_risk_model, paper_protocol
 from kdmem.config import DataConfig, load_config
 from kdmem.data import load_sequences, read_sequences
 from kdmem.io import write_json_atomic, write_parquet_atomic
-from kdmem.layout import RunLayout, seed_suffix, temperature_sweep
+from kdmem.layout import FILTERED, RunLayout, seed_suffix, temperature_sweep
 from kdmem.models import load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -30,20 +31,35 @@ logger = logging.getLogger(__name__)
 STUDENT_KINDS = ("soft", "hard")
 
 
-def analyze(output: str | Path, *, repeats: int = 100, last_k: int | None = None) -> dict:
+def model_feature_table(layout: RunLayout, config, train: pd.DataFrame) -> pd.DataFrame:
+    """``model_features`` of D under teacher, baseline and the first seed's students, computed once
+    and kept in ``features.parquet`` (later columns added by ``analyze`` are dropped on reading).
+
+    The entropy feature averages over the last K = ``extraction.suffix_len`` tokens, the span
+    memorization is judged on (paper: K = 50 = its suffix length).
+    """
+    if layout.features.exists():
+        features = pd.read_parquet(layout.features)
+        if list(features["example_id"]) == list(train["example_id"]):
+            return features[[c for c in features.columns if not c.startswith(("memorized_", "category_"))]]
+    tokenizer = load_tokenizer(str(layout.model("teacher")))
+    models = {name: load_model(str(layout.model(name))) for name in ["teacher", "baseline", *STUDENT_KINDS]}
+    features = model_features(models, train, tokenizer, last_k=config.extraction.suffix_len, batch_size=config.extraction.batch_size or 32)
+    write_parquet_atomic(layout.features, features)
+    return features
+
+
+def analyze(output: str | Path, *, repeats: int = 100) -> dict:
     """Run every analysis on the run in ``output``; write and return ``analysis.json``'s content.
 
     Args:
         repeats: repetitions of the predictor's balanced protocol (paper: 100).
-        last_k: tokens at the end of each sequence for the entropy feature (default: the
-            extraction suffix length, the span memorization is judged on; paper: 50 = its suffix).
     """
     layout = RunLayout(Path(output))
     if not layout.summary.exists():
         raise FileNotFoundError(f"{layout.root} holds no finished run (no summary.json); run `kdmem run` first.")
     config = load_config(layout.config)
     train = read_sequences(layout.data("train"))
-    last_k = last_k or config.extraction.suffix_len
     suffixes = [seed_suffix(seed, config) for seed in config.seeds]
     memorized = {path.stem: memorized_ids(pd.read_parquet(path)) for path in sorted((layout.root / "memorization").glob("*.parquet"))}
     teacher = memorized["teacher"]
@@ -77,12 +93,8 @@ def analyze(output: str | Path, *, repeats: int = 100, last_k: int | None = None
         result["seed_consistency"] = {"skipped": "one seed only; set seeds=[0,1,2] for the heatmap"}
 
     # 3. Per-example features under teacher, baseline and the first seed's students.
-    tokenizer = load_tokenizer(str(layout.model("teacher")))
-    names = ["teacher", "baseline", *STUDENT_KINDS]
-    models = {name: load_model(str(layout.model(name))) for name in names}
-    features = model_features(models, train, tokenizer, last_k=last_k, batch_size=config.extraction.batch_size or 32)
-    del models
-    for name in names:
+    features = model_feature_table(layout, config, train)
+    for name in ["teacher", "baseline", *STUDENT_KINDS]:
         features[f"memorized_{name}"] = features["example_id"].isin(memorized[name])
     for kind in STUDENT_KINDS:
         features[f"category_{kind}"] = categories(features["example_id"], teacher, memorized["baseline"], memorized[kind]).to_numpy()
@@ -90,7 +102,7 @@ def analyze(output: str | Path, *, repeats: int = 100, last_k: int | None = None
     easy = features["example_id"].isin(teacher & memorized["baseline"]).to_numpy()
     figures.zlib_vs_perplexity(features, easy, figure_dir / "zlib_vs_baseline_ppl")
     result["features"] = {
-        "last_k": last_k,
+        "last_k": config.extraction.suffix_len,
         "easy_vs_rest": _means(features, easy, ["zlib_entropy", "baseline_ppl", "teacher_ppl", "teacher_baseline_kl"]),
     }
 
@@ -137,6 +149,16 @@ def analyze(output: str | Path, *, repeats: int = 100, last_k: int | None = None
         figures.temperature_curve(rows, summary["models"]["baseline"], figure_dir / "temperature_sweep")
     else:
         result["temperature_sweep"] = {"skipped": "no sweep configured; set soft.sweep_temperatures=[1,2,3,4]"}
+    # 8. Filtering and re-distilling (when the run did it).
+    if layout.filtering.exists():
+        flagging = json.loads(layout.filtering.read_text())
+        removed = set(flagging.pop("removed_ids"))
+        after = memorized_ids(pd.read_parquet(layout.memorization(FILTERED)))
+        result["filtering"] = flagging | filtering_report(
+            memorized["soft"], after, removed, summary["models"]["soft"]["val_loss"], summary["models"][FILTERED]["val_loss"]
+        )
+    else:
+        result["filtering"] = {"skipped": "not run; set filtering.enabled=true"}
     write_json_atomic(layout.analysis, result)
     logger.info("analysis written to %s", layout.analysis)
     return result

@@ -1,0 +1,58 @@
+"""The filtering intervention: drop from D what the predictor flags, re-distill, and compare.
+
+The predictor is fitted on half of D (stratified) and its threshold is set on the other half so
+that at least ``target_recall`` of the student's memorized examples there are flagged; every
+example of D at or above that threshold is then removed. Re-distilling on what is left shows
+whether memorization simply moves to other examples (the "privacy onion").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from kdmem.analysis.predictor import FEATURES, fit_risk_model, precision_at_recall
+
+
+def flag_examples(features: pd.DataFrame, memorized: np.ndarray, target_recall: float = 0.99, seed: int = 0) -> tuple[set[str], dict]:
+    """The example ids to remove, and how the threshold was chosen.
+
+    Raises ValueError when the student memorizes too few examples to fit and calibrate a predictor.
+    """
+    memorized = np.asarray(memorized, dtype=bool)
+    if memorized.sum() < 4:
+        raise ValueError(f"the student memorizes {int(memorized.sum())} examples; filtering needs at least 4 to fit and calibrate the predictor")
+    rows = np.arange(len(features))
+    fit_rows, calibration_rows = train_test_split(rows, train_size=0.5, stratify=memorized, random_state=seed)
+    model = fit_risk_model(features.iloc[fit_rows], memorized[fit_rows], FEATURES)
+
+    def risk(selected: np.ndarray) -> np.ndarray:
+        return model.predict_proba(features.iloc[selected][list(FEATURES)].to_numpy(dtype=float))[:, 1]
+
+    precision, threshold = precision_at_recall(memorized[calibration_rows], risk(calibration_rows), target_recall)
+    flagged = risk(rows) >= threshold
+    return set(features["example_id"][flagged]), {
+        "target_recall": target_recall,
+        "threshold": threshold,
+        "calibration_precision": precision,
+        "flagged": int(flagged.sum()),
+        "flagged_share": float(flagged.mean()),
+        "flagged_memorized": int((flagged & memorized).sum()),
+        "memorized": int(memorized.sum()),
+    }
+
+
+def filtering_report(before: set, after: set, removed: set, val_loss_before: float, val_loss_after: float) -> dict:
+    """Memorized sets of the student before and after filtering, on all of D."""
+    return {
+        "memorized_before": len(before),
+        "memorized_after": len(after),
+        "removed_and_memorized_before": len(before & removed),
+        "still_memorized": len(before & after),
+        "new_after": len(after - before),
+        "new_after_among_removed": len((after - before) & removed),
+        "val_loss_before": val_loss_before,
+        "val_loss_after": val_loss_after,
+        "val_loss_cost": val_loss_after - val_loss_before,
+    }
