@@ -25,6 +25,7 @@ TINY_OVERRIDES = [
     "student.training.epochs=2",
     "soft.training.epochs=2",
     "hard.training.epochs=2",
+    "extraction.track_every_epochs=2",
 ]
 
 

@@ -45,6 +45,9 @@ def test_layout_and_summary(finished_run):
         assert "zlib" in recorded["scores"]["zlib_ratio"]["formula"] and recorded["metrics"] == row["membership"]
     for name in names:  # memorization over training ends where the final audit does
         history = summary["memorization_over_training"][name]
+        if name.startswith("soft-T"):  # the temperature sweep's extra students are not tracked
+            assert history == []
+            continue
         assert [record["epoch"] for record in history] == [2]
         assert history[-1]["memorized"] == summary["models"][name]["memorized"]
     assert not (out / "work").exists()  # Trainer scratch space is removed once each model is saved

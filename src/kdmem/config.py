@@ -126,8 +126,9 @@ class ExtractionConfig:
     """... and these examples, by ``example_id``."""
     seed: int = 0
     """Seed of the approximate sample."""
-    track_every_epochs: int = 2
-    """Also audit D every this many epochs of each training stage (0: only at the end)."""
+    track_every_epochs: int = 4
+    """Also audit D every this many epochs of each training stage (0: only at the end); the
+    temperature sweep's extra students are not tracked."""
     track_examples: int | None = None
     """Audit only the first this many examples of D while training (None: all of them)."""
 
@@ -213,7 +214,9 @@ class ExperimentConfig:
     )
     """The student's base; its ``training`` is the cross-entropy baseline's."""
     soft: SoftDistillConfig = field(
-        default_factory=lambda: SoftDistillConfig(training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32))
+        default_factory=lambda: SoftDistillConfig(
+            sweep_temperatures=[1.0, 4.0], training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32)
+        )
     )
     hard: HardDistillConfig = field(
         default_factory=lambda: HardDistillConfig(training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32))

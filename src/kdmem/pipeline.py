@@ -248,9 +248,9 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             teacher_cache["model"] = load_model(str(layout.model("teacher")))
         return teacher_cache["model"]
 
-    def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows):
+    def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows, track: bool = True):
         def action():
-            callbacks = trackers(name)
+            callbacks = trackers(name) if track else []
             student = distill(load_base(config.student, student_base), teacher_model(), rows, soft, layout.work(name), seed, callbacks)
             info = stage_info("soft", seed, student_base, callbacks) | {"temperature": soft.temperature}
             _save_model(student, tokenizer, layout.model(name), info, layout.work(name))
@@ -264,7 +264,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
     for temperature, name in temperature_sweep(config).items():
         if name != "soft":
-            train_soft(name, config.seeds[0], dataclasses.replace(config.soft, temperature=temperature))
+            train_soft(name, config.seeds[0], dataclasses.replace(config.soft, temperature=temperature), track=False)
 
     def make_hard_data():
         generated = greedy_continuations(
