@@ -215,7 +215,7 @@ class ExperimentConfig:
     """The student's base; its ``training`` is the cross-entropy baseline's."""
     soft: SoftDistillConfig = field(
         default_factory=lambda: SoftDistillConfig(
-            sweep_temperatures=[1.0, 4.0], training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32)
+            sweep_temperatures=[1.0], training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32)
         )
     )
     hard: HardDistillConfig = field(
