@@ -148,7 +148,8 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
         result["temperature_sweep"] = rows
         figures.temperature_curve(rows, summary["models"]["baseline"], figure_dir / "temperature_sweep")
     else:
-        result["temperature_sweep"] = {"skipped": "no sweep configured; set soft.sweep_temperatures=[1,2,3,4]"}
+        result["temperature_sweep"] = {"skipped": "no sweep configured; set soft.sweep_temperatures=[1,3,4]"}
+
     # 8. Filtering and re-distilling (when the run did it).
     if layout.filtering.exists():
         flagging = json.loads(layout.filtering.read_text())
