@@ -96,3 +96,24 @@ def test_streaming_reads_only_what_it_needs(tmp_path, tokenizer):
     a = pack_sequences(streamed, tokenizer, seq_len=16, limit=25)
     b = pack_sequences(eager, tokenizer, seq_len=16, limit=25)
     assert len(a) == 25 and list(a["example_id"]) == list(b["example_id"])
+
+
+def test_streamed_sequences_are_written_a_row_group_at_a_time(tiny_bases, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import kdmem.data.sequences as sequences
+    from kdmem.data import count_sequences, pack_sequences, read_sequence_rows, sequence_file
+    from kdmem.data.sources import load_documents
+
+    monkeypatch.setattr(sequences, "ROW_GROUP_SIZE", 16)
+    tokenizer = load_tokenizer(str(tiny_bases["teacher"]))
+    cfg = DataConfig(seq_len=32, num_examples=70, validation_examples=0)
+    path = sequence_file(cfg, tokenizer)
+    groups = [pq.ParquetFile(path).metadata.row_group(i).num_rows for i in range(pq.ParquetFile(path).num_row_groups)]
+    assert groups == [16, 16, 16, 16, 6] and count_sequences(path) == 70
+    # the same sequences, in source order, as packing in memory
+    expected = pack_sequences(load_documents(cfg), tokenizer, 32, limit=70)
+    streamed = read_sequence_rows(path, 0, 70)
+    assert streamed["example_id"].tolist() == expected["example_id"].tolist()
+    assert all((a == b).all() for a, b in zip(streamed["input_ids"], expected["input_ids"]))
+    assert sequence_file(cfg, tokenizer) == path  # cached: a second call reads the same file

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from kdmem.config import DataConfig
 from kdmem.data.sources import DataError, load_documents, source_fingerprint
-from kdmem.io import atomic_dir, cache_dir, write_parquet_atomic
+from kdmem.io import atomic_dir, atomic_path, cache_dir, write_parquet_atomic
 
 TOKENIZE_BATCH = 1000
 """Documents per ``datasets.map`` batch; packing drops each batch's last partial sequence."""
+
+ROW_GROUP_SIZE = 10_000
+"""Sequences per Parquet row group: the unit a reader of a large sequence file loads at a time."""
 
 
 @dataclass
@@ -64,26 +70,50 @@ def _packer(tokenizer, seq_len: int):
     return pack
 
 
-def pack_sequences(documents, tokenizer, seq_len: int, limit: int | None = None, dedupe: bool = True) -> pd.DataFrame:
-    """Tokenize (batched ``datasets.map``), concatenate with end-of-text between documents, cut.
-
-    Stops reading the source once ``limit`` sequences are collected, so a streamed hub dataset is
-    read only as far as needed.
-    """
+def iter_packed(documents, tokenizer, seq_len: int, dedupe: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    """(example_id, int32 tokens) of each packed sequence, in order: tokenized in batches
+    (``datasets.map``), concatenated with end-of-text between documents, cut into ``seq_len``."""
     if isinstance(documents, datasets.Dataset):
         documents = documents.to_iterable_dataset()
     packed = documents.map(_packer(tokenizer, seq_len), batched=True, batch_size=TOKENIZE_BATCH, remove_columns=["text"])
-    ids, rows, seen = [], [], set()
+    seen = set()
     for row in packed:
         name = example_id(row["input_ids"])
         if dedupe and name in seen:
             continue
         seen.add(name)
-        ids.append(name)
-        rows.append(np.asarray(row["input_ids"], dtype=np.int32))
-        if limit is not None and len(rows) >= limit:
-            break
-    return pd.DataFrame({"example_id": ids, "input_ids": rows})
+        yield name, np.asarray(row["input_ids"], dtype=np.int32)
+
+
+def pack_sequences(documents, tokenizer, seq_len: int, limit: int | None = None, dedupe: bool = True) -> pd.DataFrame:
+    """The first ``limit`` packed sequences (``iter_packed``) as a frame of ``example_id`` and
+    ``input_ids``; a streamed hub dataset is read only as far as needed."""
+    rows = list(itertools.islice(iter_packed(documents, tokenizer, seq_len, dedupe), limit))
+    return pd.DataFrame({"example_id": [name for name, _ in rows], "input_ids": [ids for _, ids in rows]})
+
+
+def stream_sequences(cfg: DataConfig, tokenizer) -> Path:
+    """All of ``cfg.source``'s packed sequences (at most ``cfg.num_examples``), in source order, in a
+    cached Parquet file written one row group at a time: memory stays bounded by a row group (and
+    the set of seen ids, for ``dedupe``) whatever the size of the source. For audits, which need
+    no held-out split."""
+    path = cache_dir() / "data" / f"{_cache_key(dataclasses.replace(cfg, validation_examples=0), tokenizer)}-stream.parquet"
+    if path.exists():
+        return path
+    packed = itertools.islice(iter_packed(load_documents(cfg), tokenizer, cfg.seq_len, cfg.dedupe), cfg.num_examples)
+    schema = pa.schema([("example_id", pa.string()), ("input_ids", pa.list_(pa.int32()))])
+    written = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        while chunk := list(itertools.islice(packed, ROW_GROUP_SIZE)):
+            names, rows = zip(*chunk)
+            writer.write_table(pa.table({"example_id": list(names), "input_ids": list(rows)}, schema=schema))
+            written += len(chunk)
+        if not written:
+            raise DataError(
+                f"{cfg.source} yields no sequence of {cfg.seq_len} tokens: it is empty or its texts are too short. "
+                "Check the source, or lower the sequence length."
+            )
+    return path
 
 
 def _cache_key(cfg: DataConfig, tokenizer) -> str:
@@ -131,14 +161,12 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
 
 def sequence_file(cfg: DataConfig, tokenizer) -> Path:
     """A Parquet file of sequences to audit: ``cfg.source`` itself when it is a Parquet file with an
-    ``input_ids`` column (such as a run's ``data/train.parquet``), else D prepared from ``cfg``
-    (without a validation split) in the on-disk cache."""
+    ``input_ids`` column (such as a run's ``data/train.parquet``), else the source's sequences
+    packed into the cache by ``stream_sequences``."""
     path = Path(cfg.source).expanduser()
     if path.suffix == ".parquet" and path.is_file() and "input_ids" in pq.read_schema(path).names:
         return path
-    cfg = dataclasses.replace(cfg, validation_examples=0)
-    prepare_sequences(cfg, tokenizer)
-    return _cache_folder(cfg, tokenizer) / "train.parquet"
+    return stream_sequences(cfg, tokenizer)
 
 
 def count_sequences(path: Path, limit: int | None = None) -> int:
@@ -174,10 +202,6 @@ def load_sequences(cfg: DataConfig, tokenizer) -> pd.DataFrame:
     """Every sequence to audit (at most ``cfg.num_examples``), in memory; see ``sequence_file``."""
     path = sequence_file(cfg, tokenizer)
     return read_sequence_rows(path, 0, count_sequences(path, cfg.num_examples))
-
-
-ROW_GROUP_SIZE = 10_000
-"""Sequences per Parquet row group: the unit a reader of a large sequence file loads at a time."""
 
 
 def write_sequences(path: Path, frame: pd.DataFrame) -> None:
