@@ -121,12 +121,9 @@ def _membership(args) -> None:
 
 def _predict(args) -> None:
     from kdmem.analysis.analyze import predict
-    from kdmem.config import DataConfig
     from kdmem.io import write_parquet_atomic
 
-    seq_len = args.seq_len or load_config(Path(args.run) / "config.yaml").data.seq_len
-    data = DataConfig(source=args.data, subset=args.subset, split=args.split, text_field=args.text_field, seq_len=seq_len,
-                      num_examples=args.num_examples, validation_examples=0)
+    data = _audited_data(args, args.seq_len or load_config(Path(args.run) / "config.yaml").data.seq_len)
     risk = predict(args.run, data, student=args.student, teacher=args.teacher, baseline=args.baseline, teacher_only=args.teacher_only)
     write_parquet_atomic(Path(args.output), risk)
     top = risk["risk"].quantile(0.99)
@@ -140,6 +137,21 @@ def _split_config_and_overrides(args) -> None:
         args.config = None
 
 
+def _audited_data(args, seq_len: int):
+    """The data of ``--data`` and its flags, every sequence audited (no held-out split)."""
+    from kdmem.config import DataConfig
+
+    return DataConfig(
+        source=args.data,
+        subset=args.subset,
+        split=args.split,
+        text_field=args.text_field,
+        seq_len=seq_len,
+        num_examples=args.num_examples,
+        validation_examples=0,
+    )
+
+
 def _example_ids(text: str) -> list[str]:
     """``a,b,c`` or the path of a file with one id per line."""
     if text and Path(text).is_file():
@@ -148,22 +160,14 @@ def _example_ids(text: str) -> list[str]:
 
 
 def _extract(args) -> None:
-    from kdmem.config import DataConfig, ExtractionConfig
+    from kdmem.config import ExtractionConfig
     from kdmem.memorization.audit import AuditConfig, audit, one_line_summary
 
     try:
         prefix_lens = [int(p) for p in args.prefix_lens.split(",") if p.strip()]
     except ValueError:
         raise ConfigError(f"--prefix-lens must be comma-separated integers, got {args.prefix_lens!r}.") from None
-    data = DataConfig(
-        source=args.data,
-        subset=args.subset,
-        split=args.split,
-        text_field=args.text_field,
-        seq_len=args.seq_len or args.prefix_len + args.suffix_len,
-        num_examples=args.num_examples,
-        validation_examples=0,
-    )
+    data = _audited_data(args, args.seq_len or args.prefix_len + args.suffix_len)
     cfg = AuditConfig(
         model=args.model,
         data=data,

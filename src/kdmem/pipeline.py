@@ -27,9 +27,8 @@ import yaml
 
 from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, save_config
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
-from kdmem.analysis.analyze import analyze, model_feature_table
+from kdmem.analysis.analyze import analyze, memorized_over_seeds, model_feature_table
 from kdmem.analysis.filtering import flag_examples
-from kdmem.analysis.overlaps import memorized_ids
 from kdmem.io import atomic_dir, write_json_atomic, write_parquet_atomic
 from kdmem.layout import FILTERED, RunLayout, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
@@ -295,7 +294,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
         def flag():
             features = pd.read_parquet(layout.features)
-            soft = set().union(*(memorized_ids(pd.read_parquet(layout.memorization("soft" + seed_suffix(s, config)))) for s in config.seeds))
+            soft = memorized_over_seeds(layout, config, "soft")
             try:
                 removed, info = flag_examples(features, features["example_id"].isin(soft).to_numpy(), config.filtering.target_recall, config.seeds[0])
             except ValueError as error:

@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 STUDENT_KINDS = ("soft", "hard")
 
 
+def memorized_over_seeds(layout: RunLayout, config, kind: str) -> set[str]:
+    """The example ids any seed's ``kind`` model (``soft``, ``hard``, ``baseline``) memorizes."""
+    return set().union(*(memorized_ids(pd.read_parquet(layout.memorization(kind + seed_suffix(s, config)))) for s in config.seeds))
+
+
 def model_feature_table(layout: RunLayout, config, train: pd.DataFrame) -> pd.DataFrame:
     """``model_features`` of D under teacher, baseline and the first seed's students, computed once
     and kept in ``features.parquet`` (later columns added by ``analyze`` are dropped on reading).
@@ -198,8 +203,7 @@ def predict(
         raise FileNotFoundError(f"{features_path} does not exist; run `kdmem analyze {layout.root}` first.")
     config = load_config(layout.config)
     known = pd.read_parquet(features_path)
-    suffixes = [seed_suffix(seed, config) for seed in config.seeds]
-    target_ids = set().union(*(memorized_ids(pd.read_parquet(layout.memorization(student + s))) for s in suffixes))
+    target_ids = memorized_over_seeds(layout, config, student)
     columns = TEACHER_ONLY_FEATURES if teacher_only else FEATURES
     model = fit_risk_model(known, known["example_id"].isin(target_ids).to_numpy(), columns)
     models = {"teacher": load_model(teacher or str(layout.model("teacher")))}
