@@ -19,6 +19,10 @@ def hand_run(finished_run, tmp_path_factory):
     _, source, _ = finished_run
     out = tmp_path_factory.mktemp("hand") / "run"
     shutil.copytree(source, out)
+    # without the run's own filtering, which the filtering tests redo on the hand-made sets
+    (out / "filtering.json").unlink(missing_ok=True)
+    for filtered in out.glob("*/hard-filtered*"):
+        shutil.rmtree(filtered) if filtered.is_dir() else filtered.unlink()
     ids = list(pd.read_parquet(out / "data" / "train.parquet")["example_id"])
     sets = {
         "teacher": ids[0:20],
@@ -116,7 +120,8 @@ def test_predict_scores_new_data_and_the_cli(hand_run, tmp_path, capsys):
     assert "no finished run" in capsys.readouterr().err
 
 
-def test_filtering_removes_flagged_examples_and_redistills(hand_run, tmp_path):
+@pytest.mark.parametrize("student, recall", [("soft", 0.99), ("hard", 0.25)])
+def test_filtering_removes_flagged_examples_and_distills_again(hand_run, tmp_path, student, recall):
     from kdmem.config import load_config, save_config
     from kdmem.pipeline import run
 
@@ -125,18 +130,22 @@ def test_filtering_removes_flagged_examples_and_redistills(hand_run, tmp_path):
     shutil.copytree(source, out)
     for stale in ("summary.json", "analysis.json"):
         (out / stale).unlink()
-    config = load_config(out / "config.yaml", overrides=["filtering.enabled=true"])
+    config = load_config(out / "config.yaml", overrides=["filtering.enabled=true", f"filtering.student={student}", f"filtering.target_recall={recall}"])
     save_config(config, out / "config.yaml")  # as if the run had been configured so from the start
     summary = run(config, out)
     flagging = json.loads((out / "filtering.json").read_text())
     removed = set(flagging["removed_ids"])
-    assert flagging["flagged"] == len(removed) > 0 and flagging["memorized"] == len(sets["soft"] | sets["soft-seed1"])
-    assert "soft-filtered" in summary["models"]
-    after = pd.read_parquet(out / "memorization" / "soft-filtered.parquet")
+    assert flagging["flagged"] == len(removed) > 0 and flagging["memorized"] == len(sets[student] | sets[f"{student}-seed1"])
+    name = f"{student}-filtered"
+    assert name in summary["models"]
+    after = pd.read_parquet(out / "memorization" / f"{name}.parquet")
     assert list(after["example_id"]) == ids  # audited on all of D, removed examples included
+    info = json.loads((out / "models" / name / "kdmem_stage.json").read_text())
+    assert info["stage"] == student
     report = json.loads((out / "analysis.json").read_text())["filtering"]
-    assert report["memorized_before"] == len(sets["soft"]) and report["flagged"] == len(removed)
-    assert report["val_loss_after"] == summary["models"]["soft-filtered"]["val_loss"]
+    assert report["student"] == student and report["model"] == name
+    assert report["memorized_before"] == len(sets[student]) and report["flagged"] == len(removed)
+    assert report["val_loss_after"] == summary["models"][name]["val_loss"]
     assert report["val_loss_cost"] == pytest.approx(report["val_loss_after"] - report["val_loss_before"])
 
 
@@ -163,3 +172,21 @@ def test_compare_runs_overlaps_and_zlib_under_two_tokenizers(finished_run, hand_
     assert zlib.shape == (2, 4)
     # 6 tokens of a tokenizer with merges for these texts cover more text than 6 of the other
     assert (zlib[1] >= zlib[0]).sum() >= 3
+
+
+def test_filtering_that_cannot_flag_is_skipped_with_the_reason(hand_run, tmp_path):
+    from kdmem.config import load_config, save_config
+    from kdmem.pipeline import run
+
+    source, _, _ = hand_run
+    out = tmp_path / "unfilterable"
+    shutil.copytree(source, out)
+    for stale in ("summary.json", "analysis.json"):
+        (out / stale).unlink()
+    # the hand-made hard set is unrelated to the features: recall 0.99 needs every example flagged
+    config = load_config(out / "config.yaml", overrides=["filtering.enabled=true", "filtering.student=hard"])
+    save_config(config, out / "config.yaml")
+    summary = run(config, out)
+    assert "hard-filtered" not in summary["models"] and not (out / "models" / "hard-filtered").exists()
+    report = json.loads((out / "analysis.json").read_text())["filtering"]
+    assert report["student"] == "hard" and "flags all 48 examples" in report["skipped"]

@@ -17,7 +17,7 @@ from tests.conftest import TINY_OVERRIDES
 def test_layout_and_summary(finished_run):
     config, out, summary = finished_run
     names = ["teacher", "baseline", "baseline-seed1", "soft", "soft-seed1", "hard", "hard-seed1", "soft-T1", "soft-T4"]
-    assert model_names(config) == names
+    assert model_names(config) == names + ["hard-filtered"]
     assert load_config(out / "config.yaml") == config
     train = pd.read_parquet(out / "data" / "train.parquet")
     assert list(train.columns) == ["example_id", "input_ids"] and len(train) == config.data.num_examples
@@ -25,12 +25,15 @@ def test_layout_and_summary(finished_run):
     hard = pd.read_parquet(out / "data" / "hard.parquet")
     assert list(hard["example_id"]) == list(train["example_id"])
     on_disk = json.loads((out / "summary.json").read_text())
+    # the tiny hard students memorize too little to filter for: skipped, and no filtered model
+    assert "skipped" in json.loads((out / "filtering.json").read_text())
     assert on_disk["models"] == summary["models"] and list(on_disk["models"]) == names
     for name in names:
         assert (out / "models" / name / "model.safetensors").exists()
         assert (out / "models" / name / "tokenizer.json").exists()
         verdicts = pd.read_parquet(out / "memorization" / f"{name}.parquet")
         assert list(verdicts["example_id"]) == list(train["example_id"])
+        assert verdicts["memorized_p16"].equals(verdicts["memorized"])  # the curve's point at the main prefix length
         row = summary["models"][name]
         assert row["memorized"] == int(verdicts["memorized"].sum()) and row["examples"] == len(train)
         assert row["rate"] == pytest.approx(row["memorized"] / row["examples"])
@@ -148,7 +151,7 @@ def test_canaries_are_planted_in_training_but_not_in_d(tiny_bases, tmp_path):
     assert not canary_tokens & {tuple(ids) for ids in train["input_ids"]}  # D, the audited set, has none
     hard = pd.read_parquet(out / "data" / "hard.parquet")
     assert len(hard) == len(train) + 9 and (hard["example_id"] == "canary-01").sum() == 8  # training saw the copies
-    for name in model_names(config):
+    for name in summary["models"]:
         exposure = pd.read_parquet(out / "canaries" / f"{name}.parquet")
         assert list(exposure["canary_id"]) == ["canary-00", "canary-01"]
         assert ((exposure["exposure"] >= 0) & (exposure["exposure"] <= np.log2(41) + 1e-9)).all()

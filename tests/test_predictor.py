@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
 
 from kdmem.analysis.predictor import FEATURES, deployment_protocol, paper_protocol, precision_at_recall
 
@@ -38,13 +39,16 @@ def test_paper_protocol_on_noise_is_chance_and_skips_without_positives():
 
 def test_deployment_protocol_at_the_real_balance():
     frame, memorized = gaussian_case(100, 9900, shift=3.0)
-    metrics, model = deployment_protocol(frame, memorized)
+    metrics, model, scored = deployment_protocol(frame, memorized)
     assert metrics["scored_examples"] == 5000 and metrics["positives_scored"] == 50
     assert metrics["auc"] == pytest.approx(norm.cdf(3.0 / np.sqrt(2)), abs=0.03)
     # a rare class: average precision is far above the base rate, precision at 99% recall is low
     assert metrics["average_precision"] > 10 * metrics["base_rate"]
     assert metrics["precision_at_99_recall"] <= metrics["precision_at_90_recall"]
     assert model.predict_proba(frame[list(FEATURES)].to_numpy())[:, 1].shape == (10000,)
+    # the scored rows are the held-out half the metrics come from
+    assert len(scored) == 5000 and int(scored["memorized"].sum()) == 50
+    assert roc_auc_score(scored["memorized"], scored["risk"]) == pytest.approx(metrics["auc"])
 
 
 def test_precision_at_recall_on_a_hand_case():
@@ -67,6 +71,9 @@ def test_flagging_reaches_the_target_recall_and_the_report_counts():
     assert info["flagged"] < len(frame)  # it does not simply flag everything
     with pytest.raises(ValueError, match="at least 4"):
         flag_examples(frame, np.zeros(len(frame), dtype=bool))
+    constant = frame.assign(**{column: 1.0 for column in FEATURES})  # every example gets the same risk
+    with pytest.raises(ValueError, match="flags all 2000 examples"):
+        flag_examples(constant, memorized)
     report = filtering_report({"a", "b", "c"}, {"b", "d", "e"}, {"a", "d"}, 4.0, 4.1)
     assert report == {"memorized_before": 3, "memorized_after": 3, "removed_and_memorized_before": 1, "still_memorized": 1,
                       "new_after": 2, "new_after_among_removed": 1, "val_loss_before": 4.0, "val_loss_after": 4.1,

@@ -146,12 +146,15 @@ class MembershipConfig:
 
 @dataclass
 class FilteringConfig:
-    """The intervention: remove from D what the predictor flags, re-distill the soft student from
-    the same teacher (first seed), and compare what it memorizes."""
+    """The intervention: remove from D what the predictor flags, distill the student again from the
+    same teacher (first seed), and compare what it memorizes."""
 
     enabled: bool = False
+    student: str = "soft"
+    """Which student is predicted, filtered for and distilled again: ``soft`` (the paper's) or
+    ``hard`` (trained again on the teacher's continuations of the kept examples)."""
     target_recall: float = 0.99
-    """The flagging threshold is set on held-out examples so at least this share of the soft
+    """The flagging threshold is set on held-out examples so at least this share of the
     student's memorized examples are flagged."""
 
 
@@ -221,9 +224,11 @@ class ExperimentConfig:
     hard: HardDistillConfig = field(
         default_factory=lambda: HardDistillConfig(training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32))
     )
-    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    extraction: ExtractionConfig = field(default_factory=lambda: ExtractionConfig(full=True, prefix_lens=[8, 16, 24, 32]))
     membership: MembershipConfig = field(default_factory=MembershipConfig)
-    filtering: FilteringConfig = field(default_factory=FilteringConfig)
+    filtering: FilteringConfig = field(default_factory=lambda: FilteringConfig(enabled=True, student="hard"))
+    """On in the default run, for the hard student: at this scale the soft student (T = 2) memorizes
+    too few examples to fit a predictor on."""
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of the student-side models (baseline, soft, hard); the teacher uses the first."""
@@ -249,6 +254,8 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"extraction.prefix_lens entry {length} plus suffix_len {ext.suffix_len} does not fit data.seq_len = {self.data.seq_len}."
                 )
+        if self.filtering.student not in ("soft", "hard"):
+            raise ConfigError(f"filtering.student must be soft or hard, got {self.filtering.student!r}.")
         if not 0 < self.membership.min_k <= 1:
             raise ConfigError(f"membership.min_k must be in (0, 1], got {self.membership.min_k}.")
         if any(r < 1 for r in self.canaries.repeats):

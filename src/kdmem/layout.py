@@ -78,8 +78,10 @@ def seed_suffix(seed: int, config: ExperimentConfig) -> str:
     return "" if seed == config.seeds[0] else f"-seed{seed}"
 
 
-FILTERED = "soft-filtered"
-"""The soft student re-distilled on D without the examples the predictor flags."""
+def filtered_name(config: ExperimentConfig) -> str:
+    """The student distilled again on D without the examples the predictor flags: ``soft-filtered``
+    or ``hard-filtered``."""
+    return f"{config.filtering.student}-filtered"
 
 
 def sweep_name(temperature: float) -> str:
@@ -101,4 +103,4 @@ def model_names(config: ExperimentConfig) -> list[str]:
     for kind in ("baseline", "soft", "hard"):
         names += [kind + seed_suffix(seed, config) for seed in config.seeds]
     names += [name for name in temperature_sweep(config).values() if name not in names]
-    return names + ([FILTERED] if config.filtering.enabled else [])
+    return names + ([filtered_name(config)] if config.filtering.enabled else [])

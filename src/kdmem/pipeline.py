@@ -30,7 +30,7 @@ from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_seque
 from kdmem.analysis.analyze import analyze, memorized_over_seeds, model_feature_table
 from kdmem.analysis.filtering import flag_examples
 from kdmem.io import atomic_dir, write_json_atomic, write_parquet_atomic
-from kdmem.layout import FILTERED, RunLayout, model_names, seed_suffix, temperature_sweep
+from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
 from kdmem.memorization.membership import audit_membership, write_membership
@@ -285,36 +285,47 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
         stage(f"evaluate:{name}", layout.evaluation(name), action)
 
-    for name in model_names(config):
-        if name != FILTERED:
-            evaluate(name)
+    trained = [name for name in model_names(config) if not (config.filtering.enabled and name == filtered_name(config))]
+    for name in trained:
+        evaluate(name)
     stage("features", layout.features, lambda: model_feature_table(layout, config, train))
 
     if config.filtering.enabled:
+        kind = config.filtering.student
 
         def flag():
             features = pd.read_parquet(layout.features)
-            soft = memorized_over_seeds(layout, config, "soft")
+            target = memorized_over_seeds(layout, config, kind)
             try:
-                removed, info = flag_examples(features, features["example_id"].isin(soft).to_numpy(), config.filtering.target_recall, config.seeds[0])
+                removed, info = flag_examples(features, features["example_id"].isin(target).to_numpy(), config.filtering.target_recall, config.seeds[0])
             except ValueError as error:
-                raise ConfigError(f"filtering.enabled: {error}. Train longer, or turn filtering off.") from None
+                # What the students memorized decides this, not the config alone: the run goes on,
+                # and the report says why there is no filtered student.
+                info, removed = {"skipped": f"{error}; or set filtering.student to the other student"}, set()
+                logger.warning("filtering of the %s student skipped: %s", kind, info["skipped"])
             write_json_atomic(layout.filtering, info | {"removed_ids": sorted(removed)})
 
         stage("filtering", layout.filtering, flag)
-        removed = set(json.loads(layout.filtering.read_text())["removed_ids"])
-        kept = train[~train["example_id"].isin(removed)]
-        kept_rows = kept if canaries is None else inject_canaries(kept, canaries, config.canaries.seed)
-        train_soft(FILTERED, config.seeds[0], config.soft, kept_rows)
-        evaluate(FILTERED)
+        flagging = json.loads(layout.filtering.read_text())
+        if "skipped" not in flagging:
+            removed = set(flagging["removed_ids"])
+            if kind == "soft":
+                kept = train[~train["example_id"].isin(removed)]
+                kept_rows = kept if canaries is None else inject_canaries(kept, canaries, config.canaries.seed)
+                train_soft(filtered_name(config), config.seeds[0], config.soft, kept_rows)
+            else:  # the teacher's continuations of the kept examples (and of the canaries' copies)
+                kept_hard = hard_train[~hard_train["example_id"].isin(removed)]
+                train_ce(filtered_name(config), config.student, student_base, config.hard.training, kept_hard, config.seeds[0], "hard")
+            evaluate(filtered_name(config))
+            trained.append(filtered_name(config))
     teacher_cache.clear()
 
     summary = {
         "name": config.name,
-        "models": {name: json.loads(layout.evaluation(name).read_text()) for name in model_names(config)},
+        "models": {name: json.loads(layout.evaluation(name).read_text()) for name in trained},
         "extraction": {"prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len},
         "memorization_over_training": {
-            name: json.loads(layout.model_done(name).read_text())["memorization_over_training"] for name in model_names(config)
+            name: json.loads(layout.model_done(name).read_text())["memorization_over_training"] for name in trained
         },
         "data": {"train_examples": len(train), "validation_examples": len(validation), "seq_len": config.data.seq_len},
         "stage_seconds": clock.seconds,

@@ -23,7 +23,7 @@ from kdmem.analysis.predictor import FEATURES, TEACHER_ONLY_FEATURES, deployment
 from kdmem.config import DataConfig, load_config
 from kdmem.data import load_sequences, read_sequences
 from kdmem.io import write_json_atomic, write_parquet_atomic
-from kdmem.layout import FILTERED, RunLayout, seed_suffix, temperature_sweep
+from kdmem.layout import RunLayout, filtered_name, seed_suffix, temperature_sweep
 from kdmem.models import load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -113,14 +113,19 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
 
     # 4. Predicting each student's memorized set (union over seeds) before distillation.
     result["predictor"] = {}
+    held_out = {}
     for kind in STUDENT_KINDS:
         target = features["example_id"].isin(union(kind)).to_numpy()
-        deployment, _ = deployment_protocol(features, target, FEATURES)
+        deployment, _, scored = deployment_protocol(features, target, FEATURES)
+        if scored is not None:
+            held_out[kind] = (scored["memorized"].to_numpy(), scored["risk"].to_numpy())
         result["predictor"][kind] = {
             "paper_protocol": paper_protocol(features, target, FEATURES, repeats=repeats),
             "paper_protocol_teacher_only": paper_protocol(features, target, TEACHER_ONLY_FEATURES, repeats=repeats),
             "all_remaining_examples": deployment,
         }
+    if held_out:
+        figures.roc_curves(held_out, "Predicting student memorization (held-out examples)", figure_dir / "predictor_roc")
 
     # 5. Mechanism: what the suppressed examples look like to each model.
     result["mechanism"] = {}
@@ -156,18 +161,66 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
         result["temperature_sweep"] = {"skipped": "no sweep configured; set soft.sweep_temperatures=[1,3,4]"}
 
     # 8. Filtering and re-distilling (when the run did it).
-    if layout.filtering.exists():
-        flagging = json.loads(layout.filtering.read_text())
+    flagging = json.loads(layout.filtering.read_text()) if layout.filtering.exists() else {}
+    if "skipped" in flagging:
+        result["filtering"] = {"student": config.filtering.student, "skipped": flagging["skipped"]}
+    elif flagging:
         removed = set(flagging.pop("removed_ids"))
-        after = memorized_ids(pd.read_parquet(layout.memorization(FILTERED)))
-        result["filtering"] = flagging | filtering_report(
-            memorized["soft"], after, removed, summary["models"]["soft"]["val_loss"], summary["models"][FILTERED]["val_loss"]
+        kind, name = config.filtering.student, filtered_name(config)
+        after = memorized_ids(pd.read_parquet(layout.memorization(name)))
+        result["filtering"] = {"student": kind, "model": name} | flagging | filtering_report(
+            memorized[kind], after, removed, summary["models"][kind]["val_loss"], summary["models"][name]["val_loss"]
         )
     else:
         result["filtering"] = {"skipped": "not run; set filtering.enabled=true"}
+
+    # 9. What else each model leaks: membership inference, the prefix-length curve, canaries.
+    result["membership_roc"] = _membership_roc(layout, figure_dir)
+    result["prefix_curve"] = _prefix_curve(layout, config, figure_dir)
+    result["canaries"] = _canaries(layout, figure_dir)
     write_json_atomic(layout.analysis, result)
     logger.info("analysis written to %s", layout.analysis)
     return result
+
+
+def _membership_roc(layout: RunLayout, figure_dir: Path) -> dict:
+    """ROC of the loss attack (training vs validation examples) per model, from ``membership/``."""
+    paths = sorted((layout.root / "membership").glob("*.parquet"))
+    if not paths:
+        return {"skipped": "membership inference not run; set membership.enabled=true"}
+    curves = {}
+    for path in paths:
+        scores = pd.read_parquet(path, columns=["split", "loss"])
+        curves[path.stem] = ((scores["split"] == "train").to_numpy(), -scores["loss"].to_numpy())  # lower loss: more likely a member
+    figures.roc_curves(curves, "Membership inference by loss", figure_dir / "membership_roc")
+    return {"models": list(curves)}
+
+
+def _prefix_curve(layout: RunLayout, config, figure_dir: Path) -> dict:
+    """Memorized count per prefix length per model, from the ``memorized_pP`` columns."""
+    lengths = sorted(set(config.extraction.prefix_lens))
+    if not lengths:
+        return {"skipped": "no prefix lengths measured; set extraction.full=true extraction.prefix_lens=[8,16,24,32]"}
+    counts = {}
+    for path in sorted((layout.root / "memorization").glob("*.parquet")):
+        verdicts = pd.read_parquet(path)
+        if all(f"memorized_p{k}" in verdicts for k in lengths):  # verdicts written by hand or by `kdmem extract` may lack them
+            counts[path.stem] = {k: int(verdicts[f"memorized_p{k}"].sum()) for k in lengths}
+    if not counts:
+        return {"skipped": f"no verdicts hold the memorized_pP columns for prefix lengths {lengths}"}
+    figures.prefix_curve(counts, config.extraction.suffix_len, figure_dir / "prefix_curve")
+    return {name: {str(k): n for k, n in by_length.items()} for name, by_length in counts.items()}
+
+
+def _canaries(layout: RunLayout, figure_dir: Path) -> dict:
+    """Exposure of every planted canary under every model, from ``canaries/``."""
+    paths = sorted((layout.root / "canaries").glob("*.parquet"))
+    if not paths:
+        return {"skipped": "no canaries planted; set canaries.repeats=[1,4,16]"}
+    exposure = pd.concat([pd.read_parquet(path).assign(model=path.stem) for path in paths], ignore_index=True)
+    figures.canary_exposure(exposure, figure_dir / "canary_exposure")
+    by_repeats = exposure.groupby(["model", "repeats"])["exposure"].mean()
+    return {name: {str(r): float(v) for r, v in rows.droplevel(0).items()} for name, rows in by_repeats.groupby(level=0)}
 
 
 def _means(features: pd.DataFrame, selected: np.ndarray, columns: list[str]) -> dict:

@@ -111,3 +111,51 @@ def temperature_curve(rows: list[dict], baseline: dict, stem: Path) -> list[Path
     count_axes.legend(handles=handles, fontsize=8, loc="best")
     count_axes.set_title("Temperature sweep")
     return save(figure, stem)
+
+
+def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, stem: Path) -> list[Path]:
+    """One ROC curve per entry of ``curves`` (name -> (true labels, scores)), with its AUC in the
+    legend; a log-scaled false-positive axis, since the low-FPR end is what an attacker uses."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    figure, axes = plt.subplots(figsize=(5.5, 4))
+    for name, (labels, scores) in curves.items():
+        fpr, tpr, _ = roc_curve(labels, scores)
+        axes.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, scores):.3f})")
+    floor = min(1e-3, 1 / max(len(labels) for labels, _ in curves.values()))
+    axes.plot([floor, 1], [floor, 1], ":", color="tab:gray", label="chance")
+    axes.set_xscale("log")
+    axes.set_xlim(floor, 1)
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.legend(fontsize=8)
+    axes.set_title(title)
+    return save(figure, stem)
+
+
+def prefix_curve(counts: dict[str, dict[int, int]], suffix_len: int, stem: Path) -> list[Path]:
+    """Memorized examples against the prefix length given to the model, one line per model."""
+    figure, axes = plt.subplots(figsize=(5.5, 4))
+    for name, by_length in counts.items():
+        lengths = sorted(by_length)
+        axes.plot(lengths, [by_length[k] for k in lengths], "o-", label=name)
+    axes.set_xlabel("prefix length (tokens)")
+    axes.set_ylabel(f"memorized examples (next {suffix_len} tokens exact)")
+    axes.legend(fontsize=8)
+    axes.set_title("Longer prefixes extract more")
+    return save(figure, stem)
+
+
+def canary_exposure(exposure: pd.DataFrame, stem: Path) -> list[Path]:
+    """Canary exposure (bits) against how many times the canary was planted, one line per model;
+    ``exposure`` has ``model``, ``repeats`` and ``exposure`` columns."""
+    figure, axes = plt.subplots(figsize=(5.5, 4))
+    for name, rows in exposure.groupby("model", sort=False):
+        rows = rows.groupby("repeats")["exposure"].mean()
+        axes.plot(rows.index, rows.to_numpy(), "o-", label=name)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("copies of the canary in training")
+    axes.set_ylabel("exposure (bits)")
+    axes.legend(fontsize=8)
+    axes.set_title("Canary exposure")
+    return save(figure, stem)

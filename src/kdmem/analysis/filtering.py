@@ -18,7 +18,8 @@ from kdmem.analysis.predictor import FEATURES, fit_risk_model, precision_at_reca
 def flag_examples(features: pd.DataFrame, memorized: np.ndarray, target_recall: float = 0.99, seed: int = 0) -> tuple[set[str], dict]:
     """The example ids to remove, and how the threshold was chosen.
 
-    Raises ValueError when the student memorizes too few examples to fit and calibrate a predictor.
+    Raises ValueError when the student memorizes too few examples to fit and calibrate a predictor,
+    or when reaching ``target_recall`` would flag every example (nothing would be left to train on).
     """
     memorized = np.asarray(memorized, dtype=bool)
     if memorized.sum() < 4:
@@ -32,6 +33,11 @@ def flag_examples(features: pd.DataFrame, memorized: np.ndarray, target_recall: 
 
     precision, threshold = precision_at_recall(memorized[calibration_rows], risk(calibration_rows), target_recall)
     flagged = risk(rows) >= threshold
+    if flagged.all():
+        raise ValueError(
+            f"reaching recall {target_recall} flags all {len(rows)} examples, leaving nothing to train on; "
+            "lower filtering.target_recall"
+        )
     return set(features["example_id"][flagged]), {
         "target_recall": target_recall,
         "threshold": threshold,

@@ -99,16 +99,17 @@ def deployment_protocol(
     columns: Sequence[str] = FEATURES,
     train_size: float = 0.5,
     seed: int = 0,
-) -> tuple[dict, object]:
+) -> tuple[dict, object, pd.DataFrame | None]:
     """Fit on ``train_size`` of D (stratified) and score every other example at D's true balance.
 
     Returns the metrics (``average_precision``, the base rate it should beat, precision at 90% and
-    99% recall with their thresholds, ROC-AUC) and the fitted model (a scikit-learn pipeline whose
-    ``predict_proba`` gives the risk score).
+    99% recall with their thresholds, ROC-AUC), the fitted model (a scikit-learn pipeline whose
+    ``predict_proba`` gives the risk score) and the scored examples (``memorized``, ``risk``: what
+    an ROC curve is drawn from). Model and scores are None when there are too few positives.
     """
     memorized = np.asarray(memorized, dtype=bool)
     if memorized.sum() < 4:
-        return {"skipped": f"needs at least 4 memorized examples, found {int(memorized.sum())}"}, None
+        return {"skipped": f"needs at least 4 memorized examples, found {int(memorized.sum())}"}, None, None
     x = features[list(columns)].to_numpy(dtype=float)
     x_train, x_test, y_train, y_test = train_test_split(x, memorized, train_size=train_size, stratify=memorized, random_state=seed)
     model = _classifier().fit(x_train, y_train)
@@ -128,4 +129,4 @@ def deployment_protocol(
         "threshold_at_99_recall": t99,
         "coefficients": _standardized_coefficients(model, columns),
     }
-    return metrics, model
+    return metrics, model, pd.DataFrame({"memorized": y_test, "risk": score})
