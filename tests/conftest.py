@@ -73,3 +73,35 @@ def finished_run(tiny_config, tiny_bases, tmp_path_factory):
     config = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["seeds=[0,1]", "soft.sweep_temperatures=[1,4]"])
     out = tmp_path_factory.mktemp("run")
     return config, out, run(config, out)
+
+
+HOSTILE_NAME = "<script>window.__kdmem_pwned='name'</script>"
+
+
+@pytest.fixture(scope="session")
+def hostile_run(tiny_bases, tmp_path_factory):
+    """A whole tiny run whose training text and run name carry HTML and script payloads, with two
+    seeds, a temperature sweep and canaries so that every report section has data."""
+    from kdmem.config import load_config
+    from kdmem.pipeline import run
+
+    corpus = tmp_path_factory.mktemp("hostile") / "corpus.txt"
+    corpus.write_text(
+        "\n\n".join(
+            f"Record {i}: <script>window.__kdmem_pwned={i}</script> then <img src=x onerror=\"window.__kdmem_pwned='img{i}'\"> "
+            f"and </pre></section><b>bold {i * 7}</b> & done."
+            for i in range(120)
+        ),
+        encoding="utf-8",
+    )
+    overrides = TINY_OVERRIDES + [
+        f"data.source={corpus}",
+        "seeds=[0,1]",
+        "soft.sweep_temperatures=[1]",
+        "canaries.repeats=[1,8]",
+        "canaries.num_candidates=40",
+    ]
+    config = load_config(preset="smoke", overrides=overrides)
+    config.name = HOSTILE_NAME
+    out = tmp_path_factory.mktemp("hostile_run")
+    return config, out, run(config, out)

@@ -97,7 +97,32 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--text-field", default="text")
     predict.add_argument("--subset")
     predict.add_argument("--split", default="train")
+    report = commands.add_parser(
+        "report",
+        help="write OUT/report.html (one self-contained page) and OUT/report.md for a finished run",
+        description="kdmem run writes the report at its end; this rewrites it, e.g. after kdmem analyze.",
+    )
+    report.add_argument("output", help="a run folder written by `kdmem run`")
+
+    compare = commands.add_parser(
+        "compare",
+        help="side-by-side headline tables and overlaps of memorized sets between runs",
+        description="Runs on the same text are matched by example id, or by decoded text when tokenizers differ.",
+    )
+    compare.add_argument("runs", nargs="+", metavar="OUT", help="two or more run folders")
+    compare.add_argument("--json", help="also write the comparison to this JSON file")
     return parser
+
+
+def _compare(args) -> None:
+    from kdmem.analysis.compare import compare_many
+    from kdmem.io import write_json_atomic
+    from kdmem.report.headline import comparison_table
+
+    comparison = compare_many(args.runs)
+    if args.json:
+        write_json_atomic(Path(args.json), comparison)
+    print(comparison_table(comparison))
 
 
 def _membership(args) -> None:
@@ -212,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             analyze(args.output, repeats=args.repeats)
         elif args.command == "predict":
             _predict(args)
+        elif args.command == "report":
+            from kdmem.report import write_report
+
+            html, markdown = write_report(args.output)
+            print(f"wrote {html} ({html.stat().st_size / 1e6:.2f} MB) and {markdown}")
+        elif args.command == "compare":
+            _compare(args)
         return 0
     except USER_ERRORS as error:
         if args.debug:

@@ -36,6 +36,14 @@ class RunLayout:
         return self.root / "filtering.json"
 
     @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.root / "report.md"
+
+    @property
     def figures(self) -> Path:
         return self.root / "figures"
 

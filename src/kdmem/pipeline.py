@@ -35,7 +35,7 @@ from kdmem.memorization import MemorizationTracker, approximate_summary, measure
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
 from kdmem.memorization.membership import audit_membership, write_membership
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
-from kdmem.report import headline_table
+from kdmem.report import headline_table, write_report
 from kdmem.train import distill, fine_tune, greedy_continuations, resolve_model_name, validation_loss
 
 logger = logging.getLogger(__name__)
@@ -334,6 +334,8 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
         layout.work_root.rmdir()
     write_json_atomic(layout.summary, summary)
     stage("analysis", layout.analysis, lambda: analyze(layout.root))
+    stage("report", layout.report_html, lambda: write_report(layout.root))
     write_json_atomic(layout.provenance, _provenance(config, clock))
     logger.info("\n%s", headline_table(summary))
+    logger.info("report: %s", layout.report_html)
     return summary

@@ -8,6 +8,7 @@ finds that families share almost no memorized examples while their zlib estimate
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,21 @@ def compare_runs(run_a: str | Path, run_b: str | Path, models: tuple[str, ...] =
         "overlap": overlaps,
         "zlib_pearson": float(np.corrcoef(zlib[0], zlib[1])[0, 1]),
     }
+
+
+def compare_many(runs: list[str | Path]) -> dict:
+    """Each run's headline numbers, and ``compare_runs`` for every pair of runs (in the given order)."""
+    if len(runs) < 2:
+        raise ValueError("compare needs at least two run folders.")
+    headline = {}
+    for run in runs:
+        summary_path = RunLayout(Path(run)).summary
+        if not summary_path.exists():
+            raise FileNotFoundError(f"{run} holds no finished run (no summary.json); run `kdmem run` first.")
+        headline[str(run)] = json.loads(summary_path.read_text())["models"]
+    pairs = [
+        {"a": str(a), "b": str(b)} | compare_runs(a, b)
+        for i, a in enumerate(runs)
+        for b in runs[i + 1 :]
+    ]
+    return {"runs": headline, "pairs": pairs}

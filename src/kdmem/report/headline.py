@@ -8,7 +8,7 @@ def reduction_vs_baseline(summary: dict, name: str) -> float | None:
     models = summary["models"]
     variant = name.partition("-")[2]  # "seed1" for another seed; "T4" for a temperature-sweep student
     baseline = models.get("baseline" + (f"-{variant}" if variant.startswith("seed") else ""))
-    if baseline is None or name.startswith("baseline"):
+    if baseline is None or name.startswith(("baseline", "teacher")):
         return None
     memorized = models[name]["memorized"]
     if memorized == 0:
@@ -39,3 +39,27 @@ def headline_table(summary: dict) -> str:
 def _mia_auc(row: dict) -> str:
     auc = row.get("membership", {}).get("loss", {}).get("auc")
     return "" if auc is None else f"{auc:.3f}"
+
+
+def comparison_table(comparison: dict) -> str:
+    """``compare_many``'s result as text: memorized count and validation loss of every model side
+    by side (one column per run), then the overlap of memorized sets for each pair of runs."""
+    runs = list(comparison["runs"])
+    labels = [f"run {i + 1}" for i in range(len(runs))]
+    lines = [f"{label}: {run}" for label, run in zip(labels, runs)]
+    models = list(dict.fromkeys(name for rows in comparison["runs"].values() for name in rows))
+    header = f"{'model':<16}" + "".join(f"{label + ' memorized':>20}{'val loss':>10}" for label in labels)
+    lines += ["", header, "-" * len(header)]
+    for name in models:
+        cells = []
+        for run in runs:
+            row = comparison["runs"][run].get(name)
+            cells.append(f"{'':>20}{'':>10}" if row is None else f"{row['memorized']:>12d} / {row['examples']:<5d}{row['val_loss']:>10.3f}")
+        lines.append(f"{name:<16}" + "".join(cells))
+    for pair in comparison["pairs"]:
+        a, b = labels[runs.index(pair["a"])], labels[runs.index(pair["b"])]
+        how = "same tokenizer, matched by example id" if pair["same_tokenizer"] else "different tokenizers, matched by decoded text"
+        lines += ["", f"{a} vs {b} ({how}; {pair['shared_examples']} shared examples; zlib entropy Pearson r {pair['zlib_pearson']:.3f})"]
+        for name, o in pair["overlap"].items():
+            lines.append(f"  {name:<14} memorized {o['a']:>5d} / {o['b']:<5d} both {o['both']:>5d}  Jaccard {o['jaccard']:.3f}")
+    return "\n".join(lines)
