@@ -142,7 +142,7 @@ def prefix_curve(counts: dict[str, dict[int, int]], suffix_len: int, stem: Path)
     axes.set_xlabel("prefix length (tokens)")
     axes.set_ylabel(f"memorized examples (next {suffix_len} tokens exact)")
     axes.legend(fontsize=8)
-    axes.set_title("Longer prefixes extract more")
+    axes.set_title("Memorized examples by prefix length")
     return save(figure, stem)
 
 
