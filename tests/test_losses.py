@@ -94,3 +94,41 @@ def test_bad_arguments_are_named():
         distillation_loss(torch.randn(2, 9), torch.randn(2, 9), kind="jsd", jsd_beta=0.0)
     with pytest.raises(ValueError, match="temperature"):
         distillation_loss(torch.randn(2, 9), torch.randn(2, 9), temperature=0)
+
+
+def test_topk_forward_kl_is_exact_at_full_vocabulary_and_its_error_shrinks_with_k():
+    from kdmem.losses import topk_forward_kl
+
+    torch.manual_seed(6)
+    vocab = 50
+    student, teacher = torch.randn(3, 4, vocab) * 2, torch.randn(3, 4, vocab) * 3
+    mask = torch.rand(3, 4) > 0.3
+    logsumexp = torch.logsumexp(teacher, dim=-1)
+    for temperature in (1.0, 2.0, 4.0):
+        exact = distillation_loss(student, teacher, temperature=temperature, mask=mask)
+        errors = []
+        for k in (1, 4, 16, 32, vocab):
+            top_logits, top_ids = teacher.topk(k, dim=-1)
+            approx = topk_forward_kl(student, top_logits, top_ids, logsumexp, temperature, mask, chunk_size=5)
+            errors.append(abs(approx.item() - exact.item()))
+        assert errors[-1] < 1e-5  # k = V: no tail, no approximation
+        assert errors == sorted(errors, reverse=True) and errors[0] > 10 * errors[-2]
+
+
+def test_topk_forward_kl_gradient_matches_at_full_vocabulary():
+    from kdmem.losses import topk_forward_kl
+
+    torch.manual_seed(7)
+    teacher = torch.randn(2, 5, 11)
+    grads = []
+    for use_cache in (False, True):
+        student = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(8)).requires_grad_()
+        if use_cache:
+            top_logits, top_ids = teacher.topk(11, dim=-1)
+            topk_forward_kl(student, top_logits, top_ids, torch.logsumexp(teacher, -1), 2.0, chunk_size=3).backward()
+        else:
+            distillation_loss(student, teacher, temperature=2.0).backward()
+        grads.append(student.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(ValueError, match="Shapes do not match"):
+        topk_forward_kl(torch.randn(2, 11), torch.randn(2, 3), torch.zeros(2, 4, dtype=torch.long), torch.randn(2))

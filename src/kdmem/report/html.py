@@ -47,11 +47,12 @@ def headline_rows(summary: dict) -> list[dict]:
     return rows
 
 
-def most_memorized_examples(layout: RunLayout, models: list[str], count: int = EXAMPLES_SHOWN) -> list[dict]:
+def most_memorized_examples(layout: RunLayout, summary: dict, count: int = EXAMPLES_SHOWN) -> list[dict]:
     """The examples the most models memorize (ties: the longest reproduced span), each with its
     prefix, the part of its true suffix that the best model reproduces, and the rest."""
-    prefix_len, suffix_len = (json.loads(layout.summary.read_text())["extraction"][k] for k in ("prefix_len", "suffix_len"))
-    verdicts = {name: pd.read_parquet(layout.memorization(name), columns=["example_id", "memorized", "matched_tokens"]) for name in models}
+    prefix_len, suffix_len = summary["extraction"]["prefix_len"], summary["extraction"]["suffix_len"]
+    columns = ["example_id", "memorized", "matched_tokens"]
+    verdicts = {name: pd.read_parquet(layout.memorization(name), columns=columns) for name in summary["models"]}
     ranking = pd.DataFrame({"example_id": verdicts["teacher"]["example_id"]})
     ranking["models"] = sum(v["memorized"].astype(int).to_numpy() for v in verdicts.values())
     matched = pd.DataFrame({name: v["matched_tokens"].to_numpy() for name, v in verdicts.items()})
@@ -102,7 +103,7 @@ def report_context(run: str | Path) -> dict:
         "headline": headline_rows(summary),
         "findings": key_findings(summary, analysis),
         "figures": _figures(layout),
-        "examples": most_memorized_examples(layout, list(summary["models"])),
+        "examples": most_memorized_examples(layout, summary),
         "provenance": provenance,
         "config_yaml": layout.config.read_text(encoding="utf-8"),
     }

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+import torch
+
+from kdmem.data import as_tensor
+from kdmem.losses import distillation_loss, topk_forward_kl
+from kdmem.models import load_model
+from kdmem.train.teacher_cache import TeacherLogitCache, build_teacher_cache
+
+
+@pytest.fixture(scope="module")
+def teacher_and_rows(tiny_bases, tiny_data):
+    return load_model(str(tiny_bases["teacher"])).eval(), tiny_data.train.iloc[:20].reset_index(drop=True)
+
+
+def direct_logits(teacher, rows):
+    with torch.no_grad():
+        return teacher(input_ids=as_tensor(rows)[:, :-1]).logits.float()
+
+
+def test_full_and_topk_caches_round_trip(teacher_and_rows, tmp_path):
+    teacher, rows = teacher_and_rows
+    logits = direct_logits(teacher, rows)
+    full = build_teacher_cache(teacher, rows, tmp_path / "full", teacher_id="tiny", top_k=None, shard_size=8, batch_size=3)
+    assert full.spec.num_shards == 3 and full.spec.bytes_per_token == 4 * logits.shape[-1]
+    picked = [19, 0, 8, 7]  # across shards, out of order
+    torch.testing.assert_close(full.rows(picked)["logits"], logits[picked], rtol=1e-5, atol=1e-5)
+    top = build_teacher_cache(teacher, rows, tmp_path / "top", teacher_id="tiny", top_k=16, shard_size=8, batch_size=3)
+    cached = top.rows(picked)
+    expected_logits, expected_ids = logits[picked].topk(16, dim=-1)
+    torch.testing.assert_close(cached["top_logits"], expected_logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cached["top_ids"].long(), expected_ids)
+    torch.testing.assert_close(cached["logsumexp"], torch.logsumexp(logits[picked], -1), rtol=1e-5, atol=1e-5)
+    assert top.spec.bytes_per_token == 8 * 16 + 4
+    with pytest.raises(IndexError, match="outside"):
+        top.rows([20])
+
+
+def test_the_loss_from_the_cache_equals_the_loss_from_the_teacher(teacher_and_rows, tmp_path):
+    teacher, rows = teacher_and_rows
+    vocab = teacher.config.vocab_size
+    cache = build_teacher_cache(teacher, rows, tmp_path / "all", teacher_id="tiny", top_k=vocab, shard_size=8)
+    student = torch.randn(4, rows["input_ids"].iloc[0].shape[0] - 1, vocab)
+    cached = cache.rows([0, 1, 2, 3])
+    for temperature in (1.0, 2.0, 4.0):  # one cache, any temperature
+        direct = distillation_loss(student, direct_logits(teacher, rows.iloc[:4]), temperature=temperature)
+        from_cache = topk_forward_kl(student, cached["top_logits"], cached["top_ids"], cached["logsumexp"], temperature)
+        assert from_cache.item() == pytest.approx(direct.item(), rel=1e-4)
+
+
+def test_a_killed_build_resumes_and_equals_an_uninterrupted_one(teacher_and_rows, tmp_path, monkeypatch):
+    teacher, rows = teacher_and_rows
+    options = dict(teacher_id="tiny", top_k=8, shard_size=4, batch_size=4)
+    reference = build_teacher_cache(teacher, rows, tmp_path / "reference", **options)
+
+    calls = []
+    forward = teacher.forward
+
+    def dying_forward(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(teacher, "forward", dying_forward)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_teacher_cache(teacher, rows, tmp_path / "resumed", **options)
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    with pytest.raises(FileNotFoundError, match="missing 3 of 5 shards"):
+        TeacherLogitCache(tmp_path / "resumed")
+    calls.clear()
+    monkeypatch.setattr(teacher, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    resumed = build_teacher_cache(teacher, rows, tmp_path / "resumed", **options)
+    assert len(calls) == 3  # only the three missing shards
+    for index in range(5):
+        name = f"shard-{index:05d}.safetensors"
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+    assert resumed.spec == reference.spec
+
+
+def test_a_cache_of_other_settings_is_refused(teacher_and_rows, tmp_path):
+    teacher, rows = teacher_and_rows
+    build_teacher_cache(teacher, rows, tmp_path, teacher_id="tiny", top_k=8, shard_size=8)
+    with pytest.raises(ValueError, match="other teacher, top_k"):
+        build_teacher_cache(teacher, rows, tmp_path, teacher_id="another", top_k=16, shard_size=8)
+    with pytest.raises(ValueError, match="top_k must be between 1"):
+        build_teacher_cache(teacher, rows, tmp_path / "bad", teacher_id="tiny", top_k=0)
+    assert json.loads((tmp_path / "spec.json").read_text())["top_k"] == 8
