@@ -158,3 +158,17 @@ def test_canaries_are_planted_in_training_but_not_in_d(tiny_bases, tmp_path):
         recorded = summary["models"][name]["canaries"]
         assert [c["exposure"] for c in recorded] == pytest.approx(exposure["exposure"].tolist())
     json.dumps(summary)  # plain JSON types only
+
+
+def test_soft_students_from_the_teacher_logit_cache(finished_run, tiny_bases, tmp_path):
+    """Full logits cached once: every soft student (both temperatures) reads them, and matches the
+    students that ran the teacher at every step."""
+    plain_config, plain, plain_summary = finished_run
+    config = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["soft.sweep_temperatures=[1,4]", "soft.teacher_cache=true", "soft.cache_top_k=null"])
+    out = tmp_path / "cached"
+    summary = run(config, out)
+    assert len(list((out / "cache" / "teacher-logits-train").glob("shard-*.safetensors"))) == 1
+    for name in ("soft", "soft-T1", "soft-T4"):
+        assert summary["models"][name]["val_loss"] == pytest.approx(plain_summary["models"][name]["val_loss"], rel=1e-3)
+    with pytest.raises(ConfigError, match="forward_kl only"):
+        load_config(preset="smoke", overrides=["soft.teacher_cache=true", "soft.kind=jsd"]).validate()

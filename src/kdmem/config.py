@@ -90,6 +90,12 @@ class SoftDistillConfig:
     jsd_beta: float = 0.5
     ce_weight: float = 0.0
     """Weight of an added cross-entropy term on D; the paper uses none."""
+    teacher_cache: bool = False
+    """Compute the teacher's distributions over D once (``OUT/cache/``) and distill every soft
+    student, seed and temperature from them, instead of running the teacher at every step."""
+    cache_top_k: int | None = 64
+    """With ``teacher_cache``: keep the top k logits per token and the log-sum-exp (forward KL
+    with a uniform tail, exact at k = vocabulary), or None for full logits (exact, every kind)."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
@@ -254,6 +260,8 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"extraction.prefix_lens entry {length} plus suffix_len {ext.suffix_len} does not fit data.seq_len = {self.data.seq_len}."
                 )
+        if self.soft.teacher_cache and self.soft.cache_top_k is not None and self.soft.kind != "forward_kl":
+            raise ConfigError(f"soft.cache_top_k serves forward_kl only, not {self.soft.kind}; set soft.cache_top_k=null for full logits.")
         if self.filtering.student not in ("soft", "hard"):
             raise ConfigError(f"filtering.student must be soft or hard, got {self.filtering.student!r}.")
         if not 0 < self.membership.min_k <= 1:

@@ -70,6 +70,10 @@ class RunLayout:
     def canaries(self, name: str) -> Path:
         return self.root / "canaries" / f"{name}.parquet"
 
+    def teacher_cache(self, rows: str) -> Path:
+        """The teacher-logit cache over the named training rows (``train``, or a filtered set)."""
+        return self.root / "cache" / f"teacher-logits-{rows}"
+
     def evaluation(self, name: str) -> Path:
         return self.root / "evaluation" / f"{name}.json"
 

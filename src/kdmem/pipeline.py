@@ -37,6 +37,7 @@ from kdmem.memorization.membership import audit_membership, write_membership
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.report import headline_table, write_report
 from kdmem.train import distill, fine_tune, greedy_continuations, resolve_model_name, validation_loss
+from kdmem.train.teacher_cache import build_teacher_cache
 
 logger = logging.getLogger(__name__)
 
@@ -247,10 +248,18 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             teacher_cache["model"] = load_model(str(layout.model("teacher")))
         return teacher_cache["model"]
 
-    def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows, track: bool = True):
+    def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows, track: bool = True, rows_name: str = "train"):
         def action():
             callbacks = trackers(name) if track else []
-            student = distill(load_base(config.student, student_base), teacher_model(), rows, soft, layout.work(name), seed, callbacks)
+            student = load_base(config.student, student_base)
+            cache = None
+            if soft.teacher_cache:  # built by the first soft student, read by the others
+                cache = build_teacher_cache(
+                    teacher_model(), rows, layout.teacher_cache(rows_name), teacher_id=str(layout.model("teacher")),
+                    vocab_size=min(student.config.vocab_size, teacher_model().config.vocab_size), top_k=soft.cache_top_k,
+                    batch_size=ext.batch_size or 32,
+                )
+            student = distill(student, teacher_model(), rows, soft, layout.work(name), seed, callbacks, cache=cache)
             info = stage_info("soft", seed, student_base, callbacks) | {"temperature": soft.temperature}
             _save_model(student, tokenizer, layout.model(name), info, layout.work(name))
 
@@ -312,7 +321,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             if kind == "soft":
                 kept = train[~train["example_id"].isin(removed)]
                 kept_rows = kept if canaries is None else inject_canaries(kept, canaries, config.canaries.seed)
-                train_soft(filtered_name(config), config.seeds[0], config.soft, kept_rows)
+                train_soft(filtered_name(config), config.seeds[0], config.soft, kept_rows, rows_name=filtered_name(config))
             else:  # the teacher's continuations of the kept examples (and of the canaries' copies)
                 kept_hard = hard_train[~hard_train["example_id"].isin(removed)]
                 train_ce(filtered_name(config), config.student, student_base, config.hard.training, kept_hard, config.seeds[0], "hard")

@@ -16,11 +16,13 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from kdmem.config import SoftDistillConfig, TrainingConfig
 from kdmem.data import as_training_dataset
-from kdmem.losses import distillation_loss
+from kdmem.losses import distillation_loss, topk_forward_kl
+from kdmem.train.teacher_cache import TeacherLogitCache
 
 
-def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int) -> TrainingArguments:
+def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, remove_unused_columns: bool = True) -> TrainingArguments:
     return TrainingArguments(
+        remove_unused_columns=remove_unused_columns,
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
@@ -43,17 +45,24 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int) -> Trai
 
 
 def causal_lm_collator(rows: list[dict]) -> dict[str, torch.Tensor]:
-    """Fixed-length sequences need no padding: labels are the inputs (the model shifts them)."""
+    """Fixed-length sequences need no padding: labels are the inputs (the model shifts them).
+    Rows that carry a ``cache_row`` (their row in the teacher-logit cache) pass it on as ``cache_rows``."""
     input_ids = torch.stack([torch.as_tensor(row["input_ids"], dtype=torch.long) for row in rows])
-    return {"input_ids": input_ids, "labels": input_ids.clone()}
+    batch = {"input_ids": input_ids, "labels": input_ids.clone()}
+    if "cache_row" in rows[0]:
+        batch["cache_rows"] = torch.as_tensor([int(row["cache_row"]) for row in rows])
+    return batch
 
 
 def _run(trainer_cls, model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, callbacks=None, **extra) -> PreTrainedModel:
     set_seed(seed)
+    dataset = as_training_dataset(train)
+    if "cache_row" in train:
+        dataset = dataset.add_column("cache_row", train["cache_row"].tolist())
     trainer = trainer_cls(
         model=model,
-        args=training_arguments(cfg, work_dir, seed),
-        train_dataset=as_training_dataset(train),
+        args=training_arguments(cfg, work_dir, seed, remove_unused_columns="cache_row" not in train),
+        train_dataset=dataset,
         data_collator=causal_lm_collator,
         callbacks=callbacks,
         **extra,
@@ -68,7 +77,9 @@ def fine_tune(model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, 
 
 
 class DistillationTrainer(Trainer):
-    """A ``Trainer`` whose loss is a divergence from a frozen teacher's next-token distributions.
+    """A ``Trainer`` whose loss is a divergence from a frozen teacher's next-token distributions:
+    computed by the teacher at every step, or read from a teacher-logit cache (``cache``), which
+    the batch indexes through ``cache_rows``.
 
     The loss is summed over tokens and divided by the token count of the whole accumulation
     window (``num_items_in_batch``, which the Trainer gathers across processes), so a step's
@@ -77,34 +88,40 @@ class DistillationTrainer(Trainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, teacher: PreTrainedModel, distill: SoftDistillConfig, **kwargs):
+    def __init__(self, *args, teacher: PreTrainedModel | None, distill: SoftDistillConfig, cache: TeacherLogitCache | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         # Make the Trainer count the window's tokens whatever the model's forward accepts.
         self.model_accepts_loss_kwargs = True
-        self.teacher = teacher.eval().requires_grad_(False)
+        if (teacher is None) == (cache is None):
+            raise ValueError("DistillationTrainer needs a teacher or a teacher-logit cache, not both.")
+        if cache is not None and cache.spec.top_k is not None and distill.kind != "forward_kl":
+            raise ValueError(f"A top-k teacher-logit cache serves forward_kl only, not {distill.kind}; cache full logits (top_k None).")
+        self.teacher = None if teacher is None else teacher.eval().requires_grad_(False).to(self.args.device)
+        self.cache = cache
         self.distill = distill
-        self.teacher.to(self.args.device)
+
+    def _divergence(self, student_logits: torch.Tensor, inputs: dict, cache_rows: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """Summed divergence over the masked positions; position i predicts token i + 1."""
+        options = {"temperature": self.distill.temperature, "mask": mask, "reduction": "sum"}
+        if self.cache is None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(**inputs).logits
+            vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])  # embedding rows past the tokenizer are padding
+            return distillation_loss(
+                student_logits[:, :-1, :vocab], teacher_logits[:, :-1, :vocab], kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options
+            )
+        cached = {name: value.to(student_logits.device) for name, value in self.cache.rows(cache_rows).items()}
+        student_logits = student_logits[:, :-1, : self.cache.spec.vocab_size]
+        if self.cache.spec.top_k is None:
+            return distillation_loss(student_logits, cached["logits"], kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options)
+        return topk_forward_kl(student_logits, cached["top_logits"], cached["top_ids"], cached["logsumexp"], **options)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        cache_rows = inputs.pop("cache_rows", None)
         outputs = model(**inputs)
-        with torch.no_grad():
-            teacher_logits = self.teacher(**inputs).logits
-        student_logits = outputs.logits
-        # Position i predicts token i+1: the last position has no target in D, as in cross-entropy.
-        vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])  # embedding rows past the tokenizer are padding
-        student_logits = student_logits[:, :-1, :vocab]
-        teacher_logits = teacher_logits[:, :-1, :vocab]
         mask = labels[:, 1:].ne(-100)
-        total = distillation_loss(
-            student_logits,
-            teacher_logits,
-            kind=self.distill.kind,
-            temperature=self.distill.temperature,
-            mask=mask,
-            jsd_beta=self.distill.jsd_beta,
-            reduction="sum",
-        )
+        total = self._divergence(outputs.logits, inputs, cache_rows, mask)
         if self.distill.ce_weight:
             nll = torch.nn.functional.cross_entropy(
                 outputs.logits[:, :-1].reshape(-1, outputs.logits.shape[-1]).float(),
@@ -125,15 +142,24 @@ class DistillationTrainer(Trainer):
 
 def distill(
     student: PreTrainedModel,
-    teacher: PreTrainedModel,
+    teacher: PreTrainedModel | None,
     train: pd.DataFrame,
     cfg: SoftDistillConfig,
     work_dir: Path,
     seed: int,
     callbacks=None,
+    cache: TeacherLogitCache | None = None,
 ) -> PreTrainedModel:
-    """Soft distillation of ``student`` from ``teacher`` on every sequence of ``train``."""
-    return _run(DistillationTrainer, student, train, cfg.training, work_dir, seed, callbacks, teacher=teacher, distill=cfg)
+    """Soft distillation of ``student`` on every sequence of ``train``, from ``teacher`` or from a
+    teacher-logit ``cache`` built over ``train`` (row i of ``train`` is row i of the cache,
+    unless ``train`` has a ``cache_row`` column that says otherwise)."""
+    if cache is not None:
+        if "cache_row" not in train:
+            if len(train) != cache.spec.examples:
+                raise ValueError(f"The cache holds {cache.spec.examples} sequences and the training set {len(train)}; give train a cache_row column.")
+            train = train.assign(cache_row=range(len(train)))
+        teacher = None
+    return _run(DistillationTrainer, student, train, cfg.training, work_dir, seed, callbacks, teacher=teacher, distill=cfg, cache=cache)
 
 
 def validation_loss(model: PreTrainedModel, sequences: pd.DataFrame, batch_size: int = 32) -> float:
