@@ -57,7 +57,7 @@ def distillation_loss(
     *,
     jsd_beta: float = 0.5,
     reduction: str = "mean",
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> torch.Tensor:
     """Divergence between teacher and student next-token distributions, averaged over tokens.
 
@@ -157,7 +157,7 @@ def topk_forward_kl(
     mask: torch.Tensor | None = None,
     *,
     reduction: str = "mean",
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> torch.Tensor:
     """T^2 KL(teacher || student) with the teacher given by its top-k logits (..., k), their token
     ids (..., k) and the log-sum-exp of all its logits at T = 1 (...); the tail is uniform (see
