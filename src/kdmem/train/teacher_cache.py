@@ -3,7 +3,8 @@ by every student, seed, epoch and temperature (the temperature is applied at tra
 
 A cache is a folder: ``spec.json`` (what it holds and for which teacher and data) and shards
 ``shard-00000.safetensors`` ... of ``shard_size`` examples each, written atomically, so a killed
-build resumes at the first missing shard. safetensors files are memory-mapped when read: a
+build resumes at the first missing shard. Under ``accelerate launch`` each process computes every
+N-th missing shard, and all wait until the cache is whole. safetensors files are memory-mapped when read: a
 batch reads only its own rows. Each shard holds, for every example and position t < seq_len - 1
 (the distribution over token t + 1):
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from accelerate import PartialState
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -108,20 +110,25 @@ def build_teacher_cache(
         first_ids=tuple(sequences["example_id"].iloc[:8]),
     )
     spec_path = root / "spec.json"
-    if spec_path.exists():
-        found = json.loads(spec_path.read_text())
-        if found != json.loads(json.dumps(asdict(spec))):
-            differs = sorted(k for k in found if found[k] != json.loads(json.dumps(asdict(spec)))[k])
-            raise ValueError(f"{root} holds a teacher-logit cache with other {', '.join(differs)}; delete it or choose another folder.")
-    else:
-        write_json_atomic(spec_path, asdict(spec))
+    expected = json.loads(json.dumps(asdict(spec)))  # as JSON reads it back: tuples become lists
+    state = PartialState()
+    with state.main_process_first():  # the main process writes the spec; the others then check it
+        if spec_path.exists():
+            found = json.loads(spec_path.read_text())
+            if found != expected:
+                differs = sorted(k for k in found if found[k] != expected.get(k))
+                raise ValueError(f"{root} holds a teacher-logit cache with other {', '.join(differs)}; delete it or choose another folder.")
+        else:
+            write_json_atomic(spec_path, asdict(spec))
     teacher.eval()
     missing = [i for i in range(spec.num_shards) if not _shard_path(root, i).exists()]
-    for index in tqdm(missing, desc="teacher logits", unit="shard", disable=not missing):
+    mine = missing[state.process_index :: state.num_processes]
+    for index in tqdm(mine, desc="teacher logits", unit="shard", disable=not mine or not state.is_local_main_process):
         rows = slice(index * shard_size, min((index + 1) * shard_size, spec.examples))
         tensors = _shard_tensors(teacher, input_ids[rows], spec, batch_size)
         with atomic_path(_shard_path(root, index)) as tmp:
             save_file(tensors, str(tmp))
+    state.wait_for_everyone()
     return TeacherLogitCache(root)
 
 
