@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help=f"named preset: {', '.join(available_presets())}")
     run.add_argument("--output", "-o", help="output folder (default: runs/NAME)")
     run.add_argument("--overwrite", action="store_true", help="discard a run with a different config in --output")
+    run.add_argument("--dry-run", action="store_true", help="validate the config and print the plan and a compute estimate; train nothing")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.num_examples=200")
 
     extract = commands.add_parser(
@@ -226,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
 
             _split_config_and_overrides(args)
             config = load_config(args.config, preset=args.preset, overrides=args.overrides)
-            run(config, args.output, overwrite=args.overwrite)
+            if args.dry_run:
+                from kdmem.plan import format_plan, plan
+
+                print(format_plan(plan(config)))
+            else:
+                run(config, args.output, overwrite=args.overwrite)
         elif args.command == "extract":
             _extract(args)
         elif args.command == "membership":

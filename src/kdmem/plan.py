@@ -1,0 +1,124 @@
+"""``kdmem run CONFIG --dry-run``: what a run will do and roughly what it costs, before any weight
+is downloaded or loaded.
+
+Parameter counts come from a table of the paper's models, else from the model's config alone
+(``AutoConfig`` and an empty-weights model: a few kilobytes, no weights). Compute is estimated
+with the usual transformer rules: 2 N FLOPs per token for a forward pass and 6 N for a training
+step (forward and backward), N the parameter count; GPU-hours assume an H100's dense bf16 peak
+(989 TFLOP/s) at 40% model FLOPs utilization. Estimates, not measurements.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kdmem.config import ExperimentConfig
+from kdmem.layout import filtered_name, model_names, seed_suffix, temperature_sweep
+
+logger = logging.getLogger(__name__)
+
+PEAK_FLOPS = 989e12
+UTILIZATION = 0.4
+
+# Parameter counts of the paper's models (from their model cards and configs).
+KNOWN_PARAMETERS = {
+    "EleutherAI/pythia-12b": 11.85e9,
+    "EleutherAI/pythia-1.4b": 1.41e9,
+    "allenai/OLMo-2-1124-7B": 7.30e9,
+    "allenai/OLMo-2-0425-1B": 1.48e9,
+    "Qwen/Qwen3-8B-Base": 8.19e9,
+    "Qwen/Qwen3-1.7B-Base": 2.03e9,
+}
+
+
+def parameter_count(name: str, revision: str | None = None, trust_remote_code: bool = False) -> float | None:
+    """Parameters of ``name`` without its weights: the table, else its config; None if unknown."""
+    if name in KNOWN_PARAMETERS:
+        return KNOWN_PARAMETERS[name]
+    if name.startswith("builtin:"):
+        return None  # built at run time from the embedded config
+    try:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return float(sum(p.numel() for p in model.parameters()))
+    except Exception as error:  # offline, gated or unknown: the plan says "unknown"
+        logger.info("no parameter count for %s: %s", name, error)
+        return None
+
+
+def plan(config: ExperimentConfig) -> dict:
+    """The stages of the run, its token counts, the teacher-cache size and a compute estimate."""
+    teacher_n = parameter_count(config.teacher.model, config.teacher.revision, config.teacher.trust_remote_code)
+    student_n = parameter_count(config.student.model, config.student.revision, config.student.trust_remote_code)
+    examples = config.data.num_examples
+    tokens = None if examples is None else examples * config.data.seq_len
+    soft_students = [("soft" + seed_suffix(s, config)) for s in config.seeds]
+    soft_students += [name for name in temperature_sweep(config).values() if name not in soft_students]
+    if config.filtering.enabled and config.filtering.student == "soft":
+        soft_students.append(filtered_name(config))
+
+    def flops(n: float | None, per_token: float, epochs: float = 1.0) -> float | None:
+        return None if n is None or tokens is None else per_token * n * tokens * epochs
+
+    stages = [("teacher", flops(teacher_n, 6, config.teacher.training.epochs))]
+    for seed in config.seeds:
+        stages.append(("baseline" + seed_suffix(seed, config), flops(student_n, 6, config.student.training.epochs)))
+    cache = config.soft.teacher_cache
+    if cache:
+        stages.append(("teacher logits (cache)", flops(teacher_n, 2)))
+    for name in soft_students:
+        student = flops(student_n, 6, config.soft.training.epochs)
+        teacher = None if cache else flops(teacher_n, 2, config.soft.training.epochs)
+        stages.append((name, None if student is None or (teacher is None and not cache) else student + (teacher or 0.0)))
+    stages.append(("hard data (teacher generates)", flops(teacher_n, 2)))
+    hard_students = ["hard" + seed_suffix(s, config) for s in config.seeds]
+    if config.filtering.enabled and config.filtering.student == "hard":
+        hard_students.append(filtered_name(config))
+    stages += [(name, flops(student_n, 6, config.hard.training.epochs)) for name in hard_students]
+    for name in model_names(config):  # extraction, membership, features: about three forward passes
+        stages.append((f"evaluate {name}", flops(teacher_n if name == "teacher" else student_n, 6)))
+
+    known = [f for _, f in stages if f is not None]
+    total = sum(known) if len(known) == len(stages) else None
+    # full logits take 4 bytes per vocabulary entry, which only the tokenizer knows: left unknown
+    bytes_per_token = None if config.soft.cache_top_k is None else 8 * config.soft.cache_top_k + 4
+    return {
+        "name": config.name,
+        "models": {"teacher": config.teacher.model, "student": config.student.model},
+        "parameters": {"teacher": teacher_n, "student": student_n},
+        "data": {"source": config.data.source, "examples": examples, "seq_len": config.data.seq_len, "tokens": tokens,
+                 "validation_examples": config.data.validation_examples},
+        "trained_models": model_names(config),
+        "teacher_cache_bytes": None if not cache or tokens is None or bytes_per_token is None else (tokens - examples) * bytes_per_token,
+        "stages": [{"stage": name, "flops": f, "gpu_hours": None if f is None else f / (PEAK_FLOPS * UTILIZATION) / 3600} for name, f in stages],
+        "total_gpu_hours": None if total is None else total / (PEAK_FLOPS * UTILIZATION) / 3600,
+        "assumptions": f"2N FLOPs/token forward, 6N training; {PEAK_FLOPS / 1e12:.0f} TFLOP/s at {UTILIZATION:.0%} utilization",
+    }
+
+
+def format_plan(result: dict) -> str:
+    def count(value: float | None, unit: str = "") -> str:
+        return "unknown" if value is None else f"{value:,.0f}{unit}"
+
+    sizes = {role: "unknown" if n is None else f"{n / 1e9:.2f}B" for role, n in result["parameters"].items()}
+    lines = [
+        f"plan for {result['name']!r}: nothing is downloaded or trained",
+        f"teacher {result['models']['teacher']} ({sizes['teacher']} parameters), student {result['models']['student']} ({sizes['student']} parameters)",
+        f"data {result['data']['source']}: {count(result['data']['examples'])} training sequences of {result['data']['seq_len']} tokens "
+        f"= {count(result['data']['tokens'])} tokens; {result['data']['validation_examples']:,} held out",
+        f"models trained: {', '.join(result['trained_models'])}",
+    ]
+    if result["teacher_cache_bytes"] is not None:
+        lines.append(f"teacher-logit cache: {result['teacher_cache_bytes'] / 1e9:,.1f} GB")
+    lines.append(f"{'stage':<34}{'GPU-hours':>12}")
+    for stage in result["stages"]:
+        hours = stage["gpu_hours"]
+        lines.append(f"{stage['stage']:<34}{'unknown' if hours is None else f'{hours:,.1f}':>12}")
+    total = result["total_gpu_hours"]
+    lines.append(f"{'total':<34}{'unknown' if total is None else f'{total:,.0f}':>12}")
+    lines.append(f"estimate: {result['assumptions']}")
+    return "\n".join(lines)

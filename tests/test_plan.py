@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from kdmem import cli
+from kdmem.config import load_config
+from kdmem.models import load_model
+from kdmem.plan import PEAK_FLOPS, UTILIZATION, parameter_count, plan
+
+PAPER_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "paper").glob("*.yaml"))
+
+
+def test_the_paper_presets_are_valid_and_planned_without_downloads(capsys):
+    assert [p.stem for p in PAPER_CONFIGS] == ["olmo2-fineweb", "pythia-fineweb", "pythia-nemotron", "pythia-wikitext", "qwen3-fineweb"]
+    for path in PAPER_CONFIGS:
+        config = load_config(path)
+        assert (config.data.num_examples, config.data.seq_len, config.seeds) == (1_000_000, 256, [0, 1, 2])
+        assert (config.extraction.prefix_len, config.extraction.suffix_len) == (50, 50)
+        assert sorted(config.soft.sweep_temperatures + [config.soft.temperature]) == [1.0, 2.0, 3.0, 4.0]
+        assert cli.main(["run", str(path), "--dry-run"]) == 0
+        printed = capsys.readouterr().out
+        assert "256,000,000 tokens" in printed and "unknown" not in printed
+    assert not Path("runs/pythia-fineweb").exists()  # a dry run writes nothing
+
+
+def test_plan_arithmetic_on_the_pythia_setting():
+    result = plan(load_config(PAPER_CONFIGS[1]))
+    stages = {row["stage"]: row for row in result["stages"]}
+    tokens = 256_000_000
+    assert stages["teacher"]["flops"] == pytest.approx(6 * 11.85e9 * tokens * 3)
+    assert stages["soft"]["flops"] == pytest.approx(6 * 1.41e9 * tokens * 4)  # the cached teacher costs nothing per student
+    assert stages["teacher logits (cache)"]["flops"] == pytest.approx(2 * 11.85e9 * tokens)
+    assert result["teacher_cache_bytes"] == 1_000_000 * 255 * (8 * 64 + 4)
+    total = sum(row["flops"] for row in result["stages"])
+    assert result["total_gpu_hours"] == pytest.approx(total / (PEAK_FLOPS * UTILIZATION) / 3600)
+    live = plan(load_config(PAPER_CONFIGS[1], overrides=["soft.teacher_cache=false"]))
+    live_soft = {row["stage"]: row for row in live["stages"]}["soft"]["flops"]
+    assert live_soft == pytest.approx((6 * 1.41e9 * 4 + 2 * 11.85e9 * 4) * tokens) and live["teacher_cache_bytes"] is None
+
+
+def test_parameters_of_a_local_model_come_from_its_config_alone(tiny_bases):
+    model = load_model(str(tiny_bases["teacher"]))
+    assert parameter_count(str(tiny_bases["teacher"])) == sum(p.numel() for p in model.parameters())
+    assert parameter_count("builtin:tiny-teacher") is None
+    result = plan(load_config(preset="smoke"))
+    assert result["total_gpu_hours"] is None and result["parameters"] == {"teacher": None, "student": None}
