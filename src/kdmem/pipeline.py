@@ -241,12 +241,12 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
         stage(name, layout.model_done(name), action)
 
     train_ce("teacher", config.teacher, teacher_base, config.teacher.training, training_rows, config.seeds[0], "teacher")
-    teacher_cache: dict = {}
+    loaded_teacher: dict = {}
 
     def teacher_model():
-        if "model" not in teacher_cache:
-            teacher_cache["model"] = load_model(str(layout.model("teacher")))
-        return teacher_cache["model"]
+        if "model" not in loaded_teacher:
+            loaded_teacher["model"] = load_model(str(layout.model("teacher")))
+        return loaded_teacher["model"]
 
     def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows, track: bool = True, rows_name: str = "train"):
         def action():
@@ -327,7 +327,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
                 train_ce(filtered_name(config), config.student, student_base, config.hard.training, kept_hard, config.seeds[0], "hard")
             evaluate(filtered_name(config))
             trained.append(filtered_name(config))
-    teacher_cache.clear()
+    loaded_teacher.clear()
 
     summary = {
         "name": config.name,
