@@ -105,3 +105,16 @@ def hostile_run(tiny_bases, tmp_path_factory):
     config.name = HOSTILE_NAME
     out = tmp_path_factory.mktemp("hostile_run")
     return config, out, run(config, out)
+
+
+def two_cpu_processes(*command: str, timeout: int = 300):
+    """Run ``command`` (a script or ``-m module`` and its arguments) under ``accelerate launch`` in
+    two CPU processes with gloo DDP. ``--cpu --num_processes 2`` would start a single process:
+    accelerate's multi-process path is ``--multi_gpu``, kept on the CPU by ``ACCELERATE_USE_CPU``."""
+    import subprocess
+    import sys
+
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return subprocess.run([*launch, *command], env=env, capture_output=True, text=True, timeout=timeout)

@@ -10,6 +10,8 @@ import kdmem.memorization.audit as audit_module
 from kdmem.config import DataConfig, ExtractionConfig
 from kdmem.data import read_sequence_rows, write_sequences
 from kdmem.memorization import extract_memorized, sample_positions
+
+from .conftest import two_cpu_processes
 from kdmem.memorization.audit import AuditConfig, audit
 from kdmem.models import load_tokenizer
 
@@ -136,9 +138,8 @@ def test_two_processes_under_accelerate_equal_one(saved_case, tmp_path):
               "--prefix-len", str(PREFIX), "--suffix-len", str(SUFFIX), "--batch-size", "8", "--shard-size", "10"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     subprocess.run([sys.executable, "-m", "kdmem.cli", "extract", *common, "--output", str(single)], check=True, env=env, capture_output=True)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kdmem.cli", "extract"]
-    result = subprocess.run([*launch, *common, "--output", str(double)], env=env, capture_output=True, text=True)
+    result = two_cpu_processes("-m", "kdmem.cli", "extract", *common, "--output", str(double))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("memorized ") == 1  # only the main process prints the summary
+    assert all(result.stderr.count(f"extract shard {i}/5:   0%") == 1 for i in range(1, 6))  # each shard once: split, not repeated
     pd.testing.assert_frame_equal(pd.read_parquet(double), pd.read_parquet(single))

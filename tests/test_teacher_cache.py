@@ -91,19 +91,19 @@ def test_a_cache_of_other_settings_is_refused(teacher_and_rows, tmp_path):
 
 BUILD_SCRIPT = """
 import sys
+from accelerate import PartialState
 import pandas as pd
 from kdmem.models import load_model
 from kdmem.train.teacher_cache import build_teacher_cache
 
 teacher, data, out = sys.argv[1:4]
 build_teacher_cache(load_model(teacher), pd.read_parquet(data), out, teacher_id="tiny", top_k=8, shard_size=4, batch_size=4)
+print(f"process {PartialState().process_index} of {PartialState().num_processes}")
 """
 
 
 def test_two_processes_under_accelerate_build_the_same_cache(tiny_bases, teacher_and_rows, tmp_path):
-    import os
-    import subprocess
-    import sys
+    from .conftest import two_cpu_processes
 
     teacher, rows = teacher_and_rows
     data = tmp_path / "rows.parquet"
@@ -111,11 +111,9 @@ def test_two_processes_under_accelerate_build_the_same_cache(tiny_bases, teacher
     script = tmp_path / "build.py"
     script.write_text(BUILD_SCRIPT)
     build_teacher_cache(teacher, rows, tmp_path / "one", teacher_id="tiny", top_k=8, shard_size=4, batch_size=4)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
-    result = subprocess.run([*launch, str(tiny_bases["teacher"]), str(data), str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    result = two_cpu_processes(str(script), str(tiny_bases["teacher"]), str(data), str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "process 0 of 2" in result.stdout and "process 1 of 2" in result.stdout
     for index in range(5):
         name = f"shard-{index:05d}.safetensors"
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()

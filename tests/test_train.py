@@ -109,3 +109,53 @@ def test_distilling_from_the_teacher_logit_cache_equals_distilling_from_the_teac
     assert max((approximate[k] - direct[k]).abs().max().item() for k in direct) > 1e-2  # k = 8 of 512: visibly approximate
     with pytest.raises(ValueError, match="serves forward_kl only"):
         distill(load_model(str(tiny_bases["student"])), teacher, train, SoftDistillConfig(kind="jsd"), tmp_path / "jsd", seed=0, cache=cache("top8", 8))
+
+
+DISTILL_SCRIPT = """
+import sys
+from pathlib import Path
+
+import pandas as pd
+from accelerate import PartialState
+from safetensors.torch import save_file
+
+from kdmem.config import SoftDistillConfig, TrainingConfig
+from kdmem.models import load_model
+from kdmem.train import distill
+
+teacher, student, data, out, batch = sys.argv[1:6]
+cfg = SoftDistillConfig(training=TrainingConfig(epochs=1, learning_rate=1e-2, batch_size=int(batch), lr_scheduler="constant"))
+model = distill(load_model(student), load_model(teacher), pd.read_parquet(data), cfg, Path(out) / "work", seed=0)
+state = PartialState()
+print(f"process {state.process_index} of {state.num_processes}")
+if state.is_main_process:
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(Path(out) / "weights.safetensors"))
+"""
+
+
+def test_two_processes_distill_like_one_with_the_same_global_batch(tiny_bases, tiny_data, tmp_path):
+    """DDP on CPU (gloo): 2 processes x 4 sequences per step give the weights of 1 process x 8."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from .conftest import two_cpu_processes
+
+    data = tmp_path / "train.parquet"
+    tiny_data.train.iloc[:16].to_parquet(data)
+    script = tmp_path / "distill.py"
+    script.write_text(DISTILL_SCRIPT)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    models = [str(tiny_bases["teacher"]), str(tiny_bases["student"]), str(data)]
+    one = subprocess.run([sys.executable, str(script), *models, str(tmp_path / "one"), "8"], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = two_cpu_processes(str(script), *models, str(tmp_path / "two"), "4")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "process 0 of 2" in two.stdout and "process 1 of 2" in two.stdout
+    single, double = (load_file(str(tmp_path / name / "weights.safetensors")) for name in ("one", "two"))
+    base = load_model(str(tiny_bases["student"])).state_dict()
+    assert any(not torch.equal(single[k], base[k]) for k in single)
+    for key in single:
+        torch.testing.assert_close(double[key], single[key], rtol=1e-4, atol=1e-5)

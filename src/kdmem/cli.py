@@ -212,9 +212,9 @@ def _extract(args) -> None:
         trust_remote_code=args.trust_remote_code,
     )
     verdicts = audit(cfg, args.output)
-    from accelerate import PartialState
+    from kdmem.io import process_state
 
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(one_line_summary(verdicts))
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+import torch
+from accelerate import PartialState
 
 
 def cache_dir() -> Path:
@@ -64,3 +66,9 @@ def write_parquet_atomic(path: Path, frame: pd.DataFrame, **options) -> None:
     """``options`` go to ``DataFrame.to_parquet`` (e.g. ``row_group_size``)."""
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False, **options)
+
+
+def process_state() -> PartialState:
+    """This process's place among those ``accelerate launch`` started. Without a GPU, accelerate
+    joins the processes (gloo) only when asked for the CPU; otherwise each would believe it is alone."""
+    return PartialState(cpu=not torch.cuda.is_available())

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from kdmem.config import DataConfig, ExtractionConfig
 from kdmem.data import count_sequences, read_sequence_rows, sequence_file
-from kdmem.io import atomic_path, write_json_atomic, write_parquet_atomic
+from kdmem.io import atomic_path, process_state, write_json_atomic, write_parquet_atomic
 from kdmem.memorization.approximate import add_approximate, approximate_memorization, sample_positions
 from kdmem.memorization.extraction import extract_memorized
 from kdmem.models import load_model, load_tokenizer
@@ -74,7 +74,7 @@ def audit(cfg: AuditConfig, output: str | Path | None = None) -> pd.DataFrame:
     process merges them, in order, into ``output`` (whose Parquet metadata, key ``kdmem``, records
     the settings) and removes the shards.
     """
-    state = PartialState()
+    state = process_state()
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     with state.main_process_first():  # one process tokenizes a text source into the cache
         source = sequence_file(cfg.data, tokenizer)

@@ -23,14 +23,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from accelerate import PartialState
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from kdmem.data import as_tensor
-from kdmem.io import atomic_path, write_json_atomic
+from kdmem.io import atomic_path, process_state, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def build_teacher_cache(
     )
     spec_path = root / "spec.json"
     expected = json.loads(json.dumps(asdict(spec)))  # as JSON reads it back: tuples become lists
-    state = PartialState()
+    state = process_state()
     with state.main_process_first():  # the main process writes the spec; the others then check it
         if spec_path.exists():
             found = json.loads(spec_path.read_text())
