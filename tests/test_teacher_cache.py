@@ -98,7 +98,10 @@ from kdmem.train.teacher_cache import build_teacher_cache
 
 teacher, data, out = sys.argv[1:4]
 build_teacher_cache(load_model(teacher), pd.read_parquet(data), out, teacher_id="tiny", top_k=8, shard_size=4, batch_size=4)
-print(f"process {PartialState().process_index} of {PartialState().num_processes}")
+state = PartialState()
+print(f"process {state.process_index} of {state.num_processes}")
+state.wait_for_everyone()
+state.destroy_process_group()  # a gloo group left to interpreter exit can abort the process
 """
 
 

@@ -130,6 +130,8 @@ state = PartialState()
 print(f"process {state.process_index} of {state.num_processes}")
 if state.is_main_process:
     save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(Path(out) / "weights.safetensors"))
+state.wait_for_everyone()
+state.destroy_process_group()  # a gloo group left to interpreter exit can abort the process
 """
 
 

@@ -214,8 +214,11 @@ def _extract(args) -> None:
     verdicts = audit(cfg, args.output)
     from kdmem.io import process_state
 
-    if process_state().is_main_process:
+    state = process_state()
+    if state.is_main_process:
         print(one_line_summary(verdicts))
+    if state.num_processes > 1:  # a gloo group left to interpreter exit can abort the process
+        state.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
