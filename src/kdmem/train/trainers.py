@@ -93,7 +93,7 @@ class DistillationTrainer(Trainer):
         # Make the Trainer count the window's tokens whatever the model's forward accepts.
         self.model_accepts_loss_kwargs = True
         if (teacher is None) == (cache is None):
-            raise ValueError("DistillationTrainer needs a teacher or a teacher-logit cache, not both.")
+            raise ValueError("DistillationTrainer needs exactly one of a teacher and a teacher-logit cache.")
         if cache is not None and cache.spec.top_k is not None and distill.kind != "forward_kl":
             raise ValueError(f"A top-k teacher-logit cache serves forward_kl only, not {distill.kind}; cache full logits (top_k None).")
         self.teacher = None if teacher is None else teacher.eval().requires_grad_(False).to(self.args.device)
@@ -105,16 +105,17 @@ class DistillationTrainer(Trainer):
         options = {"temperature": self.distill.temperature, "mask": mask, "reduction": "sum"}
         if self.cache is None:
             with torch.no_grad():
-                teacher_logits = self.teacher(**inputs).logits
+                teacher_logits = self.teacher(**inputs).logits[:, :-1]
             vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])  # embedding rows past the tokenizer are padding
-            return distillation_loss(
-                student_logits[:, :-1, :vocab], teacher_logits[:, :-1, :vocab], kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options
-            )
-        cached = {name: value.to(student_logits.device) for name, value in self.cache.rows(cache_rows).items()}
-        student_logits = student_logits[:, :-1, : self.cache.spec.vocab_size]
-        if self.cache.spec.top_k is None:
-            return distillation_loss(student_logits, cached["logits"], kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options)
-        return topk_forward_kl(student_logits, cached["top_logits"], cached["top_ids"], cached["logsumexp"], **options)
+        else:
+            cached = {name: value.to(student_logits.device) for name, value in self.cache.rows(cache_rows).items()}
+            vocab = self.cache.spec.vocab_size
+            if self.cache.spec.top_k is not None:
+                return topk_forward_kl(student_logits[:, :-1, :vocab], cached["top_logits"], cached["top_ids"], cached["logsumexp"], **options)
+            teacher_logits = cached["logits"]
+        return distillation_loss(
+            student_logits[:, :-1, :vocab], teacher_logits[..., :vocab], kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
