@@ -132,3 +132,73 @@ def test_topk_forward_kl_gradient_matches_at_full_vocabulary():
     torch.testing.assert_close(grads[0], grads[1])
     with pytest.raises(ValueError, match="Shapes do not match"):
         topk_forward_kl(torch.randn(2, 11), torch.randn(2, 3), torch.zeros(2, 4, dtype=torch.long), torch.randn(2))
+
+
+def autograd_forward_kl(student, teacher_log_probs, temperature, weights):
+    """The obvious path: float32 autograd through log_softmax, no chunks, no stored gradient."""
+    log_s = torch.log_softmax(student.float() / temperature, dim=-1)
+    per_token = (teacher_log_probs.exp() * (teacher_log_probs - log_s)).sum(-1) * temperature**2
+    return (per_token * weights).sum()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_forward_kl_gradient_equals_autograd(temperature, dtype):
+    # The fused path keeps T (p_s - p_t) from the forward pass; it must equal what autograd computes,
+    # for any upstream gradient (here: a mask and per-token weights through reduction="none").
+    torch.manual_seed(9)
+    teacher = torch.randn(3, 7, 29) * 2
+    mask = torch.rand(3, 7) > 0.3
+    weights = torch.rand(3, 7)
+    base = (torch.randn(3, 7, 29) * 2).to(dtype)
+    fused = base.clone().requires_grad_()
+    (distillation_loss(fused, teacher, temperature=temperature, mask=mask, reduction="none", chunk_size=4) * weights).sum().backward()
+    obvious = base.clone().requires_grad_()
+    log_t = torch.log_softmax(teacher / temperature, dim=-1)
+    autograd_forward_kl(obvious, log_t, temperature, weights * mask).backward()
+    assert fused.grad.dtype == dtype
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-3}
+    torch.testing.assert_close(fused.grad, obvious.grad, **tolerance)
+
+
+def test_topk_forward_kl_gradient_equals_autograd_below_full_vocabulary():
+    from kdmem.losses import topk_forward_kl
+
+    torch.manual_seed(10)
+    vocab, k, temperature = 40, 6, 2.0
+    teacher = torch.randn(2, 5, vocab) * 3
+    top_logits, top_ids = teacher.topk(k, dim=-1)
+    logsumexp = torch.logsumexp(teacher, -1)
+    fused = torch.randn(2, 5, vocab, requires_grad=True)
+    topk_forward_kl(fused, top_logits, top_ids, logsumexp, temperature, reduction="sum", chunk_size=3).backward()
+    # The teacher the cache describes, written out: top-k tokens keep their logits, tail tokens share
+    # the remaining T = 1 mass evenly.
+    tail_mass = 1 - torch.exp(top_logits - logsumexp[..., None]).sum(-1)
+    tail_logit = logsumexp + torch.log(tail_mass) - math.log(vocab - k)
+    described = tail_logit[..., None].expand(-1, -1, vocab).clone().scatter(-1, top_ids, top_logits)
+    obvious = fused.detach().clone().requires_grad_()
+    autograd_forward_kl(obvious, torch.log_softmax(described / temperature, -1), temperature, torch.ones(2, 5)).backward()
+    torch.testing.assert_close(fused.grad, obvious.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_without_gradient_keeps_none():
+    student, teacher = torch.randn(2, 3, 9, requires_grad=True), torch.randn(2, 3, 9)
+    with torch.no_grad():
+        value = distillation_loss(student, teacher)
+    assert not value.requires_grad and student.grad is None
+
+
+def test_forward_kl_reads_any_leading_shape_and_sliced_views():
+    torch.manual_seed(11)
+    logits, teacher = torch.randn(2, 3, 4, 10), torch.randn(2, 3, 4, 10)
+    mask = torch.rand(2, 3, 4) > 0.2
+    expected = distillation_loss(logits.reshape(-1, 10), teacher.reshape(-1, 10), mask=mask.reshape(-1), chunk_size=5)
+    assert distillation_loss(logits, teacher, mask=mask, chunk_size=5).item() == pytest.approx(expected.item(), rel=1e-6)
+    # What the trainer passes: positions :-1 and the first `vocab` columns of a wider, padded logits tensor.
+    wide = torch.randn(2, 7, 12, requires_grad=True)
+    target = torch.randn(2, 6, 10)
+    distillation_loss(wide[:, :-1, :10], target, chunk_size=4).backward()
+    copy = wide.detach()[:, :-1, :10].contiguous().requires_grad_()
+    distillation_loss(copy, target, chunk_size=1000).backward()
+    torch.testing.assert_close(wide.grad[:, :-1, :10], copy.grad)
+    assert wide.grad[:, -1].abs().sum() == 0 and wide.grad[..., 10:].abs().sum() == 0

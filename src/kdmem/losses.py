@@ -9,9 +9,10 @@ magnitudes stay comparable across temperatures (Hinton et al. 2015; the paper's 
     jsd          T^2 * (beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)),  m = beta p_t + (1 - beta) p_s
     tvd          T^2 * 0.5 * sum_v |p_t(v) - p_s(v)|
 
-Logits are upcast to float32 one chunk of tokens at a time, and each chunk is recomputed during
-the backward pass instead of being kept, so a float32 copy of the full (batch, seq, vocab) tensors
-never exists, for either model.
+Logits are upcast to float32 one chunk of tokens at a time, so a float32 copy of the full
+(batch, seq, vocab) tensors never exists, for either model. Forward KL (the paper's loss, and the
+cached teacher's) computes its gradient, T (p_s - p_t), in the same pass and keeps it; the other
+kinds recompute each chunk during the backward pass.
 
 ``topk_forward_kl`` is forward KL against a teacher known only by its top-k logits and the
 log-sum-exp of all its logits (what the teacher-logit cache keeps). The tail, the V - k tokens
@@ -86,6 +87,8 @@ def distillation_loss(
             f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
             f"shape; the vocabulary sizes are {student_logits.shape[-1]} (student) and {teacher_logits.shape[-1]} (teacher)."
         )
+    if kind == "forward_kl":
+        return _forward_kl(student_logits, [teacher_logits.detach()], _full_log_probs, temperature, mask, reduction, chunk_size)
     teacher_flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
     return _reduce(_per_token, student_logits, [teacher_flat], (kind, temperature, jsd_beta), mask, reduction, chunk_size)
 
@@ -93,12 +96,7 @@ def distillation_loss(
 def _reduce(per_token_fn, student_logits: torch.Tensor, teacher_flat: list[torch.Tensor], options: tuple, mask, reduction: str, chunk_size: int) -> torch.Tensor:
     """``per_token_fn(student rows, *teacher rows, *options)`` one chunk of tokens at a time
     (recomputed in the backward pass), masked and reduced."""
-    leading = student_logits.shape[:-1]
     student_flat = student_logits.reshape(-1, student_logits.shape[-1])
-    weights = None if mask is None else mask.reshape(-1).to(torch.float32)
-    if weights is not None and weights.numel() != student_flat.shape[0]:
-        raise ValueError(f"mask has shape {tuple(mask.shape)}; expected {tuple(leading)}.")
-
     recompute = torch.is_grad_enabled() and student_flat.requires_grad
     pieces = []
     for start in range(0, student_flat.shape[0], chunk_size):
@@ -109,6 +107,14 @@ def _reduce(per_token_fn, student_logits: torch.Tensor, teacher_flat: list[torch
             piece = per_token_fn(*chunk, *options)
         pieces.append(piece)
     per_token = torch.cat(pieces) if pieces else student_flat.new_zeros(0, dtype=torch.float32)
+    return _masked(per_token, student_logits.shape[:-1], mask, reduction)
+
+
+def _masked(per_token: torch.Tensor, leading: torch.Size, mask, reduction: str) -> torch.Tensor:
+    """(n,) per-token values -> masked and reduced as ``reduction`` says."""
+    weights = None if mask is None else mask.reshape(-1).to(torch.float32)
+    if weights is not None and weights.numel() != per_token.shape[0]:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}; expected {tuple(leading)}.")
     if weights is not None:
         per_token = per_token * weights
     if reduction == "none":
@@ -122,30 +128,94 @@ def _reduce(per_token_fn, student_logits: torch.Tensor, teacher_flat: list[torch
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
 
 
-def _per_token_topk(student_logits: torch.Tensor, top_logits: torch.Tensor, top_ids: torch.Tensor, logsumexp: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(n, vocab) student logits, (n, k) teacher top-k logits and ids, (n,) teacher log-sum-exp at
-    T = 1 -> (n,) forward KL at ``temperature`` with a uniform tail, T^2 included."""
-    vocab, k = student_logits.shape[-1], top_logits.shape[-1]
-    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+def _as_rows(x: torch.Tensor, leading: torch.Size) -> torch.Tensor:
+    """View (..., L, last) as (rows, L, last): a view for 2-D and 3-D inputs, sliced or not."""
+    if len(leading) == 1:
+        return x.unsqueeze(0)
+    return x if len(leading) == 2 else x.reshape(-1, *x.shape[len(leading) - 1 :])
+
+
+def _token_chunks(rows: int, length: int, chunk_size: int):
+    """Index pairs covering (rows, length) with at most about ``chunk_size`` tokens each: whole
+    rows together when a row is short, else one row's positions a block at a time."""
+    if length <= chunk_size:
+        step = max(1, chunk_size // max(length, 1))
+        for row in range(0, rows, step):
+            yield slice(row, row + step), slice(None)
+    else:
+        for row in range(rows):
+            for start in range(0, length, chunk_size):
+                yield slice(row, row + 1), slice(start, start + chunk_size)
+
+
+class _FusedForwardKL(torch.autograd.Function):
+    """Per-token T^2 KL(p_t || p_s) over (rows, L, vocab) logits, one chunk of tokens at a time,
+    with its gradient computed in the same pass: d/dz_s = T (p_s - p_t). The backward pass only
+    scales the stored gradient, which has the student logits' dtype and shape (the gradient
+    autograd would hand back anyway). Inputs are read through views: a sliced (batch, seq - 1,
+    vocab) block of the model's logits is never copied whole."""
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher_log_probs, temperature: float, chunk_size: int, *teacher: torch.Tensor):
+        keep_grad = student.requires_grad
+        grad = torch.empty(student.shape, dtype=student.dtype, device=student.device) if keep_grad else None
+        values = torch.empty(student.shape[:-1], dtype=torch.float32, device=student.device)
+        floor = torch.finfo(torch.float32).min  # -inf log-probabilities (p = 0) would make 0 * -inf = nan
+        for index in _token_chunks(student.shape[0], student.shape[1], chunk_size):
+            scaled = student[index].float()
+            log_s = F.log_softmax(scaled if temperature == 1 else scaled / temperature, dim=-1)
+            log_t = teacher_log_probs(*(t[index] for t in teacher), temperature, student.shape[-1]).clamp_min_(floor)
+            p_t = log_t.exp()
+            # sum_v p_t (log p_t - log p_s), as two row-wise dot products: no (tokens, vocab) product is kept.
+            cross = torch.linalg.vecdot(p_t, log_t) - torch.linalg.vecdot(p_t, log_s)
+            values[index] = cross * temperature**2
+            if keep_grad:
+                chunk_grad = log_s.exp_().sub_(p_t)
+                grad[index] = chunk_grad if temperature == 1 else chunk_grad.mul_(temperature)
+        ctx.grad, ctx.num_teacher = grad, len(teacher)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_values: torch.Tensor):
+        grad, ctx.grad = ctx.grad, None  # scaled in place: called once, no second backward
+        grad.mul_(grad_values.to(grad.dtype)[..., None])
+        return grad, None, None, None, *([None] * ctx.num_teacher)
+
+
+def _full_log_probs(teacher_logits: torch.Tensor, temperature: float, vocab: int) -> torch.Tensor:
+    scaled = teacher_logits.float()
+    return F.log_softmax(scaled if temperature == 1 else scaled / temperature, dim=-1)
+
+
+def _forward_kl(student_logits: torch.Tensor, teacher: list[torch.Tensor], teacher_log_probs, temperature: float, mask, reduction: str, chunk_size: int):
+    leading = student_logits.shape[:-1]
+    if not leading:
+        raise ValueError("Logits need at least one token dimension: (tokens, vocab) or (batch, seq, vocab).")
+    student = _as_rows(student_logits, leading)
+    if not (torch.is_grad_enabled() and student.requires_grad):
+        student = student.detach()  # the Function then stores no gradient
+    teacher = [_as_rows(t, leading) for t in teacher]
+    per_token = _FusedForwardKL.apply(student, teacher_log_probs, temperature, chunk_size, *teacher)
+    return _masked(per_token.reshape(-1), leading, mask, reduction)
+
+
+def _topk_log_probs(top_logits: torch.Tensor, top_ids: torch.Tensor, logsumexp: torch.Tensor, temperature: float, vocab: int) -> torch.Tensor:
+    """(..., k) teacher top-k logits and ids and (...) log-sum-exp at T = 1 -> (..., vocab) teacher
+    log-probabilities at ``temperature``, the tail uniform (see the module docstring)."""
+    k = top_logits.shape[-1]
     top = top_logits.float()
     tail_size = vocab - k
-    # The tail's share at T = 1, spread evenly: each tail token gets logit lse + log(tail / (V - k)).
-    top_mass = torch.exp(top - logsumexp.float()[:, None]).sum(-1)
-    tail_mass = (1 - top_mass).clamp_min(0)
     scaled_top = top / temperature
     if tail_size:
+        # The tail's share at T = 1, spread evenly: each tail token gets logit lse + log(tail / (V - k)).
+        tail_mass = (1 - torch.exp(top - logsumexp.float()[..., None]).sum(-1)).clamp_min(0)
         tail_logit = (logsumexp.float() + torch.log(tail_mass) - math.log(tail_size)) / temperature  # -inf where no tail mass
-        log_norm = torch.logsumexp(torch.cat([scaled_top, (tail_logit + math.log(tail_size))[:, None]], dim=-1), dim=-1)
+        log_norm = torch.logsumexp(torch.cat([scaled_top, (tail_logit + math.log(tail_size))[..., None]], dim=-1), dim=-1)
+        log_probs = (tail_logit - log_norm)[..., None].expand(*top.shape[:-1], vocab).clone()
     else:
         log_norm = torch.logsumexp(scaled_top, dim=-1)
-    log_t_top = scaled_top - log_norm[:, None]
-    value = (log_t_top.exp() * (log_t_top - log_s.gather(-1, top_ids.long()))).sum(-1)
-    if tail_size:
-        log_t_tail = tail_logit - log_norm  # each tail token's log-probability
-        tail_log_s = log_s.sum(-1) - log_s.gather(-1, top_ids.long()).sum(-1)  # sum over the tail of log p_s
-        tail_term = log_t_tail.exp() * (tail_size * log_t_tail - tail_log_s)
-        value = value + torch.where(tail_mass > 0, tail_term, torch.zeros_like(tail_term))
-    return value * temperature**2
+        log_probs = top.new_empty(*top.shape[:-1], vocab)
+    return log_probs.scatter_(-1, top_ids.long(), scaled_top - log_norm[..., None])
 
 
 def topk_forward_kl(
@@ -171,6 +241,5 @@ def topk_forward_kl(
         )
     if top_logits.shape[-1] > student_logits.shape[-1]:
         raise ValueError(f"k = {top_logits.shape[-1]} is larger than the student's vocabulary ({student_logits.shape[-1]}).")
-    k = top_logits.shape[-1]
-    teacher = [top_logits.detach().reshape(-1, k), top_ids.reshape(-1, k), logsumexp.detach().reshape(-1)]
-    return _reduce(_per_token_topk, student_logits, teacher, (temperature,), mask, reduction, chunk_size)
+    teacher = [top_logits.detach(), top_ids, logsumexp.detach()]
+    return _forward_kl(student_logits, teacher, _topk_log_probs, temperature, mask, reduction, chunk_size)
