@@ -172,3 +172,61 @@ def test_soft_students_from_the_teacher_logit_cache(finished_run, tiny_bases, tm
         assert summary["models"][name]["val_loss"] == pytest.approx(plain_summary["models"][name]["val_loss"], rel=1e-3)
     with pytest.raises(ConfigError, match="forward_kl only"):
         load_config(preset="smoke", overrides=["soft.teacher_cache=true", "soft.kind=jsd"]).validate()
+
+
+def test_run_under_two_processes(tiny_bases, tmp_path):
+    """The whole ``kdmem run`` under ``accelerate launch`` with two gloo processes, against one
+    process with the same global batch: training (DDP) gives the same models up to float
+    rounding, and every split stage (hard-KD generation, extraction, membership, features) gives
+    exactly what one process computes on the two-process run's own models."""
+    from kdmem.analysis.features import model_features
+    from kdmem.data import as_tensor, read_sequences
+    from kdmem.memorization import sample_positions
+    from kdmem.memorization.audit import measure_memorization
+    from kdmem.memorization.membership import membership_scores
+    from kdmem.models import load_model, load_tokenizer
+    from kdmem.train import greedy_continuations
+
+    from .conftest import two_cpu_processes
+
+    shared = TINY_OVERRIDES + ["soft.teacher_cache=true", "soft.sweep_temperatures=[]", "extraction.approximate_sample=10"]
+    batches = lambda size: [f"{stage}.training.batch_size={size}" for stage in ("teacher", "student", "soft", "hard")]  # noqa: E731
+    one = run(load_config(preset="smoke", overrides=shared + batches(16)), tmp_path / "one")
+    launched = two_cpu_processes("-m", "kdmem.cli", "run", "--preset", "smoke", *shared, *batches(8), "-o", str(tmp_path / "two"), timeout=900)
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    two_dir = tmp_path / "two"
+    two = json.loads((two_dir / "summary.json").read_text())
+    assert (two_dir / "report.html").exists() and (two_dir / "analysis.json").exists()
+    assert list(two["models"]) == list(one["models"])
+    assert json.loads((two_dir / "run.json").read_text())["hardware"]["processes"] == 2
+    for name, row in one["models"].items():  # DDP: same models, up to float rounding
+        assert two["models"][name]["val_loss"] == pytest.approx(row["val_loss"], abs=2e-3), name
+
+    train = read_sequences(two_dir / "data" / "train.parquet")
+    validation = read_sequences(two_dir / "data" / "validation.parquet")
+    tokenizer = load_tokenizer(str(two_dir / "models" / "teacher"))
+    config = load_config(two_dir / "config.yaml")
+    teacher = load_model(str(two_dir / "models" / "teacher"))
+    hard = read_sequences(two_dir / "data" / "hard.parquet")
+    expected_hard = greedy_continuations(teacher, as_tensor(train), config.hard.prefix_len, config.data.seq_len)
+    assert np.array_equal(as_tensor(hard).numpy(), expected_hard.numpy())
+    for name in ("teacher", "soft"):
+        model = load_model(str(two_dir / "models" / name))
+        split = pd.read_parquet(two_dir / "memorization" / f"{name}.parquet")
+        sample = sample_positions(len(train), config.extraction.approximate_sample, config.extraction.seed)
+        alone = measure_memorization(model, train, config.extraction, sample)
+        assert split["approx_token_match"].notna().sum() == 10
+        np.testing.assert_allclose(split["approx_token_match"], alone["approx_token_match"], rtol=1e-6)
+        for column in ("example_id", "memorized", "matched_tokens", "rechecked"):
+            assert split[column].tolist() == alone[column].tolist(), (name, column)
+        np.testing.assert_allclose(split["min_margin"], alone["min_margin"], rtol=1e-5, atol=1e-5)
+        scores = pd.read_parquet(two_dir / "membership" / f"{name}.parquet")
+        assert scores["example_id"].tolist() == train["example_id"].tolist() + validation["example_id"].tolist()
+        np.testing.assert_allclose(scores.loc[scores["split"] == "train", "loss"], membership_scores(model, train, tokenizer)["loss"], rtol=1e-5)
+    features = pd.read_parquet(two_dir / "features.parquet")
+    models = {name: load_model(str(two_dir / "models" / name)) for name in ("teacher", "baseline", "soft", "hard")}
+    alone = model_features(models, train, tokenizer, last_k=config.extraction.suffix_len)
+    assert features["example_id"].tolist() == alone["example_id"].tolist()
+    np.testing.assert_allclose(features["teacher_loss"], alone["teacher_loss"], rtol=1e-5)
+    np.testing.assert_allclose(features["teacher_baseline_kl"], alone["teacher_baseline_kl"], rtol=1e-4, atol=1e-6)
+    assert not (two_dir / "work").exists()  # the processes' parts are cleaned up

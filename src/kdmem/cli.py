@@ -214,11 +214,17 @@ def _extract(args) -> None:
     verdicts = audit(cfg, args.output)
     from kdmem.io import process_state
 
-    state = process_state()
-    if state.is_main_process:
+    if process_state().is_main_process:
         print(one_line_summary(verdicts))
-    if state.num_processes > 1:  # a gloo group left to interpreter exit can abort the process
-        state.destroy_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under ``accelerate launch``, leave the process group before exit: a gloo group left to
+    interpreter exit can abort the process."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {html} ({html.stat().st_size / 1e6:.2f} MB) and {markdown}")
         elif args.command == "compare":
             _compare(args)
+        _leave_process_group()
         return 0
     except USER_ERRORS as error:
         if args.debug:

@@ -8,8 +8,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from datetime import timedelta
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import pandas as pd
 import torch
 from accelerate import PartialState
@@ -68,7 +70,37 @@ def write_parquet_atomic(path: Path, frame: pd.DataFrame, **options) -> None:
         frame.to_parquet(tmp, index=False, **options)
 
 
+PROCESS_GROUP_TIMEOUT = timedelta(hours=3)
+"""How long a process waits at a barrier. Some stages (tokenizing D, the analysis) run on the
+main process alone while the others wait; at 1M sequences that takes longer than torch's default."""
+
+
 def process_state() -> PartialState:
     """This process's place among those ``accelerate launch`` started. Without a GPU, accelerate
     joins the processes (gloo) only when asked for the CPU; otherwise each would believe it is alone."""
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
+
+
+def split_across_processes(
+    rows: pd.DataFrame, compute: Callable[[pd.DataFrame, int], pd.DataFrame], parts: Path, state: PartialState | None
+) -> pd.DataFrame:
+    """``compute(share, offset)`` on each process's contiguous share of ``rows`` (``offset``: the
+    share's first position in ``rows``); every process gets back all results, in row order.
+
+    Under several processes the shares meet through Parquet files in ``parts`` (removed after),
+    so nothing is pickled between processes. The result keeps this process's ``attrs``. Without
+    a ``state`` this process computes everything.
+    """
+    if state is None or state.num_processes == 1:
+        return compute(rows, 0)
+    bounds = np.linspace(0, len(rows), state.num_processes + 1).astype(int)
+    start, stop = bounds[state.process_index], bounds[state.process_index + 1]
+    mine = compute(rows.iloc[start:stop], int(start))
+    write_parquet_atomic(parts / f"part-{state.process_index:04d}.parquet", mine)
+    state.wait_for_everyone()
+    result = pd.concat([pd.read_parquet(parts / f"part-{i:04d}.parquet") for i in range(state.num_processes)], ignore_index=True)
+    result.attrs = dict(mine.attrs)
+    state.wait_for_everyone()  # all have read the parts before they go
+    if state.is_main_process:
+        shutil.rmtree(parts, ignore_errors=True)
+    return result

@@ -9,6 +9,7 @@ no half-written file and a rerun on the same folder continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,15 +30,15 @@ from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, save_con
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
 from kdmem.analysis.analyze import analyze, memorized_over_seeds, model_feature_table
 from kdmem.analysis.filtering import flag_examples
-from kdmem.io import atomic_dir, write_json_atomic, write_parquet_atomic
+from kdmem.io import atomic_dir, process_state, split_across_processes, write_json_atomic, write_parquet_atomic
 from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
-from kdmem.memorization.membership import audit_membership, write_membership
+from kdmem.memorization.membership import SCORES, membership_metrics, membership_scores, write_membership
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.report import headline_table, write_report
 from kdmem.train import distill, fine_tune, greedy_continuations, resolve_model_name, validation_loss
-from kdmem.train.teacher_cache import build_teacher_cache
+from kdmem.train.teacher_cache import build_teacher_cache, complete_teacher_cache
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def _provenance(config: ExperimentConfig, clock: StageClock) -> dict:
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            "processes": process_state().num_processes,
         },
         "seeds": config.seeds,
         "stage_seconds": clock.seconds,
@@ -125,17 +127,28 @@ def evaluate_model(
     validation: pd.DataFrame,
     tokenizer,
     canaries: pd.DataFrame | None,
+    state=None,
 ) -> dict:
     """Everything kdmem measures of one trained model; its row of the summary.
 
     Writes ``memorization/NAME.parquet`` (exact and approximate extraction on D),
     ``membership/NAME.parquet`` (scores on D and validation) and ``canaries/NAME.parquet``.
+    Given the ``state`` of several processes, each scores its share of D and the main process
+    writes; without one, this process does it all.
     """
+    main = state is None or state.is_main_process
+    device = state.device if state else None
     ext = config.extraction
-    model = load_model(str(layout.model(name)))
+    model = load_model(str(layout.model(name)), device=device)
     sample = sample_positions(len(train), ext.approximate_sample, ext.seed)
-    verdicts = measure_memorization(model, train, ext, sample, desc=f"extract {name}")
-    write_parquet_atomic(layout.memorization(name), verdicts)
+
+    def extract(share: pd.DataFrame, offset: int) -> pd.DataFrame:
+        positions = [p - offset for p in sample if offset <= p < offset + len(share)]
+        return measure_memorization(model, share, ext, positions, desc=f"extract {name}")
+
+    verdicts = split_across_processes(train, extract, layout.work(f"parts-extract-{name}"), state)
+    if main:
+        write_parquet_atomic(layout.memorization(name), verdicts)
     batch_size = verdicts.attrs["batch_size"]
     loss = validation_loss(model, validation, batch_size=batch_size)
     memorized = int(verdicts["memorized"].sum())
@@ -150,11 +163,24 @@ def evaluate_model(
         **approximate_summary(verdicts),
     }
     if config.membership.enabled:
-        reference = load_model(base) if config.membership.reference else None
-        scores, metrics = audit_membership(model, train, validation, tokenizer, reference, batch_size, config.membership.min_k)
-        write_membership(layout.membership(name), scores, metrics, config.membership.min_k)
+        reference = load_model(base, device=device) if config.membership.reference else None
+        both = pd.concat([train.assign(split="train"), validation.assign(split="validation")], ignore_index=True)
+
+        def score(share: pd.DataFrame, offset: int) -> pd.DataFrame:
+            if share.empty:
+                return pd.DataFrame(columns=["example_id", "split", *SCORES])
+            parts = [
+                membership_scores(model, rows, tokenizer, reference, batch_size, config.membership.min_k).assign(split=split)
+                for split, rows in share.groupby("split", sort=False)
+            ]
+            return pd.concat(parts, ignore_index=True)[["example_id", "split", *SCORES]]
+
+        scores = split_across_processes(both, score, layout.work(f"parts-membership-{name}"), state)
+        metrics = membership_metrics(scores[scores["split"] == "train"], scores[scores["split"] == "validation"])
+        if main:
+            write_membership(layout.membership(name), scores, metrics, config.membership.min_k)
         row["membership"] = metrics
-    if canaries is not None:
+    if canaries is not None:  # a handful of sequences: every process scores them, the main one writes
         exposure = canary_exposure(
             model,
             canaries,
@@ -166,35 +192,58 @@ def evaluate_model(
             seed=config.canaries.seed,
             batch_size=batch_size,
         )
-        write_parquet_atomic(layout.canaries(name), exposure)
+        if main:
+            write_parquet_atomic(layout.canaries(name), exposure)
         row["canaries"] = exposure[["canary_id", "repeats", "exposure", "extractable"]].to_dict("records")
     return row
 
 
 def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite: bool = False) -> dict:
-    """Run (or finish) the experiment in ``output`` (default ``runs/NAME``); return the summary."""
+    """Run (or finish) the experiment in ``output`` (default ``runs/NAME``); return the summary.
+
+    Under ``accelerate launch`` with N processes, training stages are one ``Trainer`` run across
+    all of them (DDP, FSDP or DeepSpeed, as accelerate is configured); extraction, membership,
+    features and the hard-KD generation split D between the processes; the rest (data
+    preparation, filtering, analysis, report) runs on the main process while the others wait.
+    Only the main process writes.
+    """
     config.validate()
+    state = process_state()
+    main = state.is_main_process
     layout = RunLayout(Path(output) if output else Path("runs") / config.name)
-    _check_output(layout, config, overwrite)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    save_config(config, layout.config)
+    with state.main_process_first():  # the main process checks (or clears) the folder first
+        _check_output(layout, config, overwrite and main)
+        if main:
+            layout.root.mkdir(parents=True, exist_ok=True)
+            save_config(config, layout.config)
     clock = StageClock(layout.provenance)
 
-    def stage(name: str, done_marker: Path, action) -> None:
-        if done_marker.exists():
-            logger.info("[%s] done already: %s", name, done_marker)
-            return
-        logger.info("[%s] running", name)
-        start = time.perf_counter()
-        action()
-        clock.record(name, time.perf_counter() - start)
-        write_json_atomic(layout.provenance, _provenance(config, clock))
+    def stage(name: str, done_marker: Path, action, distributed: bool = False) -> None:
+        """``action`` unless ``done_marker`` exists: on every process when ``distributed``, else on
+        the main process alone (the others find the marker once it is done)."""
+        state.wait_for_everyone()
+        with contextlib.nullcontext() if distributed else state.main_process_first():
+            if done_marker.exists():
+                if main:
+                    logger.info("[%s] done already: %s", name, done_marker)
+                return
+            if not (distributed or main):
+                raise RuntimeError(f"stage {name} finished on the main process without writing {done_marker}")
+            logger.info("[%s] running", name)
+            start = time.perf_counter()
+            action()
+            if distributed:
+                state.wait_for_everyone()
+            if main:
+                clock.record(name, time.perf_counter() - start)
+                write_json_atomic(layout.provenance, _provenance(config, clock))
 
     # Bases: hub names pass through; builtin names are built (once, cached) here.
     start = time.perf_counter()
     teacher_base = resolve_model_name(config.teacher.model, config.embedded)
     student_base = resolve_model_name(config.student.model, config.embedded)
     clock.seconds.setdefault("bases", round(time.perf_counter() - start, 2))
+    device = state.device
     tokenizer = load_tokenizer(teacher_base, revision=config.teacher.revision, trust_remote_code=config.teacher.trust_remote_code)
     student_tokenizer = load_tokenizer(student_base, revision=config.student.revision, trust_remote_code=config.student.trust_remote_code)
     check_same_vocabulary(tokenizer, student_tokenizer)
@@ -218,7 +267,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     logger.info("D: %d training and %d validation sequences of %d tokens", len(train), len(validation), config.data.seq_len)
 
     def load_base(spec, base):
-        return load_model(base, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        return load_model(base, revision=spec.revision, trust_remote_code=spec.trust_remote_code, device=device)
 
     ext = config.extraction
 
@@ -236,16 +285,17 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
         def action():
             callbacks = trackers(name)
             model = fine_tune(load_base(spec_base, base), data, training, layout.work(name), seed, callbacks)
-            _save_model(model, tokenizer, layout.model(name), stage_info(stage_kind, seed, base, callbacks), layout.work(name))
+            if main:
+                _save_model(model, tokenizer, layout.model(name), stage_info(stage_kind, seed, base, callbacks), layout.work(name))
 
-        stage(name, layout.model_done(name), action)
+        stage(name, layout.model_done(name), action, distributed=True)
 
     train_ce("teacher", config.teacher, teacher_base, config.teacher.training, training_rows, config.seeds[0], "teacher")
     loaded_teacher: dict = {}
 
     def teacher_model():
         if "model" not in loaded_teacher:
-            loaded_teacher["model"] = load_model(str(layout.model("teacher")))
+            loaded_teacher["model"] = load_model(str(layout.model("teacher")), device=device)
         return loaded_teacher["model"]
 
     def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows, track: bool = True, rows_name: str = "train"):
@@ -254,16 +304,21 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             student = load_base(config.student, student_base)
             cache = None
             if soft.teacher_cache:  # built by the first soft student, read by the others
-                cache = build_teacher_cache(
-                    teacher_model(), rows, layout.teacher_cache(rows_name), teacher_id=str(layout.model("teacher")),
-                    vocab_size=min(student.config.vocab_size, teacher_model().config.vocab_size), top_k=soft.cache_top_k,
-                    batch_size=ext.batch_size or 32,
-                )
-            student = distill(student, teacher_model(), rows, soft, layout.work(name), seed, callbacks, cache=cache)
+                root = layout.teacher_cache(rows_name)
+                # The teacher is loaded only when the cache still needs it.
+                cache = complete_teacher_cache(root, rows, teacher_id=str(layout.model("teacher")), top_k=soft.cache_top_k)
+                if cache is None:
+                    cache = build_teacher_cache(
+                        teacher_model(), rows, root, teacher_id=str(layout.model("teacher")),
+                        vocab_size=min(student.config.vocab_size, teacher_model().config.vocab_size), top_k=soft.cache_top_k,
+                        batch_size=ext.batch_size or 32,
+                    )
+            student = distill(student, None if cache else teacher_model(), rows, soft, layout.work(name), seed, callbacks, cache=cache)
             info = stage_info("soft", seed, student_base, callbacks) | {"temperature": soft.temperature}
-            _save_model(student, tokenizer, layout.model(name), info, layout.work(name))
+            if main:
+                _save_model(student, tokenizer, layout.model(name), info, layout.work(name))
 
-        stage(name, layout.model_done(name), action)
+        stage(name, layout.model_done(name), action, distributed=True)
 
     for seed in config.seeds:
         suffix = seed_suffix(seed, config)
@@ -275,13 +330,17 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             train_soft(name, config.seeds[0], dataclasses.replace(config.soft, temperature=temperature), track=False)
 
     def make_hard_data():
-        generated = greedy_continuations(
-            teacher_model(), as_tensor(training_rows), config.hard.prefix_len, config.data.seq_len, config.hard.generation_batch_size, desc="hard data"
-        )
-        hard = pd.DataFrame({"example_id": training_rows["example_id"], "input_ids": list(generated.numpy().astype("int32"))})
-        write_sequences(layout.data("hard"), hard)
+        def generate(share: pd.DataFrame, offset: int) -> pd.DataFrame:
+            generated = greedy_continuations(
+                teacher_model(), as_tensor(share), config.hard.prefix_len, config.data.seq_len, config.hard.generation_batch_size, desc="hard data"
+            )
+            return pd.DataFrame({"example_id": share["example_id"].to_numpy(), "input_ids": list(generated.numpy().astype("int32"))})
 
-    stage("hard_data", layout.data("hard"), make_hard_data)
+        hard = split_across_processes(training_rows, generate, layout.work("parts-hard-data"), state)
+        if main:
+            write_sequences(layout.data("hard"), hard)
+
+    stage("hard_data", layout.data("hard"), make_hard_data, distributed=True)
     hard_train = read_sequences(layout.data("hard"))
     for seed in config.seeds:
         suffix = seed_suffix(seed, config)
@@ -290,14 +349,16 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     def evaluate(name: str):
         def action():
             base = teacher_base if name == "teacher" else student_base
-            write_json_atomic(layout.evaluation(name), evaluate_model(name, base, layout, config, train, validation, tokenizer, canaries))
+            row = evaluate_model(name, base, layout, config, train, validation, tokenizer, canaries, state)
+            if main:
+                write_json_atomic(layout.evaluation(name), row)
 
-        stage(f"evaluate:{name}", layout.evaluation(name), action)
+        stage(f"evaluate:{name}", layout.evaluation(name), action, distributed=True)
 
     trained = [name for name in model_names(config) if not (config.filtering.enabled and name == filtered_name(config))]
     for name in trained:
         evaluate(name)
-    stage("features", layout.features, lambda: model_feature_table(layout, config, train))
+    stage("features", layout.features, lambda: model_feature_table(layout, config, train, state), distributed=True)
 
     if config.filtering.enabled:
         kind = config.filtering.student
@@ -315,6 +376,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             write_json_atomic(layout.filtering, info | {"removed_ids": sorted(removed)})
 
         stage("filtering", layout.filtering, flag)
+        state.wait_for_everyone()
         flagging = json.loads(layout.filtering.read_text())
         if "skipped" not in flagging:
             removed = set(flagging["removed_ids"])
@@ -339,12 +401,16 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
         "data": {"train_examples": len(train), "validation_examples": len(validation), "seq_len": config.data.seq_len},
         "stage_seconds": clock.seconds,
     }
-    if layout.work_root.exists() and not any(layout.work_root.iterdir()):
-        layout.work_root.rmdir()
-    write_json_atomic(layout.summary, summary)
+    state.wait_for_everyone()
+    if main:
+        if layout.work_root.exists() and not any(layout.work_root.iterdir()):
+            layout.work_root.rmdir()
+        write_json_atomic(layout.summary, summary)
     stage("analysis", layout.analysis, lambda: analyze(layout.root))
     stage("report", layout.report_html, lambda: write_report(layout.root))
-    write_json_atomic(layout.provenance, _provenance(config, clock))
-    logger.info("\n%s", headline_table(summary))
-    logger.info("report: %s", layout.report_html)
+    state.wait_for_everyone()
+    if main:
+        write_json_atomic(layout.provenance, _provenance(config, clock))
+        logger.info("\n%s", headline_table(summary))
+        logger.info("report: %s", layout.report_html)
     return summary

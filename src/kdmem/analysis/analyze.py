@@ -22,7 +22,7 @@ from kdmem.analysis.overlaps import categories, memorized_ids, overlap, seed_con
 from kdmem.analysis.predictor import FEATURES, TEACHER_ONLY_FEATURES, deployment_protocol, fit_risk_model, paper_protocol
 from kdmem.config import DataConfig, load_config
 from kdmem.data import load_sequences, read_sequences
-from kdmem.io import write_json_atomic, write_parquet_atomic
+from kdmem.io import split_across_processes, write_json_atomic, write_parquet_atomic
 from kdmem.layout import RunLayout, filtered_name, seed_suffix, temperature_sweep
 from kdmem.models import load_model, load_tokenizer
 
@@ -36,9 +36,11 @@ def memorized_over_seeds(layout: RunLayout, config, kind: str) -> set[str]:
     return set().union(*(memorized_ids(pd.read_parquet(layout.memorization(kind + seed_suffix(s, config)))) for s in config.seeds))
 
 
-def model_feature_table(layout: RunLayout, config, train: pd.DataFrame) -> pd.DataFrame:
+def model_feature_table(layout: RunLayout, config, train: pd.DataFrame, state=None) -> pd.DataFrame:
     """``model_features`` of D under teacher, baseline and the first seed's students, computed once
     and kept in ``features.parquet`` (later columns added by ``analyze`` are dropped on reading).
+    Given the ``state`` of several processes, each computes its share of D and the main process
+    writes; without one, this process computes it all.
 
     The entropy feature averages over the last K = ``extraction.suffix_len`` tokens, the span
     memorization is judged on (paper: K = 50 = its suffix length).
@@ -48,9 +50,17 @@ def model_feature_table(layout: RunLayout, config, train: pd.DataFrame) -> pd.Da
         if list(features["example_id"]) == list(train["example_id"]):
             return features[[c for c in features.columns if not c.startswith(("memorized_", "category_"))]]
     tokenizer = load_tokenizer(str(layout.model("teacher")))
-    models = {name: load_model(str(layout.model(name))) for name in ["teacher", "baseline", *STUDENT_KINDS]}
-    features = model_features(models, train, tokenizer, last_k=config.extraction.suffix_len, batch_size=config.extraction.batch_size or 32)
-    write_parquet_atomic(layout.features, features)
+    device = state.device if state else None
+    models = {name: load_model(str(layout.model(name)), device=device) for name in ["teacher", "baseline", *STUDENT_KINDS]}
+    batch_size = config.extraction.batch_size or 32
+    features = split_across_processes(
+        train,
+        lambda share, offset: model_features(models, share, tokenizer, last_k=config.extraction.suffix_len, batch_size=batch_size),
+        layout.work("parts-features"),
+        state,
+    )
+    if state is None or state.is_main_process:
+        write_parquet_atomic(layout.features, features)
     return features
 
 

@@ -131,6 +131,22 @@ def build_teacher_cache(
     return TeacherLogitCache(root)
 
 
+def complete_teacher_cache(root: str | Path, sequences: pd.DataFrame, *, teacher_id: str, top_k: int | None) -> TeacherLogitCache | None:
+    """The finished cache in ``root`` if it is one of ``teacher_id`` over ``sequences`` with
+    ``top_k``, else None (then ``build_teacher_cache`` finishes it, or says why it cannot),
+    decided without loading the teacher."""
+    spec_path = Path(root) / "spec.json"
+    if not spec_path.exists():
+        return None
+    found = json.loads(spec_path.read_text())
+    expected = {"teacher": teacher_id, "examples": len(sequences), "top_k": top_k, "first_ids": list(sequences["example_id"].iloc[:8])}
+    if any(found.get(key) != value for key, value in expected.items()):
+        return None
+    if any(not _shard_path(Path(root), i).exists() for i in range(math.ceil(found["examples"] / found["shard_size"]))):
+        return None
+    return TeacherLogitCache(root)
+
+
 class TeacherLogitCache:
     """Read side of a finished cache: the teacher's tensors for any rows of D."""
 
