@@ -93,7 +93,7 @@ class Memory:
 
 def run_variant(variant: str, args) -> dict:
     """Inside the subprocess: set up ``variant``, run warm-up and timed steps, measure."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = device == "cuda"

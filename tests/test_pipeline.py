@@ -31,6 +31,7 @@ def test_layout_and_summary(finished_run):
     for name in names:
         assert (out / "models" / name / "model.safetensors").exists()
         assert (out / "models" / name / "tokenizer.json").exists()
+        assert not list((out / "models" / name).glob("*.bin"))  # no pickle (Trainer.save_model's training_args.bin) is kept
         verdicts = pd.read_parquet(out / "memorization" / f"{name}.parquet")
         assert list(verdicts["example_id"]) == list(train["example_id"])
         assert verdicts["memorized_p16"].equals(verdicts["memorized"])  # the curve's point at the main prefix length

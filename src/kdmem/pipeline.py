@@ -30,7 +30,7 @@ from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, save_con
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
 from kdmem.analysis.analyze import analyze, memorized_over_seeds, model_feature_table
 from kdmem.analysis.filtering import flag_examples
-from kdmem.io import atomic_dir, process_state, split_across_processes, write_json_atomic, write_parquet_atomic
+from kdmem.io import process_state, split_across_processes, write_json_atomic, write_parquet_atomic
 from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
@@ -74,11 +74,21 @@ def _check_output(layout: RunLayout, config: ExperimentConfig, overwrite: bool) 
     shutil.rmtree(layout.root)
 
 
-def _save_model(model, tokenizer, path: Path, info: dict, work_dir: Path) -> None:
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "kdmem_stage.json", info)
+def _saving_dir(path: Path) -> Path:
+    """Where a training stage's ``Trainer.save_model`` writes before the folder is published. Every
+    process must name the same folder (FSDP gathers the weights to the main process there)."""
+    return path.parent / f".{path.name}.saving"
+
+
+def _publish_model(tokenizer, path: Path, info: dict, work_dir: Path) -> None:
+    """Main process: complete the saved weights in ``_saving_dir(path)`` and rename them onto ``path``."""
+    saved = _saving_dir(path)
+    (saved / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing here ever loads it
+    tokenizer.save_pretrained(saved)
+    write_json_atomic(saved / "kdmem_stage.json", info)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(saved, path)
     # The Trainer's checkpoints only serve to resume this stage, which is now done.
     shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -284,9 +294,11 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     def train_ce(name: str, spec_base, base: str, training, data: pd.DataFrame, seed: int, stage_kind: str):
         def action():
             callbacks = trackers(name)
-            model = fine_tune(load_base(spec_base, base), data, training, layout.work(name), seed, callbacks)
+            if main:  # left by a run killed while saving
+                shutil.rmtree(_saving_dir(layout.model(name)), ignore_errors=True)
+            fine_tune(load_base(spec_base, base), data, training, layout.work(name), seed, callbacks, save_to=_saving_dir(layout.model(name)))
             if main:
-                _save_model(model, tokenizer, layout.model(name), stage_info(stage_kind, seed, base, callbacks), layout.work(name))
+                _publish_model(tokenizer, layout.model(name), stage_info(stage_kind, seed, base, callbacks), layout.work(name))
 
         stage(name, layout.model_done(name), action, distributed=True)
 
@@ -301,6 +313,8 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows, track: bool = True, rows_name: str = "train"):
         def action():
             callbacks = trackers(name) if track else []
+            if main:  # left by a run killed while saving
+                shutil.rmtree(_saving_dir(layout.model(name)), ignore_errors=True)
             student = load_base(config.student, student_base)
             cache = None
             if soft.teacher_cache:  # built by the first soft student, read by the others
@@ -313,10 +327,13 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
                         vocab_size=min(student.config.vocab_size, teacher_model().config.vocab_size), top_k=soft.cache_top_k,
                         batch_size=ext.batch_size or 32,
                     )
-            student = distill(student, None if cache else teacher_model(), rows, soft, layout.work(name), seed, callbacks, cache=cache)
+            distill(
+                student, None if cache else teacher_model(), rows, soft, layout.work(name), seed, callbacks, cache=cache,
+                save_to=_saving_dir(layout.model(name)),
+            )
             info = stage_info("soft", seed, student_base, callbacks) | {"temperature": soft.temperature}
             if main:
-                _save_model(student, tokenizer, layout.model(name), info, layout.work(name))
+                _publish_model(tokenizer, layout.model(name), info, layout.work(name))
 
         stage(name, layout.model_done(name), action, distributed=True)
 

@@ -54,7 +54,10 @@ def causal_lm_collator(rows: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _run(trainer_cls, model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, callbacks=None, **extra) -> PreTrainedModel:
+def _run(
+    trainer_cls, model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, callbacks=None,
+    save_to: Path | None = None, **extra,
+) -> PreTrainedModel:
     set_seed(seed)
     dataset = as_training_dataset(train)
     if "cache_row" in train:
@@ -68,12 +71,18 @@ def _run(trainer_cls, model: PreTrainedModel, train: pd.DataFrame, cfg: Training
         **extra,
     )
     trainer.train()
+    if save_to is not None:  # every process calls it: under FSDP or DeepSpeed it gathers the weights
+        trainer.save_model(str(save_to))
     return trainer.model
 
 
-def fine_tune(model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, callbacks=None) -> PreTrainedModel:
-    """Next-token cross-entropy on every sequence of ``train`` (teacher, baseline, hard student)."""
-    return _run(Trainer, model, train, cfg, work_dir, seed, callbacks)
+def fine_tune(
+    model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, callbacks=None, save_to: Path | None = None
+) -> PreTrainedModel:
+    """Next-token cross-entropy on every sequence of ``train`` (teacher, baseline, hard student).
+    With ``save_to``, the trained weights are also written there by ``Trainer.save_model``, which
+    gathers them from every process under FSDP or DeepSpeed (call it on all processes)."""
+    return _run(Trainer, model, train, cfg, work_dir, seed, callbacks, save_to)
 
 
 class DistillationTrainer(Trainer):
@@ -150,17 +159,18 @@ def distill(
     seed: int,
     callbacks=None,
     cache: TeacherLogitCache | None = None,
+    save_to: Path | None = None,
 ) -> PreTrainedModel:
     """Soft distillation of ``student`` on every sequence of ``train``, from ``teacher`` or from a
     teacher-logit ``cache`` built over ``train`` (row i of ``train`` is row i of the cache,
-    unless ``train`` has a ``cache_row`` column that says otherwise)."""
+    unless ``train`` has a ``cache_row`` column that says otherwise). ``save_to`` as in ``fine_tune``."""
     if cache is not None:
         if "cache_row" not in train:
             if len(train) != cache.spec.examples:
                 raise ValueError(f"The cache holds {cache.spec.examples} sequences and the training set {len(train)}; give train a cache_row column.")
             train = train.assign(cache_row=range(len(train)))
         teacher = None
-    return _run(DistillationTrainer, student, train, cfg.training, work_dir, seed, callbacks, teacher=teacher, distill=cfg, cache=cache)
+    return _run(DistillationTrainer, student, train, cfg.training, work_dir, seed, callbacks, save_to, teacher=teacher, distill=cfg, cache=cache)
 
 
 def validation_loss(model: PreTrainedModel, sequences: pd.DataFrame, batch_size: int = 32) -> float:
