@@ -108,10 +108,10 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    groups = {"training": [s for s in stages if not s.startswith(("evaluate", "features", "analysis", "report", "data", "hard_data"))]}
+    groups = {"training": [s for s in stages if not s.startswith(("evaluate", "features", "analysis", "report", "data", "hard_data", "filtering"))]}
     groups["evaluation"] = [s for s in stages if s.startswith("evaluate")]
     groups["hard data"] = ["hard_data"]
-    groups["data, features, analysis, report"] = [s for s in stages if s in ("data", "features", "analysis", "report")]
+    groups["data, features, filtering, analysis, report"] = [s for s in stages if s in ("data", "features", "filtering", "analysis", "report")]
     for label, members in groups.items():
         axis.plot(args.sizes, [sum(stage_seconds[size].get(s, 0.0) for s in members) for size in args.sizes], marker="o", label=label)
     axis.plot(args.sizes, totals, marker="o", color="black", label="total")

@@ -3,17 +3,33 @@ import os
 import pytest
 
 
+SECRETS = {"HF_TOKEN": "hf_kdmemTestCanaryToken0123456789", "WANDB_API_KEY": "kdmem-test-canary-wandb-key-9876543210"}
+"""Set for the whole session: every run a test makes has them in its environment, and
+``tests/test_safety.py`` and the fault tests check that none of them reaches an output or a log."""
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Tests build their own embedded models and data caches, never touching the user's."""
+    """Tests build their own embedded models and data caches, never touching the user's; and run
+    with fake secrets in the environment."""
     path = tmp_path_factory.mktemp("kdmem-cache")
-    previous = os.environ.get("KDMEM_CACHE")
-    os.environ["KDMEM_CACHE"] = str(path)
+    previous = {name: os.environ.get(name) for name in ["KDMEM_CACHE", *SECRETS]}
+    os.environ.update({"KDMEM_CACHE": str(path), **SECRETS})
     yield path
-    if previous is None:
-        os.environ.pop("KDMEM_CACHE", None)
-    else:
-        os.environ["KDMEM_CACHE"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def assert_no_secrets(*texts: str, folder=None) -> None:
+    """None of ``SECRETS`` appears in ``texts`` or in any file under ``folder``."""
+    blobs = [text.encode() for text in texts]
+    if folder is not None:
+        blobs += [p.read_bytes() for p in folder.rglob("*") if p.is_file()]
+    for secret in SECRETS.values():
+        assert not any(secret.encode() in blob for blob in blobs), f"a secret from the environment leaked: {secret[:8]}..."
 
 
 TINY_OVERRIDES = [

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from kdmem.config import SoftDistillConfig, TrainingConfig
@@ -161,3 +162,30 @@ def test_two_processes_distill_like_one_with_the_same_global_batch(tiny_bases, t
     assert any(not torch.equal(single[k], base[k]) for k in single)
     for key in single:
         torch.testing.assert_close(double[key], single[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_stage_killed_after_a_checkpoint_resumes_from_it(tiny_bases, tiny_data, tmp_path):
+    """Training with checkpoints (save_strategy=steps) stopped after step 3 resumes from
+    checkpoint-2 and ends with the weights of an uninterrupted run."""
+    from transformers import TrainerCallback
+
+    from kdmem.config import TrainingConfig
+    from kdmem.models import load_model
+    from kdmem.train import fine_tune
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("killed")
+
+    cfg = TrainingConfig(epochs=1, learning_rate=5e-3, batch_size=8, extra_args={"save_strategy": "steps", "save_steps": 2})
+    rows = tiny_data.train.iloc[:40]
+    whole = fine_tune(load_model(str(tiny_bases["student"])), rows, cfg, tmp_path / "whole", seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(load_model(str(tiny_bases["student"])), rows, cfg, tmp_path / "killed", seed=0, callbacks=[Crash()])
+    assert (tmp_path / "killed" / "checkpoint-2").exists() and not (tmp_path / "killed" / "checkpoint-4").exists()
+    resumed = fine_tune(load_model(str(tiny_bases["student"])), rows, cfg, tmp_path / "killed", seed=0)
+    fresh = load_model(str(tiny_bases["student"])).state_dict()
+    assert any(not torch.equal(value, fresh[name]) for name, value in whole.state_dict().items())
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -10,8 +11,19 @@ from pathlib import Path
 from kdmem.config import ConfigError, available_presets, load_config
 from kdmem.data import DataError
 from kdmem.models import ModelError
+from kdmem.train.trainers import TrainingError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, DataError, ModelError, TrainingError, FileNotFoundError, ValueError)
+
+
+def _describe_os_error(error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on device{where}. Nothing half-written was kept: outputs are written to a temporary "
+            "name and renamed when whole. Free some space and run the same command again; finished stages are kept."
+        )
+    return f"{error.strerror or error}{where}. Check the path and its permissions; finished stages are kept."
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -265,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"kdmem: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a folder that cannot be written
+        if args.debug:
+            raise
+        print(f"kdmem: error: {_describe_os_error(error)}", file=sys.stderr)
         return 2
 
 

@@ -74,6 +74,15 @@ def _check_output(layout: RunLayout, config: ExperimentConfig, overwrite: bool) 
     shutil.rmtree(layout.root)
 
 
+def _remove_leftovers(root: Path) -> None:
+    """Temporary files and folders of a killed run (``*.tmp``, ``*.saving``): never results, since
+    outputs are renamed into place only when whole."""
+    for path in sorted(root.rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+        if path.name.endswith((".tmp", ".saving")):
+            logger.info("removing %s, left by an interrupted run", path)
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def _saving_dir(path: Path) -> Path:
     """Where a training stage's ``Trainer.save_model`` writes before the folder is published. Every
     process must name the same folder (FSDP gathers the weights to the main process there)."""
@@ -225,6 +234,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
         _check_output(layout, config, overwrite and main)
         if main:
             layout.root.mkdir(parents=True, exist_ok=True)
+            _remove_leftovers(layout.root)
             save_config(config, layout.config)
     clock = StageClock(layout.provenance)
 

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,10 @@ import pyarrow.parquet as pq
 import torch
 
 from kdmem.config import DataConfig
-from kdmem.data.sources import DataError, load_documents, source_fingerprint
+from kdmem.data.sources import READ_ERRORS, DataError, load_documents, source_fingerprint, unreadable_data
 from kdmem.io import atomic_dir, atomic_path, cache_dir, write_parquet_atomic
+
+logger = logging.getLogger(__name__)
 
 TOKENIZE_BATCH = 1000
 """Documents per ``datasets.map`` batch; packing drops each batch's last partial sequence."""
@@ -54,7 +57,24 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(f"{text}|eos={tokenizer.eos_token_id}".encode()).hexdigest()[:16]
 
 
-def _packer(tokenizer, seq_len: int):
+@dataclass
+class PackingStats:
+    """What packing read and what it could not use: the numbers an error about short texts needs."""
+
+    documents: int = 0
+    tokens: int = 0
+    """Tokens read, end-of-text separators included."""
+    dropped_tokens: int = 0
+    """Tokens at the end of a batch of documents that did not fill a whole sequence."""
+
+    def describe(self, seq_len: int) -> str:
+        return (
+            f"read {self.documents:,} documents ({self.tokens:,} tokens with separators); "
+            f"{self.dropped_tokens:,} tokens did not fill a sequence of {seq_len} tokens and were dropped"
+        )
+
+
+def _packer(tokenizer, seq_len: int, stats: PackingStats):
     eos = tokenizer.eos_token_id
 
     def pack(batch):
@@ -65,19 +85,32 @@ def _packer(tokenizer, seq_len: int):
             if eos is not None:
                 stream.append(eos)
         usable = len(stream) - len(stream) % seq_len
+        stats.documents += len(encoded)
+        stats.tokens += len(stream)
+        stats.dropped_tokens += len(stream) - usable
         return {"input_ids": [stream[i : i + seq_len] for i in range(0, usable, seq_len)]}
 
     return pack
 
 
-def iter_packed(documents, tokenizer, seq_len: int, dedupe: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+def iter_packed(
+    documents, tokenizer, seq_len: int, dedupe: bool = True, stats: PackingStats | None = None, source: str = "the source"
+) -> Iterator[tuple[str, np.ndarray]]:
     """(example_id, int32 tokens) of each packed sequence, in order: tokenized in batches
-    (``datasets.map``), concatenated with end-of-text between documents, cut into ``seq_len``."""
+    (``datasets.map``), concatenated with end-of-text between documents, cut into ``seq_len``.
+    ``stats`` (if given) counts what was read and dropped."""
     if isinstance(documents, datasets.Dataset):
         documents = documents.to_iterable_dataset()
-    packed = documents.map(_packer(tokenizer, seq_len), batched=True, batch_size=TOKENIZE_BATCH, remove_columns=["text"])
+    packed = documents.map(_packer(tokenizer, seq_len, stats or PackingStats()), batched=True, batch_size=TOKENIZE_BATCH, remove_columns=["text"])
     seen = set()
-    for row in packed:
+    rows = iter(packed)
+    while True:
+        try:  # a streamed file is parsed here, as it is read
+            row = next(rows)
+        except StopIteration:
+            return
+        except READ_ERRORS as error:
+            raise unreadable_data(source, error) from None
         name = example_id(row["input_ids"])
         if dedupe and name in seen:
             continue
@@ -85,10 +118,12 @@ def iter_packed(documents, tokenizer, seq_len: int, dedupe: bool = True) -> Iter
         yield name, np.asarray(row["input_ids"], dtype=np.int32)
 
 
-def pack_sequences(documents, tokenizer, seq_len: int, limit: int | None = None, dedupe: bool = True) -> pd.DataFrame:
+def pack_sequences(
+    documents, tokenizer, seq_len: int, limit: int | None = None, dedupe: bool = True, stats: PackingStats | None = None, source: str = "the source"
+) -> pd.DataFrame:
     """The first ``limit`` packed sequences (``iter_packed``) as a frame of ``example_id`` and
     ``input_ids``; a streamed hub dataset is read only as far as needed."""
-    rows = list(itertools.islice(iter_packed(documents, tokenizer, seq_len, dedupe), limit))
+    rows = list(itertools.islice(iter_packed(documents, tokenizer, seq_len, dedupe, stats, source), limit))
     return pd.DataFrame({"example_id": [name for name, _ in rows], "input_ids": [ids for _, ids in rows]})
 
 
@@ -100,7 +135,8 @@ def stream_sequences(cfg: DataConfig, tokenizer) -> Path:
     path = cache_dir() / "data" / f"{_cache_key(dataclasses.replace(cfg, validation_examples=0), tokenizer)}-stream.parquet"
     if path.exists():
         return path
-    packed = itertools.islice(iter_packed(load_documents(cfg), tokenizer, cfg.seq_len, cfg.dedupe), cfg.num_examples)
+    stats = PackingStats()
+    packed = itertools.islice(iter_packed(load_documents(cfg), tokenizer, cfg.seq_len, cfg.dedupe, stats, cfg.source), cfg.num_examples)
     schema = pa.schema([("example_id", pa.string()), ("input_ids", pa.list_(pa.int32()))])
     written = 0
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
@@ -110,9 +146,11 @@ def stream_sequences(cfg: DataConfig, tokenizer) -> Path:
             written += len(chunk)
         if not written:
             raise DataError(
-                f"{cfg.source} yields no sequence of {cfg.seq_len} tokens: it is empty or its texts are too short. "
-                "Check the source, or lower the sequence length."
+                f"{cfg.source} yields no sequence of {cfg.seq_len} tokens: {stats.describe(cfg.seq_len)}. "
+                "Use more or longer texts, or lower the sequence length."
             )
+    if stats.dropped_tokens:
+        logger.info("%s: %d sequences; %s", cfg.source, written, stats.describe(cfg.seq_len))
     return path
 
 
@@ -132,13 +170,16 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
     if (folder / "train.parquet").exists():
         return SequenceSplits(read_sequences(folder / "train.parquet"), read_sequences(folder / "validation.parquet"))
     wanted = None if cfg.num_examples is None else cfg.num_examples + cfg.validation_examples
-    sequences = pack_sequences(load_documents(cfg), tokenizer, cfg.seq_len, limit=wanted, dedupe=cfg.dedupe)
+    stats = PackingStats()
+    sequences = pack_sequences(load_documents(cfg), tokenizer, cfg.seq_len, limit=wanted, dedupe=cfg.dedupe, stats=stats, source=cfg.source)
     available = len(sequences)
     if available == 0:
         raise DataError(
-            f"{cfg.source} yields no sequence of {cfg.seq_len} tokens: it is empty or its texts are too short. "
-            "Check data.source, or lower data.seq_len."
+            f"{cfg.source} yields no sequence of {cfg.seq_len} tokens: {stats.describe(cfg.seq_len)}. "
+            "Use more or longer texts, or lower data.seq_len."
         )
+    if stats.dropped_tokens:
+        logger.info("%s: %d sequences; %s", cfg.source, available, stats.describe(cfg.seq_len))
     if wanted is not None and available < wanted:
         raise DataError(
             f"{cfg.source} yields only {available} distinct sequences of {cfg.seq_len} tokens, but "
@@ -164,8 +205,13 @@ def sequence_file(cfg: DataConfig, tokenizer) -> Path:
     ``input_ids`` column (such as a run's ``data/train.parquet``), else the source's sequences
     packed into the cache by ``stream_sequences``."""
     path = Path(cfg.source).expanduser()
-    if path.suffix == ".parquet" and path.is_file() and "input_ids" in pq.read_schema(path).names:
-        return path
+    if path.suffix == ".parquet" and path.is_file():
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as error:
+            raise unreadable_data(cfg.source, error) from None
+        if "input_ids" in names:
+            return path
     return stream_sequences(cfg, tokenizer)
 
 

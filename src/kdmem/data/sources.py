@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 
 from kdmem.config import DataConfig
 from kdmem.data.builtin import python_docs
 
 BUILTIN_SOURCES = {"builtin:python-docs": "private", "builtin:python-docs-public": "public"}
+logger = logging.getLogger(__name__)
 _LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 class DataError(ValueError):
     """Data that cannot be used; the message names the problem and the fix."""
+
+
+def _check_utf8(path: Path) -> None:
+    """Text and JSON lines must be UTF-8; say where the first bad byte is, instead of letting the
+    loader fail later without naming the file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                position = offset + error.start
+                raise DataError(
+                    f"{path} is not UTF-8: byte 0x{chunk[error.start]:02x} at offset {position} cannot be decoded. "
+                    f"Convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name}`) or remove the bad bytes."
+                ) from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8: it ends inside a multi-byte character. Convert the file to UTF-8.") from None
 
 
 def _local_files(path: Path) -> tuple[str, list[str]]:
@@ -26,13 +53,42 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
             raise DataError(f"Folder {path} has no .txt, .jsonl or .parquet files.")
     else:
         files = [path]
+    unreadable = [p for p in files if not os.access(p, os.R_OK)]
+    if unreadable:
+        raise DataError(f"{unreadable[0]} cannot be read (permission denied). Check the file's permissions.")
+    empty = [p for p in files if p.stat().st_size == 0]
+    files = [p for p in files if p.stat().st_size > 0]
+    if not files:
+        raise DataError(f"{path} is empty: there is no text to train on or audit. Check data.source.")
+    if empty:
+        logger.warning("skipping %d empty file(s) under %s, e.g. %s", len(empty), path, empty[0])
     suffixes = {p.suffix for p in files}
     if len(suffixes) > 1:
         raise DataError(f"{path} mixes file types {sorted(suffixes)}; put one kind of file in a folder.")
     suffix = suffixes.pop()
     if suffix not in _LOCAL_FORMATS:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .txt, .jsonl or .parquet.")
+    if _LOCAL_FORMATS[suffix] != "parquet":
+        for file in files:
+            _check_utf8(file)
     return _LOCAL_FORMATS[suffix], [str(p) for p in files]
+
+
+def unreadable_data(source: str, error: BaseException) -> DataError:
+    """A loader's failure deep inside ``datasets`` or ``pyarrow``, as an error naming the source
+    and the innermost cause."""
+    cause = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+    reason = f"{type(cause).__name__}: {str(cause).rstrip('.')}" if str(cause) else type(cause).__name__
+    return DataError(
+        f"Cannot read {source}: {reason}. Check that every file is valid for its type "
+        "(.txt: UTF-8 text; .jsonl: one JSON object per line; .parquet: a Parquet file)."
+    )
+
+
+READ_ERRORS = (datasets.exceptions.DatasetGenerationError, pa.ArrowException, json.JSONDecodeError, StopIteration, UnicodeDecodeError)
+"""What ``datasets`` raises on a file it cannot parse."""
 
 
 def is_local(source: str) -> bool:
@@ -51,7 +107,10 @@ def load_documents(cfg: DataConfig) -> datasets.IterableDataset | datasets.Datas
             raise DataError(f"Data path {path} does not exist. Check data.source.")
         builder, files = _local_files(path)
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
-        documents = datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
+        try:
+            documents = datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
+        except READ_ERRORS as error:
+            raise unreadable_data(cfg.source, error) from None
     else:
         documents = datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split, streaming=cfg.streaming)
     columns = documents.column_names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -26,9 +27,24 @@ def _check_local(name_or_path: str) -> None:
         )
 
 
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError)
+"""What ``from_pretrained`` raises on a folder or config it cannot use."""
+
+
+def _unusable(name_or_path: str, what: str, error: BaseException) -> ModelError:
+    reason = " ".join(str(error).split()).rstrip(".")[:400]
+    return ModelError(
+        f"{name_or_path} could not be loaded as a {what}: {type(error).__name__}: {reason}. "
+        "Give a folder written by `save_pretrained` (config.json, safetensors weights, tokenizer files) or a hub name."
+    )
+
+
 def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     _check_local(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    except LOAD_ERRORS as error:
+        raise _unusable(name_or_path, "tokenizer", error) from None
     if tokenizer.pad_token_id is None:
         # Sequences are fixed-length, so padding only matters to batched generation; any id works.
         tokenizer.pad_token = tokenizer.eos_token
@@ -48,13 +64,16 @@ def load_model(
     It is placed on ``device``, by default the first GPU when there is one, else the CPU.
     """
     _check_local(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        dtype=dtype if dtype is not None else torch.float32,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            dtype=dtype if dtype is not None else torch.float32,
+        )
+    except LOAD_ERRORS as error:
+        raise _unusable(name_or_path, "causal language model", error) from None
     return model.to(device if device is not None else default_device())
 
 

@@ -54,11 +54,44 @@ def causal_lm_collator(rows: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
+class TrainingError(RuntimeError):
+    """Training that cannot go on; the message names the step, what was kept and the fix."""
+
+
+class KdmemTrainer(Trainer):
+    """A ``Trainer`` that stops at the first non-finite loss, before that step changes the weights,
+    and saves the weights it still has (the last good ones) next to its checkpoints."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
+        if self.accelerator.num_processes > 1:  # every process stops together, or the others would wait forever
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item():
+            step = self.state.global_step + 1
+            kept = Path(self.args.output_dir) / f"last-good-step-{self.state.global_step}"
+            self.save_model(str(kept))  # the optimizer has not applied this step: the weights are still good
+            raise TrainingError(
+                f"The training loss became {loss.item()} at step {step} (epoch {self.state.epoch or 0:.2f}) of "
+                f"{Path(self.args.output_dir).name}; training stopped before the step changed the weights. The weights "
+                f"after step {self.state.global_step} are saved in {kept}. Lower the learning rate, or check the data "
+                "and the model's dtype (bf16 on hardware without it overflows)."
+            )
+        return loss
+
+
 def _run(
     trainer_cls, model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, callbacks=None,
     save_to: Path | None = None, **extra,
 ) -> PreTrainedModel:
     set_seed(seed)
+    # A stage killed after saving a checkpoint (training.extra_args: save_strategy) resumes from
+    # the last one: weights, optimizer, scheduler, RNG and the place in the data. The weights are
+    # read with from_pretrained, which knows the architecture's key names; the Trainer's own
+    # reload misses renamed keys (GPT-NeoX's embed_out -> lm_head in transformers 5).
+    checkpoints = sorted(Path(work_dir).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
+    if checkpoints:
+        model = type(model).from_pretrained(checkpoints[-1], use_safetensors=True, dtype=model.dtype).to(model.device)
     dataset = as_training_dataset(train)
     if "cache_row" in train:
         dataset = dataset.add_column("cache_row", train["cache_row"].tolist())
@@ -70,7 +103,7 @@ def _run(
         callbacks=callbacks,
         **extra,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     if save_to is not None:  # every process calls it: under FSDP or DeepSpeed it gathers the weights
         trainer.save_model(str(save_to))
     return trainer.model
@@ -82,10 +115,10 @@ def fine_tune(
     """Next-token cross-entropy on every sequence of ``train`` (teacher, baseline, hard student).
     With ``save_to``, the trained weights are also written there by ``Trainer.save_model``, which
     gathers them from every process under FSDP or DeepSpeed (call it on all processes)."""
-    return _run(Trainer, model, train, cfg, work_dir, seed, callbacks, save_to)
+    return _run(KdmemTrainer, model, train, cfg, work_dir, seed, callbacks, save_to)
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(KdmemTrainer):
     """A ``Trainer`` whose loss is a divergence from a frozen teacher's next-token distributions:
     computed by the teacher at every step, or read from a teacher-logit cache (``cache``), which
     the batch indexes through ``cache_rows``.
