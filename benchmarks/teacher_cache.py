@@ -10,6 +10,7 @@ of the cache is paid once, so its advantage grows with S.
 
     python benchmarks/teacher_cache.py --teacher runs/default/models/teacher --data runs/default/data/train.parquet
     python benchmarks/teacher_cache.py ... --students 1 3 --top-k 64 --epochs 2
+    python benchmarks/teacher_cache.py --teacher-size 512x6 --data ... --epochs 1   # a random 8x teacher
 
 Prints a table and writes JSON (default ``benchmarks/results/teacher_cache.json``).
 """
@@ -38,9 +39,27 @@ def timed(work) -> float:
     return time.perf_counter() - start
 
 
+def random_teacher(size: str, student_base: str):
+    """A GPT-NeoX of ``HIDDENxLAYERS`` with random weights (seed 0), shaped like the embedded family."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    hidden, layers = (int(part) for part in size.lower().split("x"))
+    student = load_model(student_base).config
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        vocab_size=student.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
+        intermediate_size=4 * hidden, max_position_embeddings=student.max_position_embeddings, rotary_pct=0.25,
+        use_parallel_residual=True, tie_word_embeddings=False,
+        bos_token_id=student.bos_token_id, eos_token_id=student.eos_token_id, pad_token_id=student.pad_token_id,
+    )
+    return GPTNeoXForCausalLM(config)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher", required=True, help="the fine-tuned teacher (a save_pretrained folder or hub name)")
+    teachers = parser.add_mutually_exclusive_group(required=True)
+    teachers.add_argument("--teacher", help="the fine-tuned teacher (a save_pretrained folder or hub name)")
+    teachers.add_argument("--teacher-size", help="HIDDENxLAYERS: a GPT-NeoX teacher with random weights (seed 0) over the student's vocabulary")
     parser.add_argument("--student", default="builtin:tiny-student", help="the student base (default: the default config's)")
     parser.add_argument("--data", required=True, help="a Parquet file of sequences (e.g. runs/default/data/train.parquet)")
     parser.add_argument("--students", type=int, nargs="+", default=[1, 3], help="sweep sizes S to time")
@@ -50,8 +69,9 @@ def main() -> None:
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "teacher_cache.json"))
     args = parser.parse_args()
 
-    teacher = load_model(args.teacher).eval()
     student_base = resolve_model_name(args.student, EmbeddedModelsConfig())
+    teacher = (load_model(args.teacher) if args.teacher else random_teacher(args.teacher_size, student_base)).eval()
+    args.teacher = args.teacher or f"random GPT-NeoX {args.teacher_size}"
     train = read_sequences(Path(args.data))
     top_k = args.top_k or None
     training = TrainingConfig(epochs=args.epochs, learning_rate=3e-3, batch_size=args.batch_size, logging_steps=10**9)
