@@ -98,6 +98,7 @@ def run_variant(variant: str, args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = device == "cuda"
     teacher, student = build_models(args)
+    parameters = {name: sum(p.numel() for p in model.parameters()) for name, model in (("student", student), ("teacher", teacher))}
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(1, args.vocab, (args.batch, args.seq), generator=generator)
     tokens = args.batch * (args.seq - 1)
@@ -182,8 +183,7 @@ def run_variant(variant: str, args) -> dict:
         "loss": losses[-1],
     }
     if device == "cuda":
-        params = {name: sum(p.numel() for p in model.parameters()) for name, model in (("student", student), ("teacher", build_models(args)[0]))}
-        flops = (6 * params["student"] + 2 * params["teacher"]) * args.batch * args.seq
+        flops = (6 * parameters["student"] + 2 * parameters["teacher"]) * args.batch * args.seq
         result["mfu"] = flops / seconds / (args.peak_tflops * 1e12)
     return result
 

@@ -70,8 +70,34 @@ def test_rerun_skips_finished_stages(finished_run):
 def test_refuses_to_mix_configs(finished_run):
     config, out, _ = finished_run
     other = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["soft.temperature=3"])
-    with pytest.raises(ConfigError, match="different config .*soft.*--overwrite"):
+    with pytest.raises(ConfigError, match="different config, which changes the finished stages .*soft.*--overwrite"):
         run(other, out)
+
+
+def test_a_changed_config_recomputes_only_what_it_changes(tiny_bases, tmp_path):
+    """Adding a sweep temperature trains one more student and keeps the rest; a new soft learning
+    rate is refused, then (--overwrite) recomputes the soft students only, ending where a fresh
+    run of the new config ends."""
+    out = tmp_path / "run"
+    run(load_config(preset="smoke", overrides=TINY_OVERRIDES), out)
+    teacher_weights = out / "models" / "teacher" / "model.safetensors"
+    written = {name: (out / "models" / name / "model.safetensors").stat().st_mtime_ns for name in ("teacher", "baseline", "soft", "hard")}
+
+    added = TINY_OVERRIDES + ["soft.sweep_temperatures=[4]"]
+    summary = run(load_config(preset="smoke", overrides=added), out)  # only adds stages: no --overwrite needed
+    assert "soft-T4" in summary["models"] and (out / "report.html").exists()
+    assert {name: (out / "models" / name / "model.safetensors").stat().st_mtime_ns for name in written} == written
+
+    changed = load_config(preset="smoke", overrides=added + ["soft.training.learning_rate=1e-3"])
+    with pytest.raises(ConfigError, match=r"finished stages .*soft-T4.*kept as they are: .*baseline.*teacher"):
+        run(changed, out)
+    reused = run(changed, out, overwrite=True)
+    assert teacher_weights.stat().st_mtime_ns == written["teacher"] and (out / "models" / "hard" / "model.safetensors").stat().st_mtime_ns == written["hard"]
+    assert (out / "models" / "soft" / "model.safetensors").stat().st_mtime_ns != written["soft"]
+    fresh = run(changed, tmp_path / "fresh")
+    assert reused["models"] == fresh["models"]
+    for name in fresh["models"]:
+        pd.testing.assert_frame_equal(pd.read_parquet(out / "memorization" / f"{name}.parquet"), pd.read_parquet(tmp_path / "fresh" / "memorization" / f"{name}.parquet"))
 
 
 def test_cli_reports_bad_config_without_traceback(capsys):

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML config file (keys as in kdmem.config.ExperimentConfig)")
     run.add_argument("--preset", help=f"named preset: {', '.join(available_presets())}")
     run.add_argument("--output", "-o", help="output folder (default: runs/NAME)")
-    run.add_argument("--overwrite", action="store_true", help="discard a run with a different config in --output")
+    run.add_argument("--overwrite", action="store_true", help="when --output holds a run of another config, recompute the stages the change affects (default: refuse)")
     run.add_argument("--dry-run", action="store_true", help="validate the config and print the plan and a compute estimate; train nothing")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.num_examples=200")
 

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 import yaml
 
-from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, save_config
+from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
 from kdmem.analysis.analyze import analyze, memorized_over_seeds, model_feature_table
 from kdmem.analysis.filtering import flag_examples
@@ -37,6 +37,7 @@ from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_c
 from kdmem.memorization.membership import SCORES, membership_metrics, membership_scores, write_membership
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.report import headline_table, write_report
+from kdmem.stages import derived_outputs, stage_fingerprints, stage_outputs
 from kdmem.train import distill, fine_tune, greedy_continuations, resolve_model_name, validation_loss
 from kdmem.train.teacher_cache import build_teacher_cache, complete_teacher_cache
 
@@ -59,19 +60,46 @@ class StageClock:
 
 
 def _check_output(layout: RunLayout, config: ExperimentConfig, overwrite: bool) -> None:
+    """A folder that holds a run of another config: keep every stage the change leaves alone.
+
+    Stages whose settings (or whose inputs) changed would hold stale outputs. When any of them
+    has finished, the run is refused unless ``overwrite``, which removes just those stages. A
+    change that only adds stages (a sweep temperature, filtering) goes ahead without it. The
+    summary, analysis and report are rebuilt either way.
+    """
     if not layout.config.exists():
         return
-    previous = yaml.safe_load(layout.config.read_text(encoding="utf-8"))
-    current = config_to_dict(config)
-    if previous == current:
+    previous_values = yaml.safe_load(layout.config.read_text(encoding="utf-8"))
+    if previous_values == config_to_dict(config):
         return
-    if not overwrite:
-        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    try:
+        previous = stage_fingerprints(load_config(layout.config))
+    except (ConfigError, TypeError, ValueError):  # written by another kdmem version
+        previous = None
+    if previous is None:
+        if not overwrite:
+            raise ConfigError(
+                f"{layout.root} holds a run whose config this kdmem cannot read. Use another --output, or pass "
+                "--overwrite to discard that run."
+            )
+        shutil.rmtree(layout.root)
+        return
+    current = stage_fingerprints(config)
+    changed = sorted(stage for stage in set(previous) | set(current) if previous.get(stage) != current.get(stage))
+    stale = [stage for stage in changed if any(path.exists() for path in stage_outputs(layout, stage))]
+    if stale and not overwrite:
+        kept = sorted(stage for stage in previous if stage not in changed)
         raise ConfigError(
-            f"{layout.root} holds a run with a different config (sections that differ: {', '.join(changed)}). "
-            "Use another --output, or pass --overwrite to discard that run."
+            f"{layout.root} holds a run with a different config, which changes the finished stages {', '.join(stale)} "
+            f"(kept as they are: {', '.join(kept) or 'none'}). Pass --overwrite to recompute just those stages, "
+            "or use another --output."
         )
-    shutil.rmtree(layout.root)
+    for stage in stale:
+        logger.info("config changed: recomputing %s", stage)
+        for path in stage_outputs(layout, stage):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for path in derived_outputs(layout):
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _remove_leftovers(root: Path) -> None:

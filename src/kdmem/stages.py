@@ -1,0 +1,88 @@
+"""Which settings each stage of ``kdmem run`` depends on, so a changed config recomputes only
+what it changes.
+
+Every stage gets a fingerprint: a hash of the settings it reads and of the fingerprints of the
+stages whose outputs it reads. Changing the soft student's learning rate changes the
+fingerprints of the soft student, its evaluation, the features and the filtering, and nothing
+upstream: the teacher and the baseline are kept. The summary, analysis and report are always
+rebuilt after a config change; they are cheap and read everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from kdmem.config import ExperimentConfig, config_to_dict
+from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
+
+TRACKING = ("track_every_epochs", "track_examples")
+"""Extraction settings that shape training outputs (memorization over training), not evaluation."""
+
+
+def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
+    """Stage name (as ``kdmem run`` logs it) -> 16 hex digits."""
+    values = config_to_dict(config)
+    extraction = {k: v for k, v in values["extraction"].items() if k not in TRACKING}
+    tracking = {k: values["extraction"][k] for k in TRACKING}
+    student_base = {k: values["student"][k] for k in ("model", "revision", "trust_remote_code")}
+    soft = {k: v for k, v in values["soft"].items() if k != "sweep_temperatures"}
+    prints: dict[str, str] = {}
+
+    def add(stage: str, *upstream: str, **settings) -> None:
+        payload = {"upstream": [prints[name] for name in upstream], **settings}
+        prints[stage] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    # The tokenizer is the teacher base's, and canaries are planted in the training rows.
+    add("data", data=values["data"], canaries=values["canaries"], embedded=values["embedded"], tokenizer=values["teacher"]["model"])
+    add("teacher", "data", teacher=values["teacher"], seed=config.seeds[0], tracking=tracking)
+    add("hard_data", "teacher", prefix_len=values["hard"]["prefix_len"], batch=values["hard"]["generation_batch_size"])
+    for seed in config.seeds:
+        suffix = seed_suffix(seed, config)
+        add("baseline" + suffix, "data", student=values["student"], seed=seed, tracking=tracking)
+        add("soft" + suffix, "teacher", student=student_base, soft=soft, seed=seed, tracking=tracking)
+        add("hard" + suffix, "hard_data", student=student_base, training=values["hard"]["training"], seed=seed, tracking=tracking)
+    for temperature, name in temperature_sweep(config).items():
+        if name != "soft":
+            add(name, "teacher", student=student_base, soft=soft | {"temperature": temperature}, seed=config.seeds[0])
+    trained = [name for name in model_names(config) if not (config.filtering.enabled and name == filtered_name(config))]
+    for name in trained:
+        add(f"evaluate:{name}", name, extraction=extraction, membership=values["membership"])
+    add("features", *(f"evaluate:{name}" for name in ("teacher", "baseline", "soft", "hard")), extraction=extraction)
+    if config.filtering.enabled:
+        kind = config.filtering.student
+        add("filtering", "features", *(f"evaluate:{kind}{seed_suffix(s, config)}" for s in config.seeds), filtering=values["filtering"])
+        training = soft if kind == "soft" else values["hard"]["training"]
+        upstream = "teacher" if kind == "soft" else "hard_data"
+        add(filtered_name(config), "filtering", upstream, student=student_base, training=training, seed=config.seeds[0], tracking=tracking)
+        add(f"evaluate:{filtered_name(config)}", filtered_name(config), extraction=extraction, membership=values["membership"])
+    return prints
+
+
+def stage_outputs(layout: RunLayout, stage: str) -> list[Path]:
+    """What ``stage`` writes under the run folder (existing or not)."""
+    if stage == "data":
+        return [layout.data("train"), layout.data("validation"), layout.data("canaries")]
+    if stage == "hard_data":
+        return [layout.data("hard")]
+    if stage == "features":
+        return [layout.features]
+    if stage == "filtering":
+        return [layout.filtering]
+    if stage.startswith("evaluate:"):
+        name = stage.split(":", 1)[1]
+        return [layout.evaluation(name), layout.memorization(name), layout.membership(name), layout.canaries(name)]
+    # A model. The teacher-logit caches are the teacher's (or, for a filtered soft student, the
+    # filtering's): a stale one would be read as if it were current.
+    outputs = [layout.model(stage), layout.work(stage)]
+    if stage == "teacher":
+        outputs.append(layout.root / "cache")
+    if stage.endswith("-filtered"):
+        outputs.append(layout.teacher_cache(stage))
+    return outputs
+
+
+def derived_outputs(layout: RunLayout) -> list[Path]:
+    """Rebuilt after any config change: they read every stage."""
+    return [layout.summary, layout.analysis, layout.report_html, layout.report_markdown, layout.figures]
