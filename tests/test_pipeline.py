@@ -257,3 +257,25 @@ def test_run_under_two_processes(tiny_bases, tmp_path):
     np.testing.assert_allclose(features["teacher_loss"], alone["teacher_loss"], rtol=1e-5)
     np.testing.assert_allclose(features["teacher_baseline_kl"], alone["teacher_baseline_kl"], rtol=1e-4, atol=1e-6)
     assert not (two_dir / "work").exists()  # the processes' parts are cleaned up
+
+
+def test_evaluation_in_bfloat16(finished_run, tmp_path):
+    """inference_dtype=bfloat16 evaluates in bf16: the same rows, losses within bf16's rounding."""
+    import dataclasses
+    import shutil
+
+    from kdmem.data import read_sequences
+    from kdmem.layout import RunLayout
+    from kdmem.models import load_tokenizer
+    from kdmem.pipeline import evaluate_model
+
+    config, out, summary = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    layout = RunLayout(copy)
+    bf16 = dataclasses.replace(config, inference_dtype="bfloat16")
+    train, validation = read_sequences(layout.data("train")), read_sequences(layout.data("validation"))
+    row = evaluate_model("teacher", str(layout.model("teacher")), layout, bf16, train, validation, load_tokenizer(str(layout.model("teacher"))), None)
+    assert row["examples"] == len(train)
+    assert row["val_loss"] == pytest.approx(summary["models"]["teacher"]["val_loss"], abs=0.05)
+    assert row["val_loss"] != summary["models"]["teacher"]["val_loss"]  # it did run in bf16

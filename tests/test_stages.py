@@ -21,3 +21,22 @@ def test_a_change_reaches_exactly_the_stages_that_read_it():
     assert "evaluate:teacher" in changed_by("extraction.track_every_epochs=0")  # downstream of the teacher
     # A new sweep temperature only adds a student and what reads it.
     assert changed_by("soft.sweep_temperatures=[1,4]") == {"soft-T4", "evaluate:soft-T4"}
+
+
+def test_inference_dtype_reaches_every_stage_that_runs_a_model_without_training():
+    changed = changed_by("inference_dtype=bfloat16")
+    assert {"data", "teacher", "baseline"}.isdisjoint(changed)
+    assert {"hard_data", "hard", "soft", "soft-T1", "features", "evaluate:teacher", "evaluate:baseline"} <= changed
+    # With the cache, the cache is the stage that runs the teacher; it is dropped with it.
+    base = stage_fingerprints(load_config(overrides=["soft.teacher_cache=true"]))
+    other = stage_fingerprints(load_config(overrides=["soft.teacher_cache=true", "inference_dtype=bfloat16"]))
+    assert base["cache:train"] != other["cache:train"] and base["teacher"] == other["teacher"]
+
+
+def test_inference_dtype_is_checked():
+    import pytest
+
+    from kdmem.config import ConfigError
+
+    with pytest.raises(ConfigError, match="inference_dtype must be one of float32, bfloat16, float16"):
+        load_config(overrides=["inference_dtype=int8"])

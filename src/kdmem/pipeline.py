@@ -186,7 +186,7 @@ def evaluate_model(
     main = state is None or state.is_main_process
     device = state.device if state else None
     ext = config.extraction
-    model = load_model(str(layout.model(name)), device=device)
+    model = load_model(str(layout.model(name)), device=device, dtype=config.inference_dtype)
     sample = sample_positions(len(train), ext.approximate_sample, ext.seed)
 
     def extract(share: pd.DataFrame, offset: int) -> pd.DataFrame:
@@ -210,7 +210,7 @@ def evaluate_model(
         **approximate_summary(verdicts),
     }
     if config.membership.enabled:
-        reference = load_model(base, device=device) if config.membership.reference else None
+        reference = load_model(base, device=device, dtype=config.inference_dtype) if config.membership.reference else None
         both = pd.concat([train.assign(split="train"), validation.assign(split="validation")], ignore_index=True)
 
         def score(share: pd.DataFrame, offset: int) -> pd.DataFrame:
@@ -345,7 +345,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
     def teacher_model():
         if "model" not in loaded_teacher:
-            loaded_teacher["model"] = load_model(str(layout.model("teacher")), device=device)
+            loaded_teacher["model"] = load_model(str(layout.model("teacher")), device=device, dtype=config.inference_dtype)
         return loaded_teacher["model"]
 
     def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows, track: bool = True, rows_name: str = "train"):

@@ -27,7 +27,10 @@ def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
     extraction = {k: v for k, v in values["extraction"].items() if k not in TRACKING}
     tracking = {k: values["extraction"][k] for k in TRACKING}
     student_base = {k: values["student"][k] for k in ("model", "revision", "trust_remote_code")}
-    soft = {k: v for k, v in values["soft"].items() if k != "sweep_temperatures"}
+    # The teacher runs in inference_dtype for the soft students (live or cached) and the hard-KD data.
+    soft = {k: v for k, v in values["soft"].items() if k != "sweep_temperatures"} | {"teacher_dtype": values["inference_dtype"]}
+    cache = {"top_k": values["soft"]["cache_top_k"], "dtype": values["inference_dtype"]}
+    evaluation = {"extraction": extraction, "membership": values["membership"], "dtype": values["inference_dtype"]}
     prints: dict[str, str] = {}
 
     def add(stage: str, *upstream: str, **settings) -> None:
@@ -37,26 +40,36 @@ def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
     # The tokenizer is the teacher base's, and canaries are planted in the training rows.
     add("data", data=values["data"], canaries=values["canaries"], embedded=values["embedded"], tokenizer=values["teacher"]["model"])
     add("teacher", "data", teacher=values["teacher"], seed=config.seeds[0], tracking=tracking)
-    add("hard_data", "teacher", prefix_len=values["hard"]["prefix_len"], batch=values["hard"]["generation_batch_size"])
+    # The soft students read the teacher through its logit cache, when there is one.
+    teacher_for_soft = "teacher"
+    if config.soft.teacher_cache:
+        add("cache:train", "teacher", **cache)
+        teacher_for_soft = "cache:train"
+    add("hard_data", "teacher", prefix_len=values["hard"]["prefix_len"], batch=values["hard"]["generation_batch_size"], dtype=values["inference_dtype"])
     for seed in config.seeds:
         suffix = seed_suffix(seed, config)
         add("baseline" + suffix, "data", student=values["student"], seed=seed, tracking=tracking)
-        add("soft" + suffix, "teacher", student=student_base, soft=soft, seed=seed, tracking=tracking)
+        add("soft" + suffix, teacher_for_soft, student=student_base, soft=soft, seed=seed, tracking=tracking)
         add("hard" + suffix, "hard_data", student=student_base, training=values["hard"]["training"], seed=seed, tracking=tracking)
     for temperature, name in temperature_sweep(config).items():
         if name != "soft":
-            add(name, "teacher", student=student_base, soft=soft | {"temperature": temperature}, seed=config.seeds[0])
+            add(name, teacher_for_soft, student=student_base, soft=soft | {"temperature": temperature}, seed=config.seeds[0])
     trained = [name for name in model_names(config) if not (config.filtering.enabled and name == filtered_name(config))]
     for name in trained:
-        add(f"evaluate:{name}", name, extraction=extraction, membership=values["membership"])
-    add("features", *(f"evaluate:{name}" for name in ("teacher", "baseline", "soft", "hard")), extraction=extraction)
+        add(f"evaluate:{name}", name, **evaluation)
+    add("features", *(f"evaluate:{name}" for name in ("teacher", "baseline", "soft", "hard")), **evaluation)
     if config.filtering.enabled:
         kind = config.filtering.student
         add("filtering", "features", *(f"evaluate:{kind}{seed_suffix(s, config)}" for s in config.seeds), filtering=values["filtering"])
         training = soft if kind == "soft" else values["hard"]["training"]
-        upstream = "teacher" if kind == "soft" else "hard_data"
+        upstream = "hard_data"
+        if kind == "soft":
+            upstream = "teacher"
+            if config.soft.teacher_cache:  # over the kept examples
+                upstream = f"cache:{filtered_name(config)}"
+                add(upstream, "teacher", "filtering", **cache)
         add(filtered_name(config), "filtering", upstream, student=student_base, training=training, seed=config.seeds[0], tracking=tracking)
-        add(f"evaluate:{filtered_name(config)}", filtered_name(config), extraction=extraction, membership=values["membership"])
+        add(f"evaluate:{filtered_name(config)}", filtered_name(config), **evaluation)
     return prints
 
 
@@ -70,17 +83,12 @@ def stage_outputs(layout: RunLayout, stage: str) -> list[Path]:
         return [layout.features]
     if stage == "filtering":
         return [layout.filtering]
+    if stage.startswith("cache:"):
+        return [layout.teacher_cache(stage.split(":", 1)[1])]
     if stage.startswith("evaluate:"):
         name = stage.split(":", 1)[1]
         return [layout.evaluation(name), layout.memorization(name), layout.membership(name), layout.canaries(name)]
-    # A model. The teacher-logit caches are the teacher's (or, for a filtered soft student, the
-    # filtering's): a stale one would be read as if it were current.
-    outputs = [layout.model(stage), layout.work(stage)]
-    if stage == "teacher":
-        outputs.append(layout.root / "cache")
-    if stage.endswith("-filtered"):
-        outputs.append(layout.teacher_cache(stage))
-    return outputs
+    return [layout.model(stage), layout.work(stage)]  # a model
 
 
 def derived_outputs(layout: RunLayout) -> list[Path]:

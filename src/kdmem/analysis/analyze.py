@@ -51,7 +51,9 @@ def model_feature_table(layout: RunLayout, config, train: pd.DataFrame, state=No
             return features[[c for c in features.columns if not c.startswith(("memorized_", "category_"))]]
     tokenizer = load_tokenizer(str(layout.model("teacher")))
     device = state.device if state else None
-    models = {name: load_model(str(layout.model(name)), device=device) for name in ["teacher", "baseline", *STUDENT_KINDS]}
+    models = {
+        name: load_model(str(layout.model(name)), device=device, dtype=config.inference_dtype) for name in ["teacher", "baseline", *STUDENT_KINDS]
+    }
     batch_size = config.extraction.batch_size or 32
     features = split_across_processes(
         train,

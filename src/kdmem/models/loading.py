@@ -70,7 +70,7 @@ def load_model(
             revision=revision,
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
-            dtype=dtype if dtype is not None else torch.float32,
+            dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype if dtype is not None else torch.float32,
         )
     except LOAD_ERRORS as error:
         raise _unusable(name_or_path, "causal language model", error) from None
