@@ -279,3 +279,31 @@ def test_evaluation_in_bfloat16(finished_run, tmp_path):
     assert row["examples"] == len(train)
     assert row["val_loss"] == pytest.approx(summary["models"]["teacher"]["val_loss"], abs=0.05)
     assert row["val_loss"] != summary["models"]["teacher"]["val_loss"]  # it did run in bf16
+
+
+def test_membership_reference_loads_with_the_bases_settings(finished_run, tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+
+    import kdmem.pipeline as pipeline
+    from kdmem.data import read_sequences
+    from kdmem.layout import RunLayout
+    from kdmem.models import load_tokenizer
+
+    config, out, _ = finished_run
+    shutil.copytree(out, tmp_path / "copy")
+    layout = RunLayout(tmp_path / "copy")
+    pinned = dataclasses.replace(config, student=dataclasses.replace(config.student, revision="main"))
+    loads = []
+    real = pipeline.load_model
+
+    def recording(name, **options):
+        loads.append((name, options))
+        return real(name, **options)
+
+    monkeypatch.setattr(pipeline, "load_model", recording)
+    train, validation = read_sequences(layout.data("train")), read_sequences(layout.data("validation"))
+    base = str(layout.model("baseline"))  # a local folder stands in for the student base
+    pipeline.evaluate_model("soft", base, layout, pinned, train, validation, load_tokenizer(base), None)
+    reference = [options for name, options in loads if name == base]
+    assert reference and reference[0]["revision"] == "main" and reference[0]["trust_remote_code"] is False

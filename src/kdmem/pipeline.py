@@ -210,7 +210,12 @@ def evaluate_model(
         **approximate_summary(verdicts),
     }
     if config.membership.enabled:
-        reference = load_model(base, device=device, dtype=config.inference_dtype) if config.membership.reference else None
+        spec = config.teacher if name == "teacher" else config.student  # the base's own revision and code setting
+        reference = (
+            load_model(base, revision=spec.revision, trust_remote_code=spec.trust_remote_code, device=device, dtype=config.inference_dtype)
+            if config.membership.reference
+            else None
+        )
         both = pd.concat([train.assign(split="train"), validation.assign(split="validation")], ignore_index=True)
 
         def score(share: pd.DataFrame, offset: int) -> pd.DataFrame:
