@@ -34,12 +34,11 @@ KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
 
 
 def _per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float, jsd_beta: float) -> torch.Tensor:
-    """(n, vocab) logits of any float dtype -> (n,) float32 divergences, T^2 included."""
+    """(n, vocab) logits of any float dtype -> (n,) float32 divergences, T^2 included; every kind
+    but forward KL, which ``_FusedForwardKL`` computes."""
     log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    if kind == "forward_kl":
-        value = (log_t.exp() * (log_t - log_s)).sum(-1)
-    elif kind == "reverse_kl":
+    if kind == "reverse_kl":
         value = (log_s.exp() * (log_s - log_t)).sum(-1)
     elif kind == "jsd":
         log_m = torch.logsumexp(torch.stack([log_t + math.log(jsd_beta), log_s + math.log(1 - jsd_beta)]), dim=0)

@@ -34,7 +34,7 @@ from kdmem.io import process_state, split_across_processes, write_json_atomic, w
 from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
-from kdmem.memorization.membership import SCORES, membership_metrics, membership_scores, write_membership
+from kdmem.memorization.membership import membership_metrics, split_scores, write_membership
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.report import headline_table, write_report
 from kdmem.stages import derived_outputs, stage_fingerprints, stage_outputs
@@ -219,13 +219,7 @@ def evaluate_model(
         both = pd.concat([train.assign(split="train"), validation.assign(split="validation")], ignore_index=True)
 
         def score(share: pd.DataFrame, offset: int) -> pd.DataFrame:
-            if share.empty:
-                return pd.DataFrame(columns=["example_id", "split", *SCORES])
-            parts = [
-                membership_scores(model, rows, tokenizer, reference, batch_size, config.membership.min_k).assign(split=split)
-                for split, rows in share.groupby("split", sort=False)
-            ]
-            return pd.concat(parts, ignore_index=True)[["example_id", "split", *SCORES]]
+            return split_scores(model, share, tokenizer, reference, batch_size, config.membership.min_k)
 
         scores = split_across_processes(both, score, layout.work(f"parts-membership-{name}"), state)
         metrics = membership_metrics(scores[scores["split"] == "train"], scores[scores["split"] == "validation"])

@@ -135,6 +135,23 @@ def membership_metrics(members: pd.DataFrame, non_members: pd.DataFrame) -> dict
     return metrics
 
 
+def split_scores(
+    model: PreTrainedModel,
+    sequences: pd.DataFrame,
+    tokenizer,
+    reference: PreTrainedModel | None = None,
+    batch_size: int = 64,
+    min_k: float = 0.2,
+) -> pd.DataFrame:
+    """``membership_scores`` of sequences that carry a ``split`` column ("train" or
+    "validation"), which passes through: ``example_id``, ``split`` and every score."""
+    columns = ["example_id", "split", *SCORES]
+    if sequences.empty:
+        return pd.DataFrame(columns=columns)
+    scores = membership_scores(model, sequences, tokenizer, reference, batch_size, min_k)
+    return scores.assign(split=sequences["split"].to_numpy())[columns]
+
+
 def audit_membership(
     model: PreTrainedModel,
     train: pd.DataFrame,
@@ -146,13 +163,9 @@ def audit_membership(
 ) -> tuple[pd.DataFrame, dict]:
     """Scores of the training (member) and validation (non-member) sequences in one frame, with a
     ``split`` column of "train" or "validation", and their ``membership_metrics``."""
-    scored = {
-        split: membership_scores(model, frame, tokenizer, reference, batch_size, min_k)
-        for split, frame in (("train", train), ("validation", validation))
-    }
-    frame = pd.concat([scores.assign(split=split) for split, scores in scored.items()], ignore_index=True)
-    frame = frame[["example_id", "split", *SCORES]]
-    return frame, membership_metrics(scored["train"], scored["validation"])
+    labelled = pd.concat([train.assign(split="train"), validation.assign(split="validation")], ignore_index=True)
+    frame = split_scores(model, labelled, tokenizer, reference, batch_size, min_k)
+    return frame, membership_metrics(frame[frame["split"] == "train"], frame[frame["split"] == "validation"])
 
 
 def membership_table(frame: pd.DataFrame, metrics: dict, min_k: float = 0.2) -> pa.Table:
