@@ -196,7 +196,8 @@ def test_soft_students_from_the_teacher_logit_cache(finished_run, tiny_bases, tm
     summary = run(config, out)
     assert len(list((out / "cache" / "teacher-logits-train").glob("shard-*.safetensors"))) == 1
     for name in ("soft", "soft-T1", "soft-T4"):
-        assert summary["models"][name]["val_loss"] == pytest.approx(plain_summary["models"][name]["val_loss"], rel=1e-3)
+        # Measured relative difference: 9.2e-8 at most (soft-T1; 0 for the others). Bound 100x that.
+        assert summary["models"][name]["val_loss"] == pytest.approx(plain_summary["models"][name]["val_loss"], rel=1e-5)
     with pytest.raises(ConfigError, match="forward_kl only"):
         load_config(preset="smoke", overrides=["soft.teacher_cache=true", "soft.kind=jsd"]).validate()
 
@@ -227,7 +228,8 @@ def test_run_under_two_processes(tiny_bases, tmp_path):
     assert list(two["models"]) == list(one["models"])
     assert json.loads((two_dir / "run.json").read_text())["hardware"]["processes"] == 2
     for name, row in one["models"].items():  # DDP: same models, up to float rounding
-        assert two["models"][name]["val_loss"] == pytest.approx(row["val_loss"], abs=2e-3), name
+        # Measured: 4.8e-7 at most (4 float32 ulps of a loss near 4) after 2 epochs of AdamW. Bound 200x that.
+        assert two["models"][name]["val_loss"] == pytest.approx(row["val_loss"], abs=1e-4), name
 
     train = read_sequences(two_dir / "data" / "train.parquet")
     validation = read_sequences(two_dir / "data" / "validation.parquet")

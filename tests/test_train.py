@@ -38,21 +38,58 @@ def test_same_seed_same_weights(tiny_bases, tiny_data, tmp_path):
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])  # a different seed shuffles differently
 
 
-def test_distillation_loss_is_normalised_over_the_accumulation_window(tiny_bases, tiny_data, tmp_path):
+# Weight comparisons across a change of summation order (micro-batches, processes, threads, a
+# cache). They train one plain SGD step (or a few), so the weight change is lr x the gradient: a
+# wrong normalisation moves the weights by a share of the whole update. Adam would hide it, since
+# its first step is lr x sign(gradient) whatever the gradient's scale.
+# Noise, measured with `python benchmarks/summation_noise.py` (2-core Xeon, AVX-512, torch 2.13 CPU):
+# the largest weight difference between two equally correct runs (1 vs 2 threads, 8 x 1 vs 4 x 2
+# vs 2 x 4, 1 vs 2 processes, live teacher vs full-logit cache) is 1.2e-7, one float32 ulp of a
+# weight near 1 (the largest weight is 1.01). The bound is 80x that noise; the broken
+# normalisations below exceed it 500x or more, and are held to exceed it 100x.
+SGD_NOISE = 1.2e-7
+WEIGHT_BOUND = 80 * SGD_NOISE
+
+
+def _sgd(batch: int, accumulation: int = 1, steps_of: int = 1) -> TrainingConfig:
+    return TrainingConfig(
+        epochs=steps_of, learning_rate=1.0, batch_size=batch, gradient_accumulation_steps=accumulation, lr_scheduler="constant",
+        weight_decay=0.0, extra_args={"optim": "sgd"},
+    )
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def micro_batch_normalised(compute_loss):
+    """The broken normalisation: each micro-batch divided by its own tokens, not the window's."""
+
+    def broken(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return compute_loss(self, model, inputs, return_outputs, num_items_in_batch=inputs["labels"][:, 1:].ne(-100).sum())
+
+    return broken
+
+
+def test_distillation_loss_is_normalised_over_the_accumulation_window(tiny_bases, tiny_data, tmp_path, monkeypatch):
+    from kdmem.train.trainers import DistillationTrainer
+
     teacher = load_model(str(tiny_bases["teacher"]))
     train = tiny_data.train.iloc[:8]
-    states = []
-    for batch, accumulation in ((8, 1), (4, 2), (2, 4)):
-        cfg = SoftDistillConfig(
-            training=TrainingConfig(epochs=1, learning_rate=1e-2, batch_size=batch, gradient_accumulation_steps=accumulation, lr_scheduler="constant")
-        )
-        student = distill(load_model(str(tiny_bases["student"])), teacher, train, cfg, tmp_path / f"{batch}", seed=0)
-        states.append(_state(student))
+
+    def one_step(batch, accumulation, name):
+        cfg = SoftDistillConfig(training=_sgd(batch, accumulation))
+        return _state(distill(load_model(str(tiny_bases["student"])), teacher, train, cfg, tmp_path / name, seed=0))
+
+    whole = one_step(8, 1, "8x1")
     base = _state(load_model(str(tiny_bases["student"])))
-    assert any(not torch.equal(states[0][k], base[k]) for k in base)
-    for other in states[1:]:
-        for key in base:
-            torch.testing.assert_close(other[key], states[0][key], rtol=1e-4, atol=1e-5)
+    assert largest_difference(whole, base) > 5e-3  # measured: the step moves a weight by 9.7e-3
+    for batch, accumulation in ((4, 2), (2, 4)):
+        assert largest_difference(one_step(batch, accumulation, f"{batch}x{accumulation}"), whole) < WEIGHT_BOUND  # measured 7.5e-9
+    # Measured: 9.7e-3 (4 x 2) and 2.9e-2 (2 x 4): the step is 2x and 4x too large.
+    monkeypatch.setattr(DistillationTrainer, "compute_loss", micro_batch_normalised(DistillationTrainer.compute_loss))
+    for batch, accumulation in ((4, 2), (2, 4)):
+        assert largest_difference(one_step(batch, accumulation, f"broken-{batch}x{accumulation}"), whole) > 100 * WEIGHT_BOUND
 
 
 def test_hard_data_equals_generate(memorizing_model, tiny_data):
@@ -93,7 +130,7 @@ def test_distilling_from_the_teacher_logit_cache_equals_distilling_from_the_teac
     teacher = load_model(str(tiny_bases["teacher"]))
     train = tiny_data.train.iloc[:16]
     vocab = min(teacher.config.vocab_size, load_model(str(tiny_bases["student"])).config.vocab_size)
-    cfg = SoftDistillConfig(temperature=2.0, training=TrainingConfig(epochs=1, learning_rate=1e-2, batch_size=4, lr_scheduler="constant"))
+    cfg = SoftDistillConfig(temperature=2.0, training=_sgd(4))  # 4 steps
 
     def student(name, cache=None):
         return _state(distill(load_model(str(tiny_bases["student"])), teacher, train, cfg, tmp_path / name, seed=0, cache=cache))
@@ -103,11 +140,9 @@ def test_distilling_from_the_teacher_logit_cache_equals_distilling_from_the_teac
 
     direct = student("direct")
     for name, top_k in (("full", None), ("all", vocab)):  # both exact
-        cached = student(name, cache(name, top_k))
-        # float32 summation order differs; Adam turns that into weight differences near 2e-4 here
-        assert max((cached[k] - direct[k]).abs().max().item() for k in direct) < 1e-3
+        assert largest_difference(student(name, cache(name, top_k)), direct) < WEIGHT_BOUND  # measured 7.5e-9 and 1.2e-7
     approximate = student("top8", cache("top8", 8))
-    assert max((approximate[k] - direct[k]).abs().max().item() for k in direct) > 1e-2  # k = 8 of 512: visibly approximate
+    assert largest_difference(approximate, direct) > 1e-2  # k = 8 of 512: visibly approximate (measured 4.5e-2)
     with pytest.raises(ValueError, match="serves forward_kl only"):
         distill(load_model(str(tiny_bases["student"])), teacher, train, SoftDistillConfig(kind="jsd"), tmp_path / "jsd", seed=0, cache=cache("top8", 8))
 
@@ -124,8 +159,15 @@ from kdmem.config import SoftDistillConfig, TrainingConfig
 from kdmem.models import load_model
 from kdmem.train import distill
 
-teacher, student, data, out, batch = sys.argv[1:6]
-cfg = SoftDistillConfig(training=TrainingConfig(epochs=1, learning_rate=1e-2, batch_size=int(batch), lr_scheduler="constant"))
+from kdmem.train.trainers import DistillationTrainer
+
+teacher, student, data, out, batch, normalisation = sys.argv[1:7]
+if normalisation == "broken":  # DDP averages gradients over processes: a loss not scaled back by their number is too small
+    exact = DistillationTrainer.compute_loss
+    DistillationTrainer.compute_loss = lambda self, *args, **kwargs: exact(self, *args, **kwargs) / self.accelerator.num_processes
+cfg = SoftDistillConfig(training=TrainingConfig(
+    epochs=1, learning_rate=1.0, batch_size=int(batch), lr_scheduler="constant", weight_decay=0.0, extra_args={"optim": "sgd"}
+))
 model = distill(load_model(student), load_model(teacher), pd.read_parquet(data), cfg, Path(out) / "work", seed=0)
 state = PartialState()
 print(f"process {state.process_index} of {state.num_processes}")
@@ -152,16 +194,17 @@ def test_two_processes_distill_like_one_with_the_same_global_batch(tiny_bases, t
     script.write_text(DISTILL_SCRIPT)
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     models = [str(tiny_bases["teacher"]), str(tiny_bases["student"]), str(data)]
-    one = subprocess.run([sys.executable, str(script), *models, str(tmp_path / "one"), "8"], env=env, capture_output=True, text=True)
+    one = subprocess.run([sys.executable, str(script), *models, str(tmp_path / "one"), "8", "exact"], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = two_cpu_processes(str(script), *models, str(tmp_path / "two"), "4")
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert "process 0 of 2" in two.stdout and "process 1 of 2" in two.stdout
-    single, double = (load_file(str(tmp_path / name / "weights.safetensors")) for name in ("one", "two"))
+    for normalisation in ("exact", "broken"):
+        two = two_cpu_processes(str(script), *models, str(tmp_path / normalisation), "4", normalisation)
+        assert two.returncode == 0, two.stderr[-3000:]
+        assert "process 0 of 2" in two.stdout and "process 1 of 2" in two.stdout
+    single, double, broken = (load_file(str(tmp_path / name / "weights.safetensors")) for name in ("one", "exact", "broken"))
     base = load_model(str(tiny_bases["student"])).state_dict()
-    assert any(not torch.equal(single[k], base[k]) for k in single)
-    for key in single:
-        torch.testing.assert_close(double[key], single[key], rtol=1e-4, atol=1e-5)
+    assert largest_difference(single, base) > 5e-3
+    assert largest_difference(double, single) < WEIGHT_BOUND  # measured: 7.5e-9
+    assert largest_difference(broken, single) > 100 * WEIGHT_BOUND  # measured: 4.9e-3, half of the step
 
 
 def test_a_stage_killed_after_a_checkpoint_resumes_from_it(tiny_bases, tiny_data, tmp_path):
