@@ -1,9 +1,11 @@
+import pandas as pd
 import pytest
 import torch
 
 from kdmem.config import DataConfig, TrainingConfig
 from kdmem.data import as_tensor, prepare_sequences
-from kdmem.memorization import TokenChecks, decisive_min_gap, extract_memorized, greedy_matched_tokens, leading_matches
+from kdmem.memorization import extraction
+from kdmem.memorization import TokenChecks, decisive, extract_memorized, greedy_matched_tokens, leading_matches
 from kdmem.models import load_model, load_tokenizer
 from kdmem.train import fine_tune
 
@@ -15,15 +17,57 @@ def test_pure_checks_on_hand_built_logits():
     logits = torch.zeros(1, 4, 8)
     for position, (token, top) in enumerate([(1, 3.0), (2, 2.5), (7, 0.5), (4, 9.0)]):  # third is wrong
         logits[0, position, token] = top
-    checks = TokenChecks.of(logits, targets)
+    checks = TokenChecks.of(logits, targets, margin_tolerance=1e-3)
     assert checks.correct.tolist() == [[True, True, False, True]]
     assert checks.gap.tolist() == [[3.0, 2.5, 0.5, 9.0]]
+    assert not checks.near_tie.any()
     matched = leading_matches(checks.correct)
     assert matched.tolist() == [2]
     # decisive positions: the two matched ones and the first mismatch, not the later match
-    assert decisive_min_gap(checks, matched).tolist() == [0.5]
-    all_right = TokenChecks(torch.ones(1, 4, dtype=torch.bool), torch.tensor([[3.0, 2.0, 4.0, 1.5]]))
-    assert decisive_min_gap(all_right, leading_matches(all_right.correct)).tolist() == [1.5]
+    assert decisive(checks, matched)[0].tolist() == [0.5]
+    all_right = TokenChecks(torch.ones(1, 4, dtype=torch.bool), torch.tensor([[3.0, 2.0, 4.0, 1.5]]), torch.tensor([[False, False, False, True]]))
+    gap, near_tie = decisive(all_right, leading_matches(all_right.correct))
+    assert gap.tolist() == [1.5] and near_tie.tolist() == [True]
+    after_the_mismatch = TokenChecks(checks.correct, checks.gap, torch.tensor([[False, False, False, True]]))
+    assert decisive(after_the_mismatch, matched)[1].tolist() == [False]  # a near tie past the first mismatch decides nothing
+
+
+def test_the_near_tie_threshold_follows_the_logits_dtype():
+    """A gap of 0.25 between logits near 20 is 2 bfloat16 steps (a near tie) but 2 million float32 ones."""
+    logits = torch.zeros(1, 1, 4)
+    logits[0, 0, 0], logits[0, 0, 1] = 20.25, 20.0
+    targets = torch.tensor([[0]])
+    assert TokenChecks.of(logits.bfloat16(), targets, margin_tolerance=1e-3).near_tie.item()
+    assert not TokenChecks.of(logits, targets, margin_tolerance=1e-3).near_tie.item()
+    assert TokenChecks.of(logits, targets, margin_tolerance=0.5).near_tie.item()  # the fixed floor still applies
+    assert extraction.logit_spacing(torch.tensor([20.0, 0.75]), torch.bfloat16).tolist() == [0.125, 2**-8]
+
+
+def test_bfloat16_verdicts_equal_generate_on_1024_examples():
+    """A random GPT-NeoX in bfloat16 whose targets are its own greedy output: every example, at
+    every prefix length, is memorized by construction. Before the dtype-aware threshold, the fast
+    path called 22 of 1,024 not memorized (25 at the prefix curve's P = 32), in bfloat16 noise."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from kdmem.train import greedy_continuations
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=1024, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512)
+    model = GPTNeoXForCausalLM(config).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(25)  # top logits 14 to 28, as in a trained model: bf16 steps of 0.0625 to 0.125
+    prefix, suffix, examples = 32, 32, 1024
+    starts = torch.randint(0, 1024, (examples, prefix + suffix))
+    ids = greedy_continuations(model, starts, prefix, prefix + suffix, batch_size=64)
+    rows = pd.DataFrame({"example_id": range(examples), "input_ids": list(ids.numpy())})
+    staged = extract_memorized(model, rows, prefix, suffix, batch_size=64)
+    assert staged["memorized"].all(), (~staged["memorized"]).sum()
+    assert 0 < staged.attrs["rechecked_examples"] <= examples
+    curve = extract_memorized(model, rows, prefix, suffix, batch_size=64, full=True, prefix_lens=[16, 32])
+    assert curve["memorized"].all() and curve["memorized_p32"].all()
+    # P = 16 starts inside the random prefix: its verdicts are mixed, and each must equal generate's
+    truth = greedy_matched_tokens(model, ids, 16, suffix, batch_size=64) == suffix
+    assert curve["memorized_p16"].tolist() == truth.tolist()
 
 
 @pytest.fixture(scope="module")

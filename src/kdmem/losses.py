@@ -48,6 +48,17 @@ def _per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind:
     return value * temperature**2
 
 
+def on_shared_vocabulary(*logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Views of several models' (..., vocab) logits over the vocabulary they share: the first
+    min(vocab) entries of each. Models of one family share a tokenizer but pad their embedding
+    matrices to different sizes (Pythia-12B 50,688 rows, Pythia-1.4B 50,304, for a tokenizer of
+    50,277 tokens), and no token maps to the rows past the smaller matrix. Rows between the
+    tokenizer's length and the smaller matrix are padding both models have; they stay in, so that
+    two models' distributions are compared over the same support as the student is trained on."""
+    shared = min(x.shape[-1] for x in logits)
+    return tuple(x[..., :shared] for x in logits)
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

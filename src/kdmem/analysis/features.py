@@ -8,7 +8,9 @@ All model features come from one teacher-forced forward pass per model over each
 - ``NAME_entropy_last_k``: mean entropy (nats) of the next-token distribution over the last K
   predicted positions (paper: K = 50), the mechanism analysis's measure of confidence;
 - ``teacher_baseline_kl``: mean over positions of KL(teacher || baseline) between their
-  next-token distributions (nats), how differently the two models see the example.
+  next-token distributions (nats), how differently the two models see the example; over the
+  vocabulary the two share (``kdmem.losses.on_shared_vocabulary``), since one family pads its
+  embedding matrices to different sizes.
 
 ``zlib_entropy`` is the compressed byte length of the decoded text (the paper's measure).
 """
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from kdmem.data import as_tensor, zlib_entropy
+from kdmem.losses import on_shared_vocabulary
 
 
 def _token_statistics(logits: torch.Tensor, targets: torch.Tensor, last_k: int) -> dict[str, torch.Tensor]:
@@ -48,7 +51,7 @@ def model_features(
 ) -> pd.DataFrame:
     """One row per sequence: ``example_id``, ``zlib_entropy``, the per-model features named above for
     every model in ``models`` (keys become name prefixes), and ``teacher_baseline_kl`` when both
-    models of ``kl_pair`` are given. Models must share the tokenizer (and vocabulary)."""
+    models of ``kl_pair`` are given. Models must share the tokenizer; their vocabularies may be padded apart."""
     input_ids = as_tensor(sequences)
     columns: dict[str, list[torch.Tensor]] = {}
     for model in models.values():
@@ -62,8 +65,7 @@ def model_features(
             for stat, value in _token_statistics(logits[name], targets, last_k).items():
                 columns.setdefault(f"{name}_{stat}", []).append(value)
         if kl_pair and set(kl_pair) <= set(logits):
-            p_log = F.log_softmax(logits[kl_pair[0]], dim=-1)
-            q_log = F.log_softmax(logits[kl_pair[1]], dim=-1)
+            p_log, q_log = (F.log_softmax(x, dim=-1) for x in on_shared_vocabulary(logits[kl_pair[0]], logits[kl_pair[1]]))
             kl = (p_log.exp() * (p_log - q_log)).sum(dim=-1).mean(dim=1)
             columns.setdefault(f"{kl_pair[0]}_{kl_pair[1]}_kl", []).append(kl)
         logits.clear()

@@ -3,7 +3,7 @@
 from kdmem.memorization.approximate import approximate_memorization, approximate_summary, sample_positions
 from kdmem.memorization.audit import AuditConfig, measure_memorization
 from kdmem.memorization.dynamics import MemorizationTracker
-from kdmem.memorization.extraction import TokenChecks, decisive_min_gap, extract_memorized, greedy_matched_tokens, leading_matches
+from kdmem.memorization.extraction import TokenChecks, decisive, extract_memorized, greedy_matched_tokens, leading_matches
 
 __all__ = [
     "AuditConfig",
@@ -11,7 +11,7 @@ __all__ = [
     "TokenChecks",
     "approximate_memorization",
     "approximate_summary",
-    "decisive_min_gap",
+    "decisive",
     "extract_memorized",
     "greedy_matched_tokens",
     "leading_matches",

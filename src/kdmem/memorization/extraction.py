@@ -14,13 +14,18 @@ of the suffix. The cost approaches one forward pass over the prefixes.
 Exactness: a teacher-forced forward pass and step-by-step decoding compute the same logits up to
 floating-point noise, which can only change a verdict where two logits nearly tie. ``min_margin``
 is the smallest gap between the top two logits at the positions that decide the verdict (every
-matched suffix position, and the first mismatched one); examples below ``margin_tolerance`` are
-decided again by real greedy ``generate``.
+matched suffix position, and the first mismatched one). An example is decided again by real
+greedy ``generate`` when, at any decisive position, the gap is below ``margin_tolerance`` or below
+``RECHECK_ULPS`` units in the last place of the top logit in the logits' own dtype. The noise
+scales with that unit: bfloat16 logits between 16 and 32 move in steps of 0.125, and prefill and
+decode logits differ by up to two such steps, so a fixed tolerance that suits float32 misses most
+of bfloat16's near ties. The prefix-length curve's ``memorized_pP`` verdicts are rechecked alike.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -34,17 +39,35 @@ from kdmem.data import as_tensor
 from kdmem.train.hard import greedy_continuations
 
 
+RECHECK_ULPS = 4
+"""Near-tie threshold in units in the last place of the top logit: two steps of prefill/decode
+noise on either of the two top logits."""
+
+
+def logit_spacing(top: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The gap between ``top`` (float32 values of ``dtype`` logits) and the next number ``dtype`` represents."""
+    exponent = torch.floor(torch.log2(top.abs().clamp_min(torch.finfo(dtype).tiny)))
+    return torch.exp2(exponent) * torch.finfo(dtype).eps
+
+
 @dataclass
 class TokenChecks:
-    """Per suffix position: whether the argmax is the true token, and the top-1 minus top-2 logit gap."""
+    """Per suffix position: whether the argmax is the true token, the top-1 minus top-2 logit gap,
+    and whether that gap is a near tie that float noise could flip."""
 
     correct: torch.Tensor  # (batch, n) bool
     gap: torch.Tensor  # (batch, n) float32
+    near_tie: torch.Tensor  # (batch, n) bool
 
     @classmethod
-    def of(cls, logits: torch.Tensor, targets: torch.Tensor) -> "TokenChecks":
+    def of(cls, logits: torch.Tensor, targets: torch.Tensor, margin_tolerance: float) -> "TokenChecks":
         top = logits.float().topk(2, dim=-1)
-        return cls(top.indices[..., 0] == targets, top.values[..., 0] - top.values[..., 1])
+        gap = top.values[..., 0] - top.values[..., 1]
+        tolerance = torch.clamp(RECHECK_ULPS * logit_spacing(top.values[..., 0], logits.dtype), min=margin_tolerance)
+        return cls(top.indices[..., 0] == targets, gap, gap < tolerance)
+
+    def __getitem__(self, index) -> "TokenChecks":
+        return TokenChecks(self.correct[index], self.gap[index], self.near_tie[index])
 
 
 def leading_matches(correct: torch.Tensor) -> torch.Tensor:
@@ -52,15 +75,18 @@ def leading_matches(correct: torch.Tensor) -> torch.Tensor:
     return correct.long().cumprod(dim=1).sum(dim=1)
 
 
-def decisive_min_gap(checks: TokenChecks, matched: torch.Tensor) -> torch.Tensor:
-    """Smallest gap over the matched positions plus the first mismatched one (if any)."""
+def decisive(checks: TokenChecks, matched: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Over the matched positions plus the first mismatched one (if any): the smallest gap, and
+    whether any of them is a near tie."""
     positions = torch.arange(checks.gap.shape[1], device=checks.gap.device)
-    decisive = positions[None, :] <= matched[:, None]
-    return torch.where(decisive, checks.gap, torch.inf).min(dim=1).values
+    deciding = positions[None, :] <= matched[:, None]
+    return torch.where(deciding, checks.gap, torch.inf).min(dim=1).values, (deciding & checks.near_tie).any(dim=1)
 
 
 @torch.no_grad()
-def _staged_checks(model: PreTrainedModel, batch: torch.Tensor, prefix_len: int, suffix_len: int, first_stage_tokens: int) -> TokenChecks:
+def _staged_checks(
+    model: PreTrainedModel, batch: torch.Tensor, prefix_len: int, suffix_len: int, first_stage_tokens: int, margin_tolerance: float
+) -> TokenChecks:
     """Checks of every suffix position an example reaches before its first mismatch.
 
     Positions after an example's first mismatch are left unchecked (False), which changes neither
@@ -68,11 +94,12 @@ def _staged_checks(model: PreTrainedModel, batch: torch.Tensor, prefix_len: int,
     """
     first = min(first_stage_tokens, suffix_len)
     output = model(input_ids=batch[:, : prefix_len + first - 1], use_cache=first < suffix_len)
-    stage_one = TokenChecks.of(output.logits[:, prefix_len - 1 :], batch[:, prefix_len : prefix_len + first])
+    stage_one = TokenChecks.of(output.logits[:, prefix_len - 1 :], batch[:, prefix_len : prefix_len + first], margin_tolerance)
     size = (batch.shape[0], suffix_len)
     correct = torch.zeros(size, dtype=torch.bool, device=batch.device)
     gap = torch.full(size, torch.inf, device=batch.device)
-    correct[:, :first], gap[:, :first] = stage_one.correct, stage_one.gap
+    near_tie = torch.zeros(size, dtype=torch.bool, device=batch.device)
+    correct[:, :first], gap[:, :first], near_tie[:, :first] = stage_one.correct, stage_one.gap, stage_one.near_tie
     alive = stage_one.correct.all(dim=1).nonzero().squeeze(1)
     if first < suffix_len and len(alive):
         # transformers renamed past_key_values to cache (5.x); accept either spelling.
@@ -80,17 +107,20 @@ def _staged_checks(model: PreTrainedModel, batch: torch.Tensor, prefix_len: int,
         cache.batch_select_indices(alive)
         cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         rest = model(input_ids=batch[alive, prefix_len + first - 1 : prefix_len + suffix_len - 1], **{cache_argument: cache})
-        stage_two = TokenChecks.of(rest.logits, batch[alive, prefix_len + first : prefix_len + suffix_len])
-        correct[alive, first:], gap[alive, first:] = stage_two.correct, stage_two.gap
-    return TokenChecks(correct, gap)
+        stage_two = TokenChecks.of(rest.logits, batch[alive, prefix_len + first : prefix_len + suffix_len], margin_tolerance)
+        correct[alive, first:], gap[alive, first:], near_tie[alive, first:] = stage_two.correct, stage_two.gap, stage_two.near_tie
+    return TokenChecks(correct, gap, near_tie)
 
 
 @torch.no_grad()
-def _full_pass(model: PreTrainedModel, batch: torch.Tensor, prefix_len: int, suffix_len: int, prefix_lens: tuple[int, ...]) -> tuple[TokenChecks, dict]:
-    """One forward pass over whole sequences: the suffix checks, plus the ``--full`` fields."""
+def _full_pass(
+    model: PreTrainedModel, batch: torch.Tensor, prefix_len: int, suffix_len: int, prefix_lens: tuple[int, ...], margin_tolerance: float
+) -> tuple[TokenChecks, dict]:
+    """One forward pass over whole sequences: the suffix checks, plus the ``--full`` fields (for
+    each prefix length P, ``matched_pP`` and ``near_tie_pP``, which become ``memorized_pP``)."""
     logits = model(input_ids=batch[:, :-1]).logits  # position t predicts token t + 1
     targets = batch[:, 1:]
-    all_checks = TokenChecks.of(logits, targets)
+    all_checks = TokenChecks.of(logits, targets, margin_tolerance)
     span = slice(prefix_len - 1, prefix_len + suffix_len - 1)
     suffix_nll = F.cross_entropy(logits[:, span].float().transpose(1, 2), targets[:, span], reduction="none")
     fields = {
@@ -98,8 +128,10 @@ def _full_pass(model: PreTrainedModel, batch: torch.Tensor, prefix_len: int, suf
         "suffix_loss": suffix_nll.mean(dim=1),
     }
     for length in prefix_lens:
-        fields[f"memorized_p{length}"] = all_checks.correct[:, length - 1 : length + suffix_len - 1].all(dim=1)
-    return TokenChecks(all_checks.correct[:, span], all_checks.gap[:, span]), fields
+        window = all_checks[:, length - 1 : length + suffix_len - 1]
+        fields[f"matched_p{length}"] = leading_matches(window.correct)
+        fields[f"near_tie_p{length}"] = decisive(window, fields[f"matched_p{length}"])[1]
+    return all_checks[:, span], fields
 
 
 def extract_memorized(
@@ -126,12 +158,14 @@ def extract_memorized(
             ``suffix_token_accuracy`` (share of suffix positions whose argmax is the true token),
             ``suffix_loss`` (mean cross-entropy over the suffix, nats) and, for each length P in
             ``prefix_lens``, ``memorized_pP`` (a P-token prefix reproduces the next ``suffix_len``).
-        margin_tolerance: examples whose ``min_margin`` is below it are rechecked with ``generate``.
+        margin_tolerance: examples with a decisive gap below it, or below ``RECHECK_ULPS`` units in
+            the last place of the top logit, are rechecked with ``generate``.
 
     Returns:
         One row per example: ``example_id``, ``memorized``, ``matched_tokens`` (leading suffix
         tokens greedy decoding reproduces), ``min_margin`` (logits), ``rechecked``, and the
-        ``full`` fields.
+        ``full`` fields. ``attrs`` records ``batch_size``, ``rechecked_examples`` (all prefix
+        lengths) and ``recheck_seconds``.
     """
     input_ids = as_tensor(sequences)
     length = input_ids.shape[1] if len(input_ids) else 0
@@ -155,11 +189,12 @@ def extract_memorized(
         for start in range(0, len(input_ids), batch_size):
             batch = input_ids[start : start + batch_size].to(model.device)
             if full:
-                checks, fields = _full_pass(model, batch, prefix_len, suffix_len, prefix_lens)
+                checks, fields = _full_pass(model, batch, prefix_len, suffix_len, prefix_lens, margin_tolerance)
             else:
-                checks, fields = _staged_checks(model, batch, prefix_len, suffix_len, first_stage_tokens), {}
+                checks, fields = _staged_checks(model, batch, prefix_len, suffix_len, first_stage_tokens, margin_tolerance), {}
             matched = leading_matches(checks.correct)
-            fields = {"matched_tokens": matched, "min_margin": decisive_min_gap(checks, matched), **fields}
+            min_margin, near_tie = decisive(checks, matched)
+            fields = {"matched_tokens": matched, "min_margin": min_margin, "near_tie": near_tie, **fields}
             for name, value in fields.items():
                 columns.setdefault(name, []).append(value.cpu())
             progress.update(len(batch))
@@ -172,13 +207,20 @@ def extract_memorized(
         values, batch_size = largest_fitting_batch(verdict_columns, starting_batch_size(model))
     else:
         values = verdict_columns(batch_size)
-    matched = values.pop("matched_tokens")
-    rechecked = torch.zeros(len(matched), dtype=torch.bool)
-    if recheck:
-        rechecked = values["min_margin"] < margin_tolerance
+    started, rechecked_examples = time.perf_counter(), 0
+
+    def decided(matched: torch.Tensor, near_tie: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal rechecked_examples
+        rechecked = near_tie if recheck else torch.zeros_like(near_tie)
         if rechecked.any():
             matched = matched.clone()
-            matched[rechecked] = greedy_matched_tokens(model, input_ids[rechecked], prefix_len, suffix_len, batch_size)
+            matched[rechecked] = greedy_matched_tokens(model, input_ids[rechecked], prefix, suffix_len, batch_size)
+            rechecked_examples += int(rechecked.sum())
+        return matched, rechecked
+
+    matched, rechecked = decided(values.pop("matched_tokens"), values.pop("near_tie"), prefix_len)
+    for length in prefix_lens:
+        values[f"memorized_p{length}"] = decided(values.pop(f"matched_p{length}"), values.pop(f"near_tie_p{length}"), length)[0] == suffix_len
     frame = pd.DataFrame(
         {
             "example_id": sequences["example_id"].to_numpy(),
@@ -190,7 +232,7 @@ def extract_memorized(
     )
     for name, value in values.items():
         frame[name] = value.numpy()
-    frame.attrs["batch_size"] = batch_size
+    frame.attrs.update(batch_size=batch_size, rechecked_examples=rechecked_examples, recheck_seconds=time.perf_counter() - started)
     return frame
 
 

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from kdmem.config import SoftDistillConfig, TrainingConfig
 from kdmem.data import as_training_dataset
-from kdmem.losses import distillation_loss, topk_forward_kl
+from kdmem.losses import distillation_loss, on_shared_vocabulary, topk_forward_kl
 from kdmem.train.teacher_cache import TeacherLogitCache
 
 
@@ -148,16 +148,14 @@ class DistillationTrainer(KdmemTrainer):
         if self.cache is None:
             with torch.no_grad():
                 teacher_logits = self.teacher(**inputs).logits[:, :-1]
-            vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])  # embedding rows past the tokenizer are padding
         else:
             cached = {name: value.to(student_logits.device) for name, value in self.cache.rows(cache_rows).items()}
-            vocab = self.cache.spec.vocab_size
             if self.cache.spec.top_k is not None:
+                vocab = self.cache.spec.vocab_size
                 return topk_forward_kl(student_logits[:, :-1, :vocab], cached["top_logits"], cached["top_ids"], cached["logsumexp"], **options)
             teacher_logits = cached["logits"]
-        return distillation_loss(
-            student_logits[:, :-1, :vocab], teacher_logits[..., :vocab], kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options
-        )
+        student_logits, teacher_logits = on_shared_vocabulary(student_logits[:, :-1], teacher_logits)
+        return distillation_loss(student_logits, teacher_logits, kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
