@@ -5,7 +5,7 @@ import torch
 
 from kdmem.data import as_tensor
 from kdmem.memorization import approximate_memorization, approximate_summary, extract_memorized
-from kdmem.train.hard import end_of_text_cleared
+from kdmem.models.decoding import plain_generation_defaults
 from kdmem.memorization.approximate import add_approximate, edit_distance, longest_common_run, sample_positions, suffix_similarity
 
 PREFIX, SUFFIX = 16, 16
@@ -40,7 +40,7 @@ def test_measures_come_from_real_greedy_decoding(memorizing_model, tiny_data):
     ids = as_tensor(rows)
     for i in range(len(rows)):  # one example at a time, with generate called directly
         prefix = ids[i : i + 1, :PREFIX]
-        with torch.no_grad(), end_of_text_cleared(memorizing_model):
+        with torch.no_grad(), plain_generation_defaults(memorizing_model):
             out = memorizing_model.generate(prefix, attention_mask=torch.ones_like(prefix), do_sample=False,
                                             max_new_tokens=SUFFIX, eos_token_id=None, pad_token_id=0)
         generated, true = out[0, PREFIX:].tolist(), ids[i, PREFIX : PREFIX + SUFFIX].tolist()

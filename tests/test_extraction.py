@@ -49,7 +49,7 @@ def test_bfloat16_verdicts_equal_generate_on_1024_examples():
     path called 22 of 1,024 not memorized (25 at the prefix curve's P = 32), in bfloat16 noise."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from kdmem.train import greedy_continuations
+    from kdmem.models.decoding import greedy_continuations
 
     torch.manual_seed(0)
     config = GPTNeoXConfig(vocab_size=1024, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512)

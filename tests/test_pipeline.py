@@ -213,7 +213,7 @@ def test_run_under_two_processes(tiny_bases, tmp_path):
     from kdmem.memorization.audit import measure_memorization
     from kdmem.memorization.membership import membership_scores
     from kdmem.models import load_model, load_tokenizer
-    from kdmem.train import greedy_continuations
+    from kdmem.models.decoding import greedy_continuations
 
     from .conftest import two_cpu_processes
 

@@ -5,8 +5,9 @@ from kdmem.config import SoftDistillConfig, TrainingConfig
 from kdmem.data import as_tensor
 from kdmem.losses import distillation_loss
 from kdmem.models import load_model
-from kdmem.train import distill, fine_tune, greedy_config, greedy_continuations
-from kdmem.train.hard import end_of_text_cleared
+from kdmem.models.decoding import greedy_config, greedy_continuations
+from kdmem.train import distill, fine_tune
+from kdmem.models.decoding import plain_generation_defaults
 
 
 def mean_kl(student, teacher, ids):
@@ -99,7 +100,7 @@ def test_hard_data_equals_generate(memorizing_model, tiny_data):
     assert batched.shape == (12, total)
     assert torch.equal(batched[:, :prefix_len], ids[:, :prefix_len])
     config = greedy_config(total - prefix_len, memorizing_model.config.pad_token_id)
-    with end_of_text_cleared(memorizing_model):
+    with plain_generation_defaults(memorizing_model):
         for row in range(len(ids)):
             alone = memorizing_model.generate(ids[row : row + 1, :prefix_len], do_sample=False, generation_config=config)
             assert torch.equal(alone[0], batched[row])

@@ -38,7 +38,8 @@ from kdmem.memorization.membership import membership_metrics, split_scores, writ
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.report import headline_table, write_report
 from kdmem.stages import derived_outputs, stage_fingerprints, stage_outputs
-from kdmem.train import distill, fine_tune, greedy_continuations, resolve_model_name, validation_loss
+from kdmem.models.decoding import greedy_continuations
+from kdmem.train import distill, fine_tune, resolve_model_name, validation_loss
 from kdmem.train.teacher_cache import build_teacher_cache, complete_teacher_cache
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import pandas as pd
 from transformers import PreTrainedModel
 
 from kdmem.data import as_tensor
-from kdmem.train.hard import greedy_continuations
+from kdmem.models.decoding import greedy_continuations
 
 APPROXIMATE_COLUMNS = ("approx_token_match", "approx_edit_distance", "approx_longest_common")
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from kdmem.data import as_tensor
-from kdmem.train.hard import greedy_continuations
+from kdmem.models.decoding import greedy_continuations
 
 
 RECHECK_ULPS = 4

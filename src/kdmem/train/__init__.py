@@ -1,6 +1,6 @@
-"""Training: pre-training the embedded bases, fine-tuning, soft and hard distillation."""
+"""Training: pre-training the embedded bases, fine-tuning, soft and hard distillation (whose data,
+the teacher's greedy continuations, comes from ``kdmem.models.decoding``)."""
 
-from kdmem.train.hard import greedy_config, greedy_continuations
 from kdmem.train.pretrain import embedded_bases, resolve_model_name
 from kdmem.train.trainers import DistillationTrainer, causal_lm_collator, distill, fine_tune, validation_loss
 
@@ -10,8 +10,6 @@ __all__ = [
     "distill",
     "embedded_bases",
     "fine_tune",
-    "greedy_config",
-    "greedy_continuations",
     "resolve_model_name",
     "validation_loss",
 ]

@@ -1,4 +1,11 @@
-"""Hard distillation's data: the teacher's greedy continuation of every training prefix."""
+"""Greedy decoding: the one model operation that hard distillation (the teacher's continuation of
+every training prefix) and memorization (the slow, obvious verdict) share.
+
+Every decode is plain greedy, whatever the checkpoint's ``generation_config.json`` says.
+``generate`` fills each setting of the config it is given that still has its default value from the
+model's own generation config, so an instruct checkpoint's ``do_sample: true``,
+``repetition_penalty: 1.05`` or ``eos_token_id`` would otherwise change the path silently.
+"""
 
 from __future__ import annotations
 
@@ -27,14 +34,15 @@ def greedy_config(new_tokens: int, pad_token_id: int | None) -> GenerationConfig
 
 
 @contextlib.contextmanager
-def end_of_text_cleared(model: PreTrainedModel) -> Iterator[None]:
-    """``generate`` fills an unset ``eos_token_id`` from the model's own generation config, so clear it there too."""
-    saved = model.generation_config.eos_token_id
-    model.generation_config.eos_token_id = None
+def plain_generation_defaults(model: PreTrainedModel) -> Iterator[None]:
+    """Give ``model`` library-default generation settings while decoding, so that nothing from its
+    checkpoint's generation config (sampling, penalties, end-of-text) reaches ``generate``."""
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(eos_token_id=None)
     try:
         yield
     finally:
-        model.generation_config.eos_token_id = saved
+        model.generation_config = saved
 
 
 @torch.no_grad()
@@ -49,7 +57,7 @@ def greedy_continuations(
     config = greedy_config(total_len - prefix_len, model.config.pad_token_id)
     device = model.device
     outputs = []
-    with end_of_text_cleared(model):
+    with plain_generation_defaults(model):
         for start in tqdm(range(0, input_ids.shape[0], batch_size), desc=desc, unit="batch"):
             prefix = input_ids[start : start + batch_size, :prefix_len].to(device)
             generated = model.generate(prefix, attention_mask=torch.ones_like(prefix), generation_config=config)
