@@ -120,6 +120,19 @@ def test_predict_scores_new_data_and_the_cli(hand_run, tmp_path, capsys):
     assert "no finished run" in capsys.readouterr().err
 
 
+def test_predict_for_a_student_that_memorized_nothing_says_so(hand_run, tmp_path, capsys):
+    """Before: scikit-learn's "needs samples of at least 2 classes" leaked out."""
+    source, ids, _ = hand_run
+    analyze(source, repeats=5)
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    for name in ("soft", "soft-seed1"):
+        pd.DataFrame({"example_id": ids, "memorized": False}).to_parquet(out / "memorization" / f"{name}.parquet", index=False)
+    assert cli.main(["predict", str(out), "--data", str(out / "data" / "validation.parquet"), "--student", "soft", "-o", str(tmp_path / "r.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "soft student" in err and "memorized no example" in err and "--student hard" in err and "2 classes" not in err
+
+
 @pytest.mark.parametrize("student, recall", [("soft", 0.99), ("hard", 0.25)])
 def test_filtering_removes_flagged_examples_and_distills_again(hand_run, tmp_path, student, recall):
     from kdmem.config import load_config, save_config

@@ -1,3 +1,4 @@
+import copy
 import os
 import subprocess
 import sys
@@ -5,6 +6,7 @@ import sys
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 import kdmem.memorization.audit as audit_module
 from kdmem.config import DataConfig, ExtractionConfig
@@ -57,6 +59,24 @@ def test_sharded_audit_equals_one_pass(saved_case, memorizing_model, tiny_data, 
     assert not output.with_name(output.name + ".shards").exists()
     settings = pq.read_schema(output).metadata[b"kdmem"]
     assert b'"prefix_len": 16' in settings and b'"examples": 48' in settings
+
+
+def test_extract_command_audits_in_the_dtype_asked(saved_case, memorizing_model, tiny_data, tmp_path, capsys):
+    """`kdmem extract --dtype bfloat16`, as the paper configs audit: the verdicts are the bf16
+    model's, and the output's settings record the dtype."""
+    from kdmem import cli
+
+    output = tmp_path / "bf16.parquet"
+    args = ["extract", "--model", str(saved_case / "model"), "--data", str(saved_case / "train.parquet"),
+            "--prefix-len", str(PREFIX), "--suffix-len", str(SUFFIX), "--batch-size", "8", "--dtype", "bfloat16", "-o", str(output)]
+    assert cli.main(args) == 0
+    assert "rechecked with generate" in capsys.readouterr().out
+    expected = extract_memorized(copy.deepcopy(memorizing_model).to(torch.bfloat16), tiny_data.train, PREFIX, SUFFIX, batch_size=8)
+    verdicts = pd.read_parquet(output)
+    assert verdicts["matched_tokens"].tolist() == expected["matched_tokens"].tolist()
+    float32 = extract_memorized(memorizing_model, tiny_data.train, PREFIX, SUFFIX, batch_size=8)
+    assert (verdicts["min_margin"] - float32["min_margin"]).abs().max() > 1e-3  # bf16 gaps, not float32's
+    assert b'"dtype": "bfloat16"' in pq.read_schema(output).metadata[b"kdmem"]
 
 
 def test_approximate_sample_and_listed_ids_land_in_the_same_rows(saved_case, memorizing_model, tiny_data, tmp_path):

@@ -167,3 +167,7 @@ def test_membership_command_on_a_run(finished_run, tmp_path, capsys):
     auc = summary["models"]["teacher"]["membership"]["loss"]["auc"]
     assert f"loss AUC {auc:.3f}" in printed and "reference_ratio" not in printed  # no reference given
     assert len(pd.read_parquet(target)) == len(pd.read_parquet(out / "data" / "train.parquet")) + 16
+    assert cli.main([*args[:-2], "--dtype", "bfloat16", "-o", str(tmp_path / "bf16.parquet")]) == 0
+    bf16 = pd.read_parquet(tmp_path / "bf16.parquet")["loss"]
+    assert bf16.tolist() != pd.read_parquet(target)["loss"].tolist()  # scored by the bf16 model
+    assert (bf16 - pd.read_parquet(target)["loss"]).abs().max() < 0.1

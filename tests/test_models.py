@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
@@ -36,6 +38,22 @@ def test_not_a_model_folder(tmp_path):
 def test_mismatched_vocabularies_are_refused(tiny_bases):
     texts = ["alpha beta gamma delta " * 50, "one two three four five " * 50]
     small, large = train_tokenizer(texts, 300), load_tokenizer(str(tiny_bases["teacher"]))
-    with pytest.raises(ModelError, match=rf"teacher {len(large)} tokens, student {len(small)} tokens"):
+    with pytest.raises(ModelError, match=rf"teacher {len(large)} tokens, student {len(small)};.* only in the teacher's"):
         check_same_vocabulary(large, small)
     check_same_vocabulary(large, load_tokenizer(str(tiny_bases["student"])))
+
+
+def test_a_vocabulary_mismatch_with_equal_counts_names_what_differs(tiny_bases, tmp_path):
+    """Two tokens swap ids: the counts are equal, so the message must show the swap."""
+    import json
+
+    folder = tmp_path / "swapped"
+    shutil.copytree(tiny_bases["student"], folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    a, b = [token for token, index in vocab.items() if index in (300, 301)]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    teacher = load_tokenizer(str(tiny_bases["teacher"]))
+    with pytest.raises(ModelError, match=r"2 with other ids \(e.g. .*: teacher id 300, student id 301\)"):
+        check_same_vocabulary(teacher, load_tokenizer(str(folder)))

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from kdmem.config import INFERENCE_DTYPES as DTYPES
 from kdmem.config import ConfigError, available_presets, load_config
 from kdmem.data import DataError
 from kdmem.models import ModelError
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--approximate-ids", default="", metavar="IDS",
                          help="... and these examples: comma-separated example ids, or a file with one id per line")
     extract.add_argument("--seed", type=int, default=0, help="seed of the approximate sample")
+    extract.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype the model is audited in (paper configs: bfloat16)")
     extract.add_argument("--trust-remote-code", action="store_true")
 
     membership = commands.add_parser(
@@ -83,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     membership.add_argument("--min-k", type=float, default=0.2, help="k of Min-K%% Prob")
     membership.add_argument("--batch-size", type=int, default=64)
     membership.add_argument("--output", "-o", required=True, help="Parquet file to write")
+    membership.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype the models are scored in (paper configs: bfloat16)")
     membership.add_argument("--trust-remote-code", action="store_true")
 
     analyze = commands.add_parser(
@@ -149,8 +152,8 @@ def _membership(args) -> None:
     members, non_members = (
         load_sequences(DataConfig(source=path, num_examples=None, validation_examples=0), tokenizer) for path in (args.members, args.non_members)
     )
-    model = load_model(args.model, trust_remote_code=remote)
-    reference = load_model(args.reference, trust_remote_code=remote) if args.reference else None
+    model = load_model(args.model, trust_remote_code=remote, dtype=args.dtype)
+    reference = load_model(args.reference, trust_remote_code=remote, dtype=args.dtype) if args.reference else None
     scores, metrics = audit_membership(model, members, non_members, tokenizer, reference, args.batch_size, args.min_k)
     write_membership(Path(args.output), scores, metrics, args.min_k)
     shown = ", ".join(f"{name} AUC {value['auc']:.3f}" for name, value in metrics.items() if isinstance(value, dict))
@@ -222,6 +225,7 @@ def _extract(args) -> None:
         ),
         shard_size=args.shard_size,
         trust_remote_code=args.trust_remote_code,
+        dtype=args.dtype,
     )
     verdicts = audit(cfg, args.output)
     from kdmem.io import process_state

@@ -268,9 +268,16 @@ def predict(
         raise FileNotFoundError(f"{features_path} does not exist; run `kdmem analyze {layout.root}` first.")
     config = load_config(layout.config)
     known = pd.read_parquet(features_path)
-    target_ids = memorized_over_seeds(layout, config, student)
+    target = known["example_id"].isin(memorized_over_seeds(layout, config, student)).to_numpy()
+    if target.all() or not target.any():
+        raise ValueError(
+            f"The {student} student of {layout.root} memorized {'every' if target.any() else 'no'} example of its "
+            f"{len(target)} (union over seeds), so there is nothing to tell apart and no predictor to fit. Predict "
+            "from a run whose student memorizes some examples and not others (more data, more epochs, a lower "
+            "temperature), or try --student hard."
+        )
     columns = TEACHER_ONLY_FEATURES if teacher_only else FEATURES
-    model = fit_risk_model(known, known["example_id"].isin(target_ids).to_numpy(), columns)
+    model = fit_risk_model(known, target, columns)
     models = {"teacher": load_model(teacher or str(layout.model("teacher")))}
     if not teacher_only:
         models["baseline"] = load_model(baseline or str(layout.model("baseline")))

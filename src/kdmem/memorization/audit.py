@@ -37,6 +37,9 @@ class AuditConfig:
     shard_size: int = 10_000
     """Examples per output shard: the unit of resumption and of work per process."""
     trust_remote_code: bool = False
+    dtype: str = "float32"
+    """The dtype the model is loaded and audited in (``bfloat16`` as the paper configs' ``inference_dtype``);
+    near ties are rechecked in that dtype's own noise."""
 
 
 def measure_memorization(
@@ -79,7 +82,7 @@ def audit(cfg: AuditConfig, output: str | Path | None = None) -> pd.DataFrame:
     with state.main_process_first():  # one process tokenizes a text source into the cache
         source = sequence_file(cfg.data, tokenizer)
     total = count_sequences(source, cfg.data.num_examples)
-    model = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=state.device)
+    model = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype, device=state.device)
     ext = cfg.extraction
     sampled = sample_positions(total, ext.approximate_sample, ext.seed)
 

@@ -82,11 +82,23 @@ def default_device() -> torch.device:
 
 
 def check_same_vocabulary(teacher_tokenizer, student_tokenizer) -> None:
-    """Soft distillation compares distributions token by token: both models must share a vocabulary."""
+    """Soft distillation compares distributions token by token: both models must share a vocabulary.
+    The message says what differs: tokens only one side has, or tokens with other ids."""
     teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-    if teacher_vocab != student_vocab:
-        raise ModelError(
-            f"Teacher and student vocabularies differ (teacher {len(teacher_vocab)} tokens, student "
-            f"{len(student_vocab)} tokens). Soft distillation needs models of one family that share a "
-            "tokenizer (e.g. Pythia-12B and Pythia-1.4B)."
-        )
+    if teacher_vocab == student_vocab:
+        return
+    only_teacher = sorted(set(teacher_vocab) - set(student_vocab), key=teacher_vocab.get)
+    only_student = sorted(set(student_vocab) - set(teacher_vocab), key=student_vocab.get)
+    moved = sorted((t for t in set(teacher_vocab) & set(student_vocab) if teacher_vocab[t] != student_vocab[t]), key=teacher_vocab.get)
+    differences = [f"teacher {len(teacher_vocab)} tokens, student {len(student_vocab)}"]
+    if only_teacher:
+        differences.append(f"{len(only_teacher)} only in the teacher's (e.g. {only_teacher[0]!r}, id {teacher_vocab[only_teacher[0]]})")
+    if only_student:
+        differences.append(f"{len(only_student)} only in the student's (e.g. {only_student[0]!r}, id {student_vocab[only_student[0]]})")
+    if moved:
+        token = moved[0]
+        differences.append(f"{len(moved)} with other ids (e.g. {token!r}: teacher id {teacher_vocab[token]}, student id {student_vocab[token]})")
+    raise ModelError(
+        f"Teacher and student vocabularies differ: {'; '.join(differences)}. Soft distillation needs models of one "
+        "family that share a tokenizer (e.g. Pythia-12B and Pythia-1.4B)."
+    )
