@@ -100,6 +100,22 @@ def test_a_changed_config_recomputes_only_what_it_changes(tiny_bases, tmp_path):
         pd.testing.assert_frame_equal(pd.read_parquet(out / "memorization" / f"{name}.parquet"), pd.read_parquet(tmp_path / "fresh" / "memorization" / f"{name}.parquet"))
 
 
+def test_the_teacher_cache_is_known_by_its_teacher_not_by_the_output_path(tiny_bases, tmp_path, monkeypatch):
+    """A run written to a relative --output, extended with a sweep temperature from another working
+    directory through an absolute one: the new student reads the cache as it is. Before: "holds a
+    teacher-logit cache with other teacher; delete it" (at paper scale, 100 GB and hours of teacher)."""
+    overrides = TINY_OVERRIDES + ["soft.teacher_cache=true", "soft.sweep_temperatures=[]"]
+    monkeypatch.chdir(tmp_path)
+    run(load_config(preset="smoke", overrides=overrides), "run")
+    shards = sorted((tmp_path / "run" / "cache" / "teacher-logits-train").glob("shard-*.safetensors"))
+    written = [path.stat().st_mtime_ns for path in shards]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    summary = run(load_config(preset="smoke", overrides=overrides[:-1] + ["soft.sweep_temperatures=[4]"]), tmp_path / "run")
+    assert "soft-T4" in summary["models"]
+    assert [path.stat().st_mtime_ns for path in shards] == written
+
+
 def test_cli_reports_bad_config_without_traceback(capsys):
     assert cli.main(["run", "--preset", "smoke", "data.seq_lne=3"]) == 2
     assert "Did you mean data.seq_len?" in capsys.readouterr().err
@@ -207,6 +223,7 @@ def test_run_under_two_processes(tiny_bases, tmp_path):
     process with the same global batch: training (DDP) gives the same models up to float
     rounding, and every split stage (hard-KD generation, extraction, membership, features) gives
     exactly what one process computes on the two-process run's own models."""
+    from kdmem.analysis.analyze import feature_spans
     from kdmem.analysis.features import model_features
     from kdmem.data import as_tensor, read_sequences
     from kdmem.memorization import sample_positions
@@ -254,7 +271,7 @@ def test_run_under_two_processes(tiny_bases, tmp_path):
         np.testing.assert_allclose(scores.loc[scores["split"] == "train", "loss"], membership_scores(model, train, tokenizer)["loss"], rtol=1e-5)
     features = pd.read_parquet(two_dir / "features.parquet")
     models = {name: load_model(str(two_dir / "models" / name)) for name in ("teacher", "baseline", "soft", "hard")}
-    alone = model_features(models, train, tokenizer, last_k=config.extraction.suffix_len)
+    alone = model_features(models, train, tokenizer, **feature_spans(config))
     assert features["example_id"].tolist() == alone["example_id"].tolist()
     np.testing.assert_allclose(features["teacher_loss"], alone["teacher_loss"], rtol=1e-5)
     np.testing.assert_allclose(features["teacher_baseline_kl"], alone["teacher_baseline_kl"], rtol=1e-4, atol=1e-6)

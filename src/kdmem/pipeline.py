@@ -342,6 +342,9 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
     train_ce("teacher", config.teacher, teacher_base, config.teacher.training, training_rows, config.seeds[0], "teacher")
     loaded_teacher: dict = {}
+    # The cache knows its teacher by the teacher stage's fingerprint (its settings and data), not
+    # by a path, which changes with the working directory or an --output spelled another way.
+    teacher_id = f"kdmem teacher stage {stage_fingerprints(config)['teacher']}"
 
     def teacher_model():
         if "model" not in loaded_teacher:
@@ -358,10 +361,10 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             if soft.teacher_cache:  # built by the first soft student, read by the others
                 root = layout.teacher_cache(rows_name)
                 # The teacher is loaded only when the cache still needs it.
-                cache = complete_teacher_cache(root, rows, teacher_id=str(layout.model("teacher")), top_k=soft.cache_top_k)
+                cache = complete_teacher_cache(root, rows, teacher_id=teacher_id, top_k=soft.cache_top_k)
                 if cache is None:
                     cache = build_teacher_cache(
-                        teacher_model(), rows, root, teacher_id=str(layout.model("teacher")),
+                        teacher_model(), rows, root, teacher_id=teacher_id,
                         vocab_size=min(student.config.vocab_size, teacher_model().config.vocab_size), top_k=soft.cache_top_k,
                         batch_size=ext.batch_size or 32,
                     )

@@ -36,6 +36,12 @@ def memorized_over_seeds(layout: RunLayout, config, kind: str) -> set[str]:
     return set().union(*(memorized_ids(pd.read_parquet(layout.memorization(kind + seed_suffix(s, config)))) for s in config.seeds))
 
 
+def feature_spans(config) -> dict:
+    """The spans ``model_features`` averages entropy over: the paper's last K tokens (K = the suffix
+    length) and the suffix extraction judges."""
+    return {"last_k": config.extraction.suffix_len, "suffix_span": (config.extraction.prefix_len, config.extraction.suffix_len)}
+
+
 def model_feature_table(layout: RunLayout, config, train: pd.DataFrame, state=None) -> pd.DataFrame:
     """``model_features`` of D under teacher, baseline and the first seed's students, computed once
     and kept in ``features.parquet`` (later columns added by ``analyze`` are dropped on reading).
@@ -57,7 +63,7 @@ def model_feature_table(layout: RunLayout, config, train: pd.DataFrame, state=No
     batch_size = config.extraction.batch_size or 32
     features = split_across_processes(
         train,
-        lambda share, offset: model_features(models, share, tokenizer, last_k=config.extraction.suffix_len, batch_size=batch_size),
+        lambda share, offset: model_features(models, share, tokenizer, batch_size=batch_size, **feature_spans(config)),
         layout.work("parts-features"),
         state,
     )
@@ -81,7 +87,7 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
     memorized = {path.stem: memorized_ids(pd.read_parquet(path)) for path in sorted((layout.root / "memorization").glob("*.parquet"))}
     teacher = memorized["teacher"]
     figure_dir = layout.figures
-    result: dict = {"examples": len(train), "memorized": {name: len(ids) for name, ids in memorized.items()}}
+    result: dict = {"examples": len(train), "seeds": len(config.seeds), "memorized": {name: len(ids) for name, ids in memorized.items()}}
 
     # 1. Set overlaps: each student against the teacher and the baseline of its own seed, and the
     #    union over seeds against the union of baselines (the paper's set analyses use the union).
@@ -119,7 +125,9 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
     easy = features["example_id"].isin(teacher & memorized["baseline"]).to_numpy()
     figures.zlib_vs_perplexity(features, easy, figure_dir / "zlib_vs_baseline_ppl")
     result["features"] = {
-        "last_k": config.extraction.suffix_len,
+        "entropy_last_k": f"mean over the last {config.extraction.suffix_len} predicted tokens (the paper's last K)",
+        "entropy_suffix": f"mean over the suffix extraction judges, tokens {config.extraction.prefix_len + 1} to "
+        f"{config.extraction.prefix_len + config.extraction.suffix_len}",
         "easy_vs_rest": _means(features, easy, ["zlib_entropy", "baseline_ppl", "teacher_ppl", "teacher_baseline_kl"]),
     }
 
@@ -148,7 +156,7 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
             **{
                 name: {
                     measure: float(features.loc[suppressed, f"{name}_{measure}"].mean()) if suppressed.any() else None
-                    for measure in ("entropy_last_k", "log_prob")
+                    for measure in ("entropy_last_k", "entropy_suffix", "log_prob")
                 }
                 for name in ("teacher", "baseline", kind)
             },
@@ -156,8 +164,8 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
         if suppressed.any():
             figures.mechanism(features, suppressed, ["teacher", "baseline", kind], figure_dir / f"mechanism_{kind}")
 
-    # 6. Soft vs hard.
-    result["soft_vs_hard"] = soft_vs_hard(teacher, memorized["baseline"], memorized["soft"], memorized["hard"])
+    # 6. Soft vs hard, on the union over seeds.
+    result["soft_vs_hard"] = soft_vs_hard(teacher, union("baseline"), union("soft"), union("hard"))
 
     # 7. Temperature sweep.
     summary = json.loads(layout.summary.read_text())
@@ -283,6 +291,6 @@ def predict(
         models["baseline"] = load_model(baseline or str(layout.model("baseline")))
     tokenizer = load_tokenizer(teacher or str(layout.model("teacher")))
     sequences = load_sequences(data, tokenizer)
-    scored = model_features(models, sequences, tokenizer, last_k=config.extraction.suffix_len, batch_size=batch_size)
+    scored = model_features(models, sequences, tokenizer, batch_size=batch_size, **feature_spans(config))
     scored.insert(1, "risk", model.predict_proba(scored[list(columns)].to_numpy(dtype=float))[:, 1])
     return scored[["example_id", "risk", *columns]]

@@ -6,7 +6,10 @@ All model features come from one teacher-forced forward pass per model over each
   ``NAME_ppl`` = exp(``NAME_loss``);
 - ``NAME_log_prob``: the sequence log-probability, the sum of its next-token log-probabilities (nats);
 - ``NAME_entropy_last_k``: mean entropy (nats) of the next-token distribution over the last K
-  predicted positions (paper: K = 50), the mechanism analysis's measure of confidence;
+  predicted positions (the paper's "last 50 tokens"), the mechanism analysis's measure of confidence;
+- ``NAME_entropy_suffix``: the same over the positions that predict the suffix extraction judges
+  (tokens prefix_len + 1 to prefix_len + suffix_len). The two spans are one at the default (64
+  tokens, 32/32) and apart at the paper's 256 tokens with a 50/50 split (tokens 207-256 vs 51-100);
 - ``teacher_baseline_kl``: mean over positions of KL(teacher || baseline) between their
   next-token distributions (nats), how differently the two models see the example; over the
   vocabulary the two share (``kdmem.losses.on_shared_vocabulary``), since one family pads its
@@ -28,8 +31,9 @@ from kdmem.data import as_tensor, zlib_entropy
 from kdmem.losses import on_shared_vocabulary
 
 
-def _token_statistics(logits: torch.Tensor, targets: torch.Tensor, last_k: int) -> dict[str, torch.Tensor]:
-    """(batch, positions, vocab) logits predicting (batch, positions) targets -> per-row statistics."""
+def _token_statistics(logits: torch.Tensor, targets: torch.Tensor, last_k: int, suffix: slice) -> dict[str, torch.Tensor]:
+    """(batch, positions, vocab) logits predicting (batch, positions) targets -> per-row statistics;
+    ``suffix`` indexes the positions that predict the extraction suffix."""
     log_probs = F.log_softmax(logits.float(), dim=-1)
     token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
@@ -37,6 +41,7 @@ def _token_statistics(logits: torch.Tensor, targets: torch.Tensor, last_k: int) 
         "loss": -token_log_probs.mean(dim=1),
         "log_prob": token_log_probs.sum(dim=1),
         "entropy_last_k": entropy[:, -last_k:].mean(dim=1),
+        "entropy_suffix": entropy[:, suffix].mean(dim=1),
     }
 
 
@@ -46,13 +51,16 @@ def model_features(
     sequences: pd.DataFrame,
     tokenizer,
     last_k: int = 50,
+    suffix_span: tuple[int, int] = (50, 50),
     batch_size: int = 32,
     kl_pair: tuple[str, str] | None = ("teacher", "baseline"),
 ) -> pd.DataFrame:
     """One row per sequence: ``example_id``, ``zlib_entropy``, the per-model features named above for
     every model in ``models`` (keys become name prefixes), and ``teacher_baseline_kl`` when both
-    models of ``kl_pair`` are given. Models must share the tokenizer; their vocabularies may be padded apart."""
+    models of ``kl_pair`` are given. ``suffix_span`` is (prefix_len, suffix_len) of extraction. Models must share the tokenizer; their vocabularies may be padded apart."""
     input_ids = as_tensor(sequences)
+    prefix_len, suffix_len = suffix_span
+    suffix = slice(prefix_len - 1, prefix_len + suffix_len - 1)  # position t predicts token t + 1
     columns: dict[str, list[torch.Tensor]] = {}
     for model in models.values():
         model.eval()
@@ -62,7 +70,7 @@ def model_features(
         logits = {}
         for name, model in models.items():
             logits[name] = model(input_ids=batch[:, :-1].to(model.device)).logits.float().cpu()
-            for stat, value in _token_statistics(logits[name], targets, last_k).items():
+            for stat, value in _token_statistics(logits[name], targets, last_k, suffix).items():
                 columns.setdefault(f"{name}_{stat}", []).append(value)
         if kl_pair and set(kl_pair) <= set(logits):
             p_log, q_log = (F.log_softmax(x, dim=-1) for x in on_shared_vocabulary(logits[kl_pair[0]], logits[kl_pair[1]]))

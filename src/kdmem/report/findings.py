@@ -30,19 +30,24 @@ def key_findings(summary: dict, analysis: dict) -> list[str]:
             f"The {kind} student memorizes {_percent(row)}{fewer}, at a {utility} validation loss than the baseline "
             f"({row['val_loss']:.3f} vs {baseline['val_loss']:.3f})."
         )
+    # The paper's set analyses use the union over its 3 seeds; so do these, when the run has several.
+    seeds = analysis.get("seeds", 1)
+    sets = f"union over {seeds} seeds" if seeds > 1 else "one seed"
     for kind in ("soft", "hard"):
-        overlap = analysis.get("overlap", {}).get(kind)
+        overlaps = analysis.get("overlap", {})
+        overlap = overlaps.get(f"{kind}_union", overlaps.get(kind))
         if overlap and overlap["student"]:
             findings.append(
                 f"{100 * overlap['share_easy']:.0f}% of the {kind} student's memorized examples are easy (memorized by teacher "
                 f"and baseline too; paper: 95.7%); it inherits {overlap['inherited']} of the teacher's {overlap['teacher_only']} "
-                f"teacher-only examples (paper: 18 of 1,955)."
+                f"teacher-only examples (paper: 18 of 1,955) and suppresses {overlap['suppressed']} that teacher and baseline "
+                f"both memorize (paper: 696); {sets}, as in the paper's 3."
             )
     versus = analysis.get("soft_vs_hard")
     if versus and versus.get("inherited_ratio_hard_over_soft") is not None:
         findings.append(
             f"Hard distillation inherits {versus['inherited_hard']} teacher-specific examples, soft {versus['inherited_soft']} "
-            f"({versus['inherited_ratio_hard_over_soft']:.1f}x; paper: 2.7x)."
+            f"({versus['inherited_ratio_hard_over_soft']:.1f}x; paper: 2.7x; {sets})."
         )
     for kind, result in analysis.get("predictor", {}).items():
         paper = result["paper_protocol"]

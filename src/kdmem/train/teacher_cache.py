@@ -35,7 +35,8 @@ from kdmem.io import atomic_path, process_state, write_json_atomic
 @dataclass(frozen=True)
 class CacheSpec:
     teacher: str
-    """What identifies the teacher (a hub name or a folder); a cache of another teacher is refused."""
+    """What identifies the teacher by content (``kdmem run``: its stage fingerprint), never by a
+    path that another working directory spells differently; a cache of another teacher is refused."""
     examples: int
     seq_len: int
     vocab_size: int
