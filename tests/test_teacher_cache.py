@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdmem.data import as_tensor
-from kdmem.losses import distillation_loss, topk_forward_kl
+from kdmem.losses import distillation_loss, sampled_forward_kl
 from kdmem.models import load_model
 from kdmem.train.teacher_cache import TeacherLogitCache, build_teacher_cache
 
@@ -31,8 +31,16 @@ def test_full_and_topk_caches_round_trip(teacher_and_rows, tmp_path):
     expected_logits, expected_ids = logits[picked].topk(16, dim=-1)
     torch.testing.assert_close(cached["top_logits"], expected_logits, rtol=1e-5, atol=1e-5)
     assert torch.equal(cached["top_ids"].long(), expected_ids)
-    torch.testing.assert_close(cached["logsumexp"], torch.logsumexp(logits[picked], -1), rtol=1e-5, atol=1e-5)
-    assert top.spec.bytes_per_token == 8 * 16 + 4
+    assert top.spec.temperatures == (1.0, 2.0, 3.0, 4.0) and top.spec.tail_samples == 16
+    for column, temperature in enumerate(top.spec.temperatures):
+        torch.testing.assert_close(cached["log_partition"][..., column], torch.logsumexp(logits[picked] / temperature, -1), rtol=1e-5, atol=1e-5)
+    tail_ids = cached["tail_ids"].long()
+    assert tail_ids.shape == (4, logits.shape[1], 16)
+    assert not (tail_ids[..., :, None] == expected_ids[..., None, :]).any()  # drawn from the tail only
+    torch.testing.assert_close(cached["tail_logits"], logits[picked].gather(-1, tail_ids), rtol=1e-5, atol=1e-5)
+    proposal = torch.log_softmax(logits[picked].scatter(-1, expected_ids, -torch.inf) / 4.0, -1)  # the highest temperature served
+    torch.testing.assert_close(cached["tail_log_proposal"], proposal.gather(-1, tail_ids), rtol=1e-5, atol=1e-5)
+    assert top.spec.bytes_per_token == 8 * 16 + 12 * 16 + 4 * 4
     with pytest.raises(IndexError, match="outside"):
         top.rows([20])
 
@@ -43,10 +51,12 @@ def test_the_loss_from_the_cache_equals_the_loss_from_the_teacher(teacher_and_ro
     cache = build_teacher_cache(teacher, rows, tmp_path / "all", teacher_id="tiny", top_k=vocab, shard_size=8)
     student = torch.randn(4, rows["input_ids"].iloc[0].shape[0] - 1, vocab)
     cached = cache.rows([0, 1, 2, 3])
-    for temperature in (1.0, 2.0, 4.0):  # one cache, any temperature
+    for temperature in (1.0, 2.0, 4.0):  # one cache, every temperature it serves
         direct = distillation_loss(student, direct_logits(teacher, rows.iloc[:4]), temperature=temperature)
-        from_cache = topk_forward_kl(student, cached["top_logits"], cached["top_ids"], cached["logsumexp"], temperature)
+        from_cache = sampled_forward_kl(student, *cache.teacher_at(cached, temperature), temperature=temperature)
         assert from_cache.item() == pytest.approx(direct.item(), rel=1e-4)
+    with pytest.raises(ValueError, match=r"serves temperatures \[1.0, 2.0, 3.0, 4.0\], not 1.5"):
+        cache.teacher_at(cached, 1.5)
 
 
 def test_a_killed_build_resumes_and_equals_an_uninterrupted_one(teacher_and_rows, tmp_path, monkeypatch):
@@ -86,6 +96,8 @@ def test_a_cache_of_other_settings_is_refused(teacher_and_rows, tmp_path):
         build_teacher_cache(teacher, rows, tmp_path, teacher_id="another", top_k=16, shard_size=8)
     with pytest.raises(ValueError, match="top_k must be between 1"):
         build_teacher_cache(teacher, rows, tmp_path / "bad", teacher_id="tiny", top_k=0)
+    with pytest.raises(ValueError, match="needs tail_samples >= 1"):
+        build_teacher_cache(teacher, rows, tmp_path / "no-tail", teacher_id="tiny", top_k=8, tail_samples=0)
     assert json.loads((tmp_path / "spec.json").read_text())["top_k"] == 8
 
 

@@ -94,9 +94,18 @@ class SoftDistillConfig:
     """Compute the teacher's distributions over D once (``OUT/cache/``) and distill every soft
     student, seed and temperature from them, instead of running the teacher at every step."""
     cache_top_k: int | None = 64
-    """With ``teacher_cache``: keep the top k logits per token and the log-sum-exp (forward KL
-    with a uniform tail, exact at k = vocabulary), or None for full logits (exact, every kind)."""
+    """With ``teacher_cache``: keep the top k logits per token and ``cache_tail_samples`` tokens
+    sampled from the rest (forward KL, unbiased at every temperature the cache serves, exact at
+    k = vocabulary), or None for full logits (exact, every kind)."""
+    cache_tail_samples: int = 16
+    """Tail tokens sampled per position for a top-k cache (importance sampling)."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    @property
+    def cache_temperatures(self) -> tuple[float, ...]:
+        """What a top-k cache serves: the paper's sweep T = 1..4 (so that sweeping it reuses one
+        cache), the soft student's own temperature and the run's sweep."""
+        return tuple(sorted({1.0, 2.0, 3.0, 4.0, float(self.temperature), *map(float, self.sweep_temperatures)}))
 
 
 @dataclass

@@ -14,12 +14,14 @@ Logits are upcast to float32 one chunk of tokens at a time, so a float32 copy of
 cached teacher's) computes its gradient, T (p_s - p_t), in the same pass and keeps it; the other
 kinds recompute each chunk during the backward pass.
 
-``topk_forward_kl`` is forward KL against a teacher known only by its top-k logits and the
-log-sum-exp of all its logits (what the teacher-logit cache keeps). The tail, the V - k tokens
-outside the top k, is taken as *uniform*: its total probability at T = 1 is exact
-(1 - the top-k mass) and is spread evenly over the tail tokens, which fixes every tail logit,
-so the teacher's distribution at any temperature follows. The approximation error shrinks as k
-grows and vanishes at k = V.
+``sampled_forward_kl`` is forward KL against a teacher known only sparsely (what the
+teacher-logit cache keeps): its top-k tokens exactly, and N tokens of the tail (the V - k others)
+drawn from a proposal, each weighted by p_T(v) / (N q(v)) (importance sampling; Anshumann et al.,
+"Sparse Logit Sampling", ACL 2025). ``importance_sampled_teacher`` turns the cached entries into
+those weights at any temperature the cache holds the log-partition of. The weights are an
+unbiased estimate of the teacher's distribution at T, so the loss and its gradient
+T (S p_s - p_hat) (S = the weights' sum, 1 in expectation) are unbiased too; exact at k = V. A
+uniform tail, the earlier choice, is exact in mass only at T = 1 and overstates the tail at T > 1.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def distillation_loss(
             f"shape; the vocabulary sizes are {student_logits.shape[-1]} (student) and {teacher_logits.shape[-1]} (teacher)."
         )
     if kind == "forward_kl":
-        return _forward_kl(student_logits, [teacher_logits.detach()], _full_log_probs, temperature, mask, reduction, chunk_size)
+        return _forward_kl(student_logits, [teacher_logits.detach()], _full_target, temperature, mask, reduction, chunk_size)
     teacher_flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
     return _reduce(_per_token, student_logits, [teacher_flat], (kind, temperature, jsd_beta), mask, reduction, chunk_size)
 
@@ -160,27 +162,29 @@ def _token_chunks(rows: int, length: int, chunk_size: int):
 
 class _FusedForwardKL(torch.autograd.Function):
     """Per-token T^2 KL(p_t || p_s) over (rows, L, vocab) logits, one chunk of tokens at a time,
-    with its gradient computed in the same pass: d/dz_s = T (p_s - p_t). The backward pass only
-    scales the stored gradient, which has the student logits' dtype and shape (the gradient
-    autograd would hand back anyway). Inputs are read through views: a sliced (batch, seq - 1,
-    vocab) block of the model's logits is never copied whole."""
+    with its gradient computed in the same pass: d/dz_s = T (S p_s - p_t), where S is the
+    teacher's total mass (1 for an exact teacher). The backward pass only scales the stored
+    gradient, which has the student logits' dtype and shape (the gradient autograd would hand
+    back anyway). Inputs are read through views: a sliced (batch, seq - 1, vocab) block of the
+    model's logits is never copied whole.
+
+    ``target(*teacher chunk, temperature, vocab)`` gives the teacher at T for a chunk of tokens:
+    (p_t (n, vocab), sum_v p_t log p_t (n,), S (n,) or None for 1)."""
 
     @staticmethod
-    def forward(ctx, student: torch.Tensor, teacher_log_probs, temperature: float, chunk_size: int, *teacher: torch.Tensor):
+    def forward(ctx, student: torch.Tensor, target, temperature: float, chunk_size: int, *teacher: torch.Tensor):
         keep_grad = student.requires_grad
         grad = torch.empty(student.shape, dtype=student.dtype, device=student.device) if keep_grad else None
         values = torch.empty(student.shape[:-1], dtype=torch.float32, device=student.device)
-        floor = torch.finfo(torch.float32).min  # -inf log-probabilities (p = 0) would make 0 * -inf = nan
         for index in _token_chunks(student.shape[0], student.shape[1], chunk_size):
             scaled = student[index].float()
             log_s = F.log_softmax(scaled if temperature == 1 else scaled / temperature, dim=-1)
-            log_t = teacher_log_probs(*(t[index] for t in teacher), temperature, student.shape[-1]).clamp_min_(floor)
-            p_t = log_t.exp()
-            # sum_v p_t (log p_t - log p_s), as two row-wise dot products: no (tokens, vocab) product is kept.
-            cross = torch.linalg.vecdot(p_t, log_t) - torch.linalg.vecdot(p_t, log_s)
-            values[index] = cross * temperature**2
+            p_t, teacher_term, mass = target(*(t[index] for t in teacher), temperature, student.shape[-1])
+            # sum_v p_t (log p_t - log p_s), as row-wise dot products: no (tokens, vocab) product is kept.
+            values[index] = (teacher_term - torch.linalg.vecdot(p_t, log_s)) * temperature**2
             if keep_grad:
-                chunk_grad = log_s.exp_().sub_(p_t)
+                p_s = log_s.exp_()
+                chunk_grad = (p_s if mass is None else p_s.mul_(mass[..., None])).sub_(p_t)
                 grad[index] = chunk_grad if temperature == 1 else chunk_grad.mul_(temperature)
         ctx.grad, ctx.num_teacher = grad, len(teacher)
         return values
@@ -192,12 +196,23 @@ class _FusedForwardKL(torch.autograd.Function):
         return grad, None, None, None, *([None] * ctx.num_teacher)
 
 
-def _full_log_probs(teacher_logits: torch.Tensor, temperature: float, vocab: int) -> torch.Tensor:
+def _full_target(teacher_logits: torch.Tensor, temperature: float, vocab: int):
     scaled = teacher_logits.float()
-    return F.log_softmax(scaled if temperature == 1 else scaled / temperature, dim=-1)
+    log_t = F.log_softmax(scaled if temperature == 1 else scaled / temperature, dim=-1)
+    log_t.clamp_min_(torch.finfo(torch.float32).min)  # -inf log-probabilities (p = 0) would make 0 * -inf = nan
+    p_t = log_t.exp()
+    return p_t, torch.linalg.vecdot(p_t, log_t), None
 
 
-def _forward_kl(student_logits: torch.Tensor, teacher: list[torch.Tensor], teacher_log_probs, temperature: float, mask, reduction: str, chunk_size: int):
+def _sparse_target(ids: torch.Tensor, log_probs: torch.Tensor, weights: torch.Tensor, temperature: float, vocab: int):
+    """Entries (n, m): token ids, their exact log p_T, and their weights (the estimate of p_T;
+    repeated ids add up)."""
+    weights = weights.float()
+    p_t = weights.new_zeros(*weights.shape[:-1], vocab).scatter_add_(-1, ids.long(), weights)
+    return p_t, (weights * log_probs.float()).sum(-1), weights.sum(-1)
+
+
+def _forward_kl(student_logits: torch.Tensor, teacher: list[torch.Tensor], target, temperature: float, mask, reduction: str, chunk_size: int):
     leading = student_logits.shape[:-1]
     if not leading:
         raise ValueError("Logits need at least one token dimension: (tokens, vocab) or (batch, seq, vocab).")
@@ -205,51 +220,59 @@ def _forward_kl(student_logits: torch.Tensor, teacher: list[torch.Tensor], teach
     if not (torch.is_grad_enabled() and student.requires_grad):
         student = student.detach()  # the Function then stores no gradient
     teacher = [_as_rows(t, leading) for t in teacher]
-    per_token = _FusedForwardKL.apply(student, teacher_log_probs, temperature, chunk_size, *teacher)
+    per_token = _FusedForwardKL.apply(student, target, temperature, chunk_size, *teacher)
     return _masked(per_token.reshape(-1), leading, mask, reduction)
 
 
-def _topk_log_probs(top_logits: torch.Tensor, top_ids: torch.Tensor, logsumexp: torch.Tensor, temperature: float, vocab: int) -> torch.Tensor:
-    """(..., k) teacher top-k logits and ids and (...) log-sum-exp at T = 1 -> (..., vocab) teacher
-    log-probabilities at ``temperature``, the tail uniform (see the module docstring)."""
-    k = top_logits.shape[-1]
-    top = top_logits.float()
-    tail_size = vocab - k
-    scaled_top = top / temperature
-    if tail_size:
-        # The tail's share at T = 1, spread evenly: each tail token gets logit lse + log(tail / (V - k)).
-        tail_mass = (1 - torch.exp(top - logsumexp.float()[..., None]).sum(-1)).clamp_min(0)
-        tail_logit = (logsumexp.float() + torch.log(tail_mass) - math.log(tail_size)) / temperature  # -inf where no tail mass
-        log_norm = torch.logsumexp(torch.cat([scaled_top, (tail_logit + math.log(tail_size))[..., None]], dim=-1), dim=-1)
-        log_probs = (tail_logit - log_norm)[..., None].expand(*top.shape[:-1], vocab).clone()
-    else:
-        log_norm = torch.logsumexp(scaled_top, dim=-1)
-        log_probs = top.new_empty(*top.shape[:-1], vocab)
-    return log_probs.scatter_(-1, top_ids.long(), scaled_top - log_norm[..., None])
-
-
-def topk_forward_kl(
-    student_logits: torch.Tensor,
+def importance_sampled_teacher(
     top_logits: torch.Tensor,
     top_ids: torch.Tensor,
-    logsumexp: torch.Tensor,
+    tail_logits: torch.Tensor,
+    tail_ids: torch.Tensor,
+    tail_log_proposal: torch.Tensor,
+    log_partition: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher at ``temperature`` as weighted entries, from what the cache keeps per position:
+    the top-k logits and ids (..., k); N tail tokens drawn with replacement from a proposal q over
+    the tail, with their logits, ids and log q (..., N); and log Z_T = logsumexp(z / T) over the
+    whole vocabulary (...) at this temperature.
+
+    Returns (ids, log p_T, weights), each (..., k + N): a top-k entry weighs p_T(v) exactly, a tail
+    sample p_T(v) / (N q(v)), so that the weights are unbiased for p_T.
+    """
+    samples = tail_ids.shape[-1]
+    log_norm = log_partition.float()[..., None]
+    top_log_probs = top_logits.float() / temperature - log_norm
+    tail_log_probs = tail_logits.float() / temperature - log_norm
+    weights = [top_log_probs.exp()]
+    if samples:
+        weights.append(torch.exp(tail_log_probs - tail_log_proposal.float()) / samples)
+    return torch.cat([top_ids, tail_ids], -1), torch.cat([top_log_probs, tail_log_probs], -1), torch.cat(weights, -1)
+
+
+def sampled_forward_kl(
+    student_logits: torch.Tensor,
+    ids: torch.Tensor,
+    log_probs: torch.Tensor,
+    weights: torch.Tensor,
     temperature: float = 2.0,
     mask: torch.Tensor | None = None,
     *,
     reduction: str = "mean",
     chunk_size: int = 256,
 ) -> torch.Tensor:
-    """T^2 KL(teacher || student) with the teacher given by its top-k logits (..., k), their token
-    ids (..., k) and the log-sum-exp of all its logits at T = 1 (...); the tail is uniform (see
-    the module docstring). Equal to ``distillation_loss(kind="forward_kl")`` when k = vocab."""
+    """T^2 KL(teacher || student) with the teacher given sparsely (``importance_sampled_teacher``):
+    ``ids`` (..., m) token ids, ``log_probs`` (..., m) their exact teacher log-probabilities at T,
+    ``weights`` (..., m) the estimate of the teacher's probability of each entry. The value is
+    T^2 sum_j w_j (log p_T(id_j) - log p_s(id_j)); with exact weights over every token it equals
+    ``distillation_loss(kind="forward_kl")``."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}.")
-    if top_logits.shape != top_ids.shape or top_logits.shape[:-1] != student_logits.shape[:-1] or logsumexp.shape != student_logits.shape[:-1]:
+    if not (ids.shape == log_probs.shape == weights.shape) or ids.shape[:-1] != student_logits.shape[:-1]:
         raise ValueError(
-            f"Shapes do not match: student logits {tuple(student_logits.shape)}, top-k logits {tuple(top_logits.shape)}, "
-            f"ids {tuple(top_ids.shape)}, log-sum-exp {tuple(logsumexp.shape)}."
+            f"Shapes do not match: student logits {tuple(student_logits.shape)}, ids {tuple(ids.shape)}, "
+            f"log-probabilities {tuple(log_probs.shape)}, weights {tuple(weights.shape)}."
         )
-    if top_logits.shape[-1] > student_logits.shape[-1]:
-        raise ValueError(f"k = {top_logits.shape[-1]} is larger than the student's vocabulary ({student_logits.shape[-1]}).")
-    teacher = [top_logits.detach(), top_ids, logsumexp.detach()]
-    return _forward_kl(student_logits, teacher, _topk_log_probs, temperature, mask, reduction, chunk_size)
+    teacher = [ids, log_probs.detach(), weights.detach()]
+    return _forward_kl(student_logits, teacher, _sparse_target, temperature, mask, reduction, chunk_size)

@@ -361,12 +361,12 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             if soft.teacher_cache:  # built by the first soft student, read by the others
                 root = layout.teacher_cache(rows_name)
                 # The teacher is loaded only when the cache still needs it.
-                cache = complete_teacher_cache(root, rows, teacher_id=teacher_id, top_k=soft.cache_top_k)
+                settings = {"top_k": soft.cache_top_k, "tail_samples": soft.cache_tail_samples, "temperatures": config.soft.cache_temperatures}
+                cache = complete_teacher_cache(root, rows, teacher_id=teacher_id, **settings)
                 if cache is None:
                     cache = build_teacher_cache(
                         teacher_model(), rows, root, teacher_id=teacher_id,
-                        vocab_size=min(student.config.vocab_size, teacher_model().config.vocab_size), top_k=soft.cache_top_k,
-                        batch_size=ext.batch_size or 32,
+                        vocab_size=min(student.config.vocab_size, teacher_model().config.vocab_size), batch_size=ext.batch_size or 32, **settings,
                     )
             distill(
                 student, None if cache else teacher_model(), rows, soft, layout.work(name), seed, callbacks, cache=cache,

@@ -14,6 +14,7 @@ import logging
 
 from kdmem.config import ExperimentConfig
 from kdmem.layout import filtered_name, model_names, seed_suffix, temperature_sweep
+from kdmem.train.teacher_cache import cache_bytes_per_token
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ def plan(config: ExperimentConfig) -> dict:
     known = [f for _, f in stages if f is not None]
     total = sum(known) if len(known) == len(stages) else None
     # full logits take 4 bytes per vocabulary entry, which only the tokenizer knows: left unknown
-    bytes_per_token = None if config.soft.cache_top_k is None else 8 * config.soft.cache_top_k + 4
+    soft = config.soft
+    bytes_per_token = None if soft.cache_top_k is None else cache_bytes_per_token(0, soft.cache_top_k, soft.cache_tail_samples, len(soft.cache_temperatures))
     return {
         "name": config.name,
         "models": {"teacher": config.teacher.model, "student": config.student.model},

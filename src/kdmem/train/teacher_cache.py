@@ -9,9 +9,17 @@ batch reads only its own rows. Each shard holds, for every example and position 
 (the distribution over token t + 1):
 
 - full logits (``top_k`` None): ``logits`` (n, seq_len - 1, vocab), float32; exact.
-- top-k (``top_k`` = k): ``top_logits`` and ``top_ids`` (n, seq_len - 1, k), float32 and int32, and
-  ``logsumexp`` (n, seq_len - 1), the log-sum-exp of all the logits at T = 1. The loss treats
-  the tail as uniform (``kdmem.losses.topk_forward_kl``); exact when k = vocab.
+- sampled (``top_k`` = k): ``top_logits`` and ``top_ids`` (n, seq_len - 1, k), float32 and
+  int32; ``tail_ids``, ``tail_logits`` and ``tail_log_proposal`` (n, seq_len - 1, N): N tokens of
+  the tail drawn with replacement from the teacher's tail softened at the highest temperature
+  served (which covers the flatter distributions of every lower one), with their logits and log
+  proposal probability; and ``log_partition`` (n, seq_len - 1, len(temperatures)), logsumexp(z / T)
+  at each temperature the cache serves. From these, ``kdmem.losses.importance_sampled_teacher``
+  gives an unbiased estimate of the teacher at each of those temperatures; exact when k = vocab.
+  A student at another temperature is refused: the cache cannot serve it without bias.
+
+Samples are drawn from a generator seeded by the shard's index, so a cache is the same however it
+is built (resumed, or split across processes).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from transformers import PreTrainedModel
 
 from kdmem.data import as_tensor
 from kdmem.io import atomic_path, process_state, write_json_atomic
+from kdmem.losses import importance_sampled_teacher
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,14 @@ class CacheSpec:
     shard_size: int
     first_ids: tuple[str, ...]
     """The first example ids of D, a cheap check that the cache belongs to this D."""
+    tail_samples: int = 0
+    """N, tail tokens sampled per position (with ``top_k`` below the vocabulary)."""
+    temperatures: tuple[float, ...] = ()
+    """The temperatures a sampled cache serves (it keeps the log-partition at each)."""
+
+    @property
+    def proposal_temperature(self) -> float:
+        return max(self.temperatures, default=1.0)
 
     @property
     def num_shards(self) -> int:
@@ -51,25 +68,56 @@ class CacheSpec:
 
     @property
     def bytes_per_token(self) -> int:
-        """Bytes stored per predicted token: 4 per logit (full), or 8 per top-k entry plus 4."""
-        return 4 * self.vocab_size if self.top_k is None else 8 * self.top_k + 4
+        return cache_bytes_per_token(self.vocab_size, self.top_k, self.tail_samples, len(self.temperatures))
+
+    def check_serves(self, temperature: float) -> None:
+        if self.top_k is not None and temperature not in self.temperatures:
+            raise ValueError(
+                f"The teacher-logit cache serves temperatures {list(self.temperatures)}, not {temperature}: a sampled cache "
+                "keeps the teacher's log-partition at each temperature it serves. Build it with this temperature too."
+            )
+
+
+def cache_bytes_per_token(vocab_size: int, top_k: int | None, tail_samples: int, temperatures: int) -> int:
+    """Bytes stored per predicted token: 4 per logit (full); or 8 per top-k entry, 12 per tail
+    sample and 4 per temperature served (sampled)."""
+    return 4 * vocab_size if top_k is None else 8 * top_k + 12 * tail_samples + 4 * temperatures
 
 
 def _shard_path(root: Path, index: int) -> Path:
     return root / f"shard-{index:05d}.safetensors"
 
 
+def sampled_entries(logits: torch.Tensor, spec: CacheSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """(..., vocab) float32 teacher logits -> the sampled cache's tensors (see the module docstring)."""
+    top_logits, top_ids = logits.topk(spec.top_k, dim=-1)
+    values = {
+        "top_logits": top_logits,
+        "top_ids": top_ids.to(torch.int32),
+        "log_partition": torch.stack([torch.logsumexp(logits / t, dim=-1) for t in spec.temperatures], dim=-1),
+    }
+    samples = spec.tail_samples if spec.top_k < spec.vocab_size else 0
+    tail = logits.scatter(-1, top_ids, -torch.inf) / spec.proposal_temperature
+    log_proposal = torch.log_softmax(tail, dim=-1)
+    flat = log_proposal.reshape(-1, logits.shape[-1]).exp()
+    tail_ids = torch.multinomial(flat, samples, replacement=True, generator=generator) if samples else flat.new_zeros((len(flat), 0), dtype=torch.long)
+    tail_ids = tail_ids.reshape(*logits.shape[:-1], samples)
+    values |= {
+        "tail_ids": tail_ids.to(torch.int32),
+        "tail_logits": logits.gather(-1, tail_ids),
+        "tail_log_proposal": log_proposal.gather(-1, tail_ids),
+    }
+    return values
+
+
 @torch.no_grad()
-def _shard_tensors(teacher: PreTrainedModel, input_ids: torch.Tensor, spec: CacheSpec, batch_size: int) -> dict[str, torch.Tensor]:
+def _shard_tensors(teacher: PreTrainedModel, input_ids: torch.Tensor, spec: CacheSpec, batch_size: int, index: int) -> dict[str, torch.Tensor]:
     parts: dict[str, list[torch.Tensor]] = {}
     device = teacher.device
+    generator = torch.Generator(device=device).manual_seed(index)
     for start in range(0, len(input_ids), batch_size):
         logits = teacher(input_ids=input_ids[start : start + batch_size, :-1].to(device)).logits[..., : spec.vocab_size].float()
-        if spec.top_k is None:
-            values = {"logits": logits}
-        else:
-            top_logits, top_ids = logits.topk(spec.top_k, dim=-1)
-            values = {"top_logits": top_logits, "top_ids": top_ids.to(torch.int32), "logsumexp": torch.logsumexp(logits, dim=-1)}
+        values = {"logits": logits} if spec.top_k is None else sampled_entries(logits, spec, generator)
         for name, value in values.items():
             parts.setdefault(name, []).append(value.cpu())
     return {name: torch.cat(values).contiguous() for name, values in parts.items()}
@@ -83,6 +131,8 @@ def build_teacher_cache(
     teacher_id: str,
     vocab_size: int | None = None,
     top_k: int | None = 64,
+    tail_samples: int = 16,
+    temperatures: tuple[float, ...] | list[float] = (1.0, 2.0, 3.0, 4.0),
     shard_size: int = 1024,
     batch_size: int = 32,
 ) -> TeacherLogitCache:
@@ -93,12 +143,16 @@ def build_teacher_cache(
             other data or other settings is refused rather than mixed.
         vocab_size: logits kept per position (default: all the teacher's); set it to the
             tokenizer's length when the embedding has padding rows.
-        top_k: None keeps the full logits; k keeps the top k and the log-sum-exp.
+        top_k: None keeps the full logits; k keeps the top k, ``tail_samples`` sampled tail
+            tokens and the log-partition at each of ``temperatures`` (the ones it can serve).
     """
     root = Path(root)
     vocab = vocab_size or teacher.config.vocab_size
     if top_k is not None and not 1 <= top_k <= vocab:
         raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab}, or None for full logits; got {top_k}.")
+    if top_k is not None and top_k < vocab and tail_samples < 1:
+        raise ValueError(f"A top-{top_k} cache of a {vocab}-token vocabulary needs tail_samples >= 1: without them the tail is lost and the target biased.")
+    sampled = top_k is not None
     input_ids = as_tensor(sequences)
     spec = CacheSpec(
         teacher=teacher_id,
@@ -108,6 +162,8 @@ def build_teacher_cache(
         top_k=top_k,
         shard_size=shard_size,
         first_ids=tuple(sequences["example_id"].iloc[:8]),
+        tail_samples=tail_samples if sampled and top_k < vocab else 0,
+        temperatures=tuple(sorted({float(t) for t in temperatures})) if sampled else (),
     )
     spec_path = root / "spec.json"
     expected = json.loads(json.dumps(asdict(spec)))  # as JSON reads it back: tuples become lists
@@ -125,22 +181,29 @@ def build_teacher_cache(
     mine = missing[state.process_index :: state.num_processes]
     for index in tqdm(mine, desc="teacher logits", unit="shard", disable=not mine or not state.is_local_main_process):
         rows = slice(index * shard_size, min((index + 1) * shard_size, spec.examples))
-        tensors = _shard_tensors(teacher, input_ids[rows], spec, batch_size)
+        tensors = _shard_tensors(teacher, input_ids[rows], spec, batch_size, index)
         with atomic_path(_shard_path(root, index)) as tmp:
             save_file(tensors, str(tmp))
     state.wait_for_everyone()
     return TeacherLogitCache(root)
 
 
-def complete_teacher_cache(root: str | Path, sequences: pd.DataFrame, *, teacher_id: str, top_k: int | None) -> TeacherLogitCache | None:
-    """The finished cache in ``root`` if it is one of ``teacher_id`` over ``sequences`` with
-    ``top_k``, else None (then ``build_teacher_cache`` finishes it, or says why it cannot),
-    decided without loading the teacher."""
+def complete_teacher_cache(
+    root: str | Path, sequences: pd.DataFrame, *, teacher_id: str, top_k: int | None, tail_samples: int = 16,
+    temperatures: tuple[float, ...] | list[float] = (1.0, 2.0, 3.0, 4.0),
+) -> TeacherLogitCache | None:
+    """The finished cache in ``root`` if it is one of ``teacher_id`` over ``sequences`` with these
+    settings, else None (then ``build_teacher_cache`` finishes it, or says why it cannot), decided
+    without loading the teacher."""
     spec_path = Path(root) / "spec.json"
     if not spec_path.exists():
         return None
     found = json.loads(spec_path.read_text())
     expected = {"teacher": teacher_id, "examples": len(sequences), "top_k": top_k, "first_ids": list(sequences["example_id"].iloc[:8])}
+    if top_k is not None:
+        expected["temperatures"] = sorted({float(t) for t in temperatures})
+        if top_k < found.get("vocab_size", 0):
+            expected["tail_samples"] = tail_samples
     if any(found.get(key) != value for key, value in expected.items()):
         return None
     if any(not _shard_path(Path(root), i).exists() for i in range(math.ceil(found["examples"] / found["shard_size"]))):
@@ -154,7 +217,7 @@ class TeacherLogitCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         values = json.loads((self.root / "spec.json").read_text())
-        self.spec = CacheSpec(**values | {"first_ids": tuple(values["first_ids"])})
+        self.spec = CacheSpec(**values | {"first_ids": tuple(values["first_ids"]), "temperatures": tuple(values.get("temperatures", ()))})
         missing = [i for i in range(self.spec.num_shards) if not _shard_path(self.root, i).exists()]
         if missing:
             raise FileNotFoundError(f"{self.root} is missing {len(missing)} of {self.spec.num_shards} shards; build the cache again to finish it.")
@@ -162,7 +225,9 @@ class TeacherLogitCache:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return ("logits",) if self.spec.top_k is None else ("top_logits", "top_ids", "logsumexp")
+        if self.spec.top_k is None:
+            return ("logits",)
+        return ("top_logits", "top_ids", "tail_logits", "tail_ids", "tail_log_proposal", "log_partition")
 
     def rows(self, indices: torch.Tensor | list[int]) -> dict[str, torch.Tensor]:
         """The cached tensors of D's rows ``indices``, stacked in that order."""
@@ -175,3 +240,13 @@ class TeacherLogitCache:
             for name in self.names:
                 picked[name].append(file.get_slice(name)[row : row + 1])
         return {name: torch.cat(values) for name, values in picked.items()}
+
+    def teacher_at(self, cached: dict[str, torch.Tensor], temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sampled rows (from ``rows``) -> (ids, log p_T, weights) at ``temperature``, for
+        ``kdmem.losses.sampled_forward_kl``."""
+        self.spec.check_serves(temperature)
+        column = self.spec.temperatures.index(temperature)
+        return importance_sampled_teacher(
+            cached["top_logits"], cached["top_ids"], cached["tail_logits"], cached["tail_ids"], cached["tail_log_proposal"],
+            cached["log_partition"][..., column], temperature,
+        )

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from kdmem.config import SoftDistillConfig, TrainingConfig
 from kdmem.data import as_training_dataset
-from kdmem.losses import distillation_loss, on_shared_vocabulary, topk_forward_kl
+from kdmem.losses import distillation_loss, on_shared_vocabulary, sampled_forward_kl
 from kdmem.train.teacher_cache import TeacherLogitCache
 
 
@@ -138,6 +138,8 @@ class DistillationTrainer(KdmemTrainer):
             raise ValueError("DistillationTrainer needs exactly one of a teacher and a teacher-logit cache.")
         if cache is not None and cache.spec.top_k is not None and distill.kind != "forward_kl":
             raise ValueError(f"A top-k teacher-logit cache serves forward_kl only, not {distill.kind}; cache full logits (top_k None).")
+        if cache is not None:
+            cache.spec.check_serves(distill.temperature)  # before training starts, not at its first step
         self.teacher = None if teacher is None else teacher.eval().requires_grad_(False).to(self.args.device)
         self.cache = cache
         self.distill = distill
@@ -151,8 +153,8 @@ class DistillationTrainer(KdmemTrainer):
         else:
             cached = {name: value.to(student_logits.device) for name, value in self.cache.rows(cache_rows).items()}
             if self.cache.spec.top_k is not None:
-                vocab = self.cache.spec.vocab_size
-                return topk_forward_kl(student_logits[:, :-1, :vocab], cached["top_logits"], cached["top_ids"], cached["logsumexp"], **options)
+                teacher = self.cache.teacher_at(cached, self.distill.temperature)
+                return sampled_forward_kl(student_logits[:, :-1, : self.cache.spec.vocab_size], *teacher, **options)
             teacher_logits = cached["logits"]
         student_logits, teacher_logits = on_shared_vocabulary(student_logits[:, :-1], teacher_logits)
         return distillation_loss(student_logits, teacher_logits, kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options)
