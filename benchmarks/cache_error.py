@@ -10,8 +10,9 @@ per token (mean of |g - g_exact| / |g_exact|) and of the summed gradient, and th
 summed gradient with the exact one.
 
 Part 2, the students (``--students``): soft students distilled with the run's own soft settings
-from the full-logit cache and from the sampled cache, at each temperature: memorized set (the
-run's extraction settings) and validation loss.
+from the full-logit cache and from sampled caches (``--draws``: how many independent tail
+draws, epoch e reading draw e mod draws; default one per soft epoch), at each temperature:
+memorized set (the run's extraction settings) and validation loss.
 
     python benchmarks/cache_error.py runs/default [--top-k 64] [--tail-samples 16] [--students]
 """
@@ -94,16 +95,16 @@ def target_errors(teacher, baseline, sequences, k: int, samples: int) -> list[di
     return rows
 
 
-def students(run: Path, config, teacher, train, validation, k: int, samples: int) -> list[dict]:
+def students(run: Path, config, teacher, train, validation, k: int, samples: int, draws: list[int], full: bool) -> list[dict]:
     rows = []
     vocab = teacher.config.vocab_size
     with tempfile.TemporaryDirectory() as scratch:
-        caches = {
-            "full logits": build_teacher_cache(teacher, train, Path(scratch) / "full", teacher_id="bench", vocab_size=vocab, top_k=None),
-            f"top-{k} + {samples} sampled": build_teacher_cache(
-                teacher, train, Path(scratch) / "sampled", teacher_id="bench", vocab_size=vocab, top_k=k, tail_samples=samples, temperatures=TEMPERATURES
-            ),
-        }
+        caches = {"full logits": build_teacher_cache(teacher, train, Path(scratch) / "full", teacher_id="bench", vocab_size=vocab, top_k=None)} if full else {}
+        for count in draws:
+            caches[f"top-{k} + {samples} sampled x {count} draws"] = build_teacher_cache(
+                teacher, train, Path(scratch) / f"sampled-{count}", teacher_id="bench", vocab_size=vocab, top_k=k, tail_samples=samples,
+                tail_draws=count, temperatures=TEMPERATURES,
+            )
         for temperature in TEMPERATURES:
             for name, cache in caches.items():
                 start = time.perf_counter()
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--tail-samples", type=int, default=16)
     parser.add_argument("--sequences", type=int, default=128)
     parser.add_argument("--students", action="store_true")
+    parser.add_argument("--draws", type=int, nargs="+", help="tail draws of the sampled caches (default: one per soft epoch)")
+    parser.add_argument("--no-full", action="store_true", help="skip the students from the full-logit cache")
     parser.add_argument("--output", default="benchmarks/results/cache_error.json")
     args = parser.parse_args()
     config = load_config(args.run / "config.yaml")
@@ -139,7 +142,10 @@ def main() -> None:
         print(f"T={row['temperature']:g} {row['estimator']:26s} loss {100 * row['loss_error']:+6.1f}%  token grad {row['token_gradient_relative_error']:.3f}  "
               f"summed grad {row['summed_gradient_relative_error']:.3f}  cos {row['summed_gradient_cosine']:.3f}")
     if args.students:
-        result["students"] = students(args.run, config, teacher, train, read_sequences(args.run / "data" / "validation.parquet"), args.top_k, args.tail_samples)
+        draws = args.draws or [config.soft.cache_draws]
+        result["students"] = students(
+            args.run, config, teacher, train, read_sequences(args.run / "data" / "validation.parquet"), args.top_k, args.tail_samples, draws, not args.no_full
+        )
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -91,7 +91,9 @@ def finished_run(tiny_config, tiny_bases, tmp_path_factory):
     return config, out, run(config, out)
 
 
-HOSTILE_NAME = "<script>window.__kdmem_pwned='name'</script>"
+HOSTILE_NAME = "<script>window.__kdmem_pwned='name'</script><img src=x onerror=\"window.__kdmem_pwned='name-img'\">"
+"""Shown in the report's title and heading; both payloads must appear there as text. (Which
+windows of the hostile training text the report shows depends on D.)"""
 
 
 @pytest.fixture(scope="session")

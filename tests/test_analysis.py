@@ -179,29 +179,46 @@ def test_filtering_removes_flagged_examples_and_distills_again(hand_run, tmp_pat
     assert report["val_loss_cost"] == pytest.approx(report["val_loss_after"] - report["val_loss_before"])
 
 
-def test_compare_runs_overlaps_and_zlib_under_two_tokenizers(finished_run, hand_run):
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    from kdmem.analysis.compare import compare_runs, zlib_under_tokenizers
+def test_compare_runs_overlaps_by_example_id_under_one_tokenizer(finished_run, hand_run):
+    from kdmem.analysis.compare import compare_runs
 
     _, plain, _ = finished_run
     hand, ids, sets = hand_run
     result = compare_runs(plain, hand)
-    assert result["same_tokenizer"] and result["shared_examples"] == len(ids)
+    assert result["same_tokenizer"] and result["matched_by"] == "example id" and result["shared_examples"] == len(ids)
     plain_teacher = set(pd.read_parquet(plain / "memorization" / "teacher.parquet").query("memorized")["example_id"])
     assert result["overlap"]["teacher"]["both"] == len(plain_teacher & sets["teacher"])
     assert result["overlap"]["hard"]["b"] == len(sets["hard"])
-    assert result["zlib_pearson"] == pytest.approx(1.0)  # one tokenizer: identical estimates
+    assert result["zlib_pearson"] == pytest.approx(1.0)  # one tokenizer, one text per example: identical estimates
 
-    texts = ["the cat sat on the mat " * 3, "zqxj vvkw plmq " * 2, "aaaa aaaa aaaa aaaa", "import os, sys; print(sys.argv)"]
-    coarse = ByteLevelBPETokenizer()
-    coarse.train_from_iterator(texts * 20, vocab_size=300, show_progress=False)
-    fine = load_tokenizer(str(plain / "models" / "teacher"))
-    zlib = zlib_under_tokenizers(texts, [fine, PreTrainedTokenizerFast(tokenizer_object=coarse)], seq_len=6)
-    assert zlib.shape == (2, 4)
-    # 6 tokens of a tokenizer with merges for these texts cover more text than 6 of the other
-    assert (zlib[1] >= zlib[0]).sum() >= 3
+
+def test_compare_two_tokenizers_over_the_same_documents(tiny_bases, tmp_path):
+    """Two runs whose tokenizers differ (512 and 448 tokens) over the same documents, each
+    document-aligned: they share their examples by document, and the zlib correlation is measured
+    from each run's own text. Packed the usual way, the same two runs share next to nothing, and
+    say why."""
+    from kdmem.analysis.compare import compare_runs
+    from kdmem.config import load_config
+    from kdmem.pipeline import run
+
+    from .conftest import TINY_OVERRIDES
+
+    def tiny_run(name, vocab, packing):
+        overrides = TINY_OVERRIDES + [f"embedded.vocab_size={vocab}", f"data.packing={packing}", "soft.sweep_temperatures=[]"]
+        run(load_config(preset="smoke", overrides=overrides), tmp_path / name)
+        return tmp_path / name
+
+    a, b = tiny_run("a", 512, "documents"), tiny_run("b", 448, "documents")
+    result = compare_runs(a, b)
+    train_a, train_b = (pd.read_parquet(run / "data" / "train.parquet") for run in (a, b))
+    shared = set(train_a["example_id"]) & set(train_b["example_id"])
+    assert not result["same_tokenizer"] and result["document_aligned"] and result["matched_by"] == "example id"
+    assert result["shared_examples"] == len(shared) > 0.5 * len(train_a)
+    assert -1 <= result["zlib_pearson"] < 0.999  # measured on two texts per example, not one re-tokenized
+    teacher_a, teacher_b = (set(pd.read_parquet(run / "memorization" / "teacher.parquet").query("memorized")["example_id"]) for run in (a, b))
+    assert result["overlap"]["teacher"]["both"] == len(teacher_a & teacher_b)
+    packed = compare_runs(a, tiny_run("c", 448, "concatenate"))
+    assert packed["matched_by"] == "decoded text" and "data.packing=documents" in packed["note"]
 
 
 def test_filtering_that_cannot_flag_is_skipped_with_the_reason(hand_run, tmp_path):

@@ -126,12 +126,13 @@ def test_repeated_canary_is_exposed_and_extractable_after_fine_tuning(base, tiny
     measure = dict(vocab_size=512, excluded_token_ids=excluded, num_candidates=1000)
     top = math.log2(1001)
     before = canary_exposure(base, canaries, PREFIX, SUFFIX, **measure).set_index("repeats")
-    cfg = TrainingConfig(epochs=6, learning_rate=5e-3, batch_size=16)
+    cfg = TrainingConfig(epochs=10, learning_rate=5e-3, batch_size=16)
     tuned = fine_tune(load_model(str(tiny_bases["teacher"])), inject_canaries(tiny_data.train, canaries, seed=0), cfg, tmp_path, seed=0)
     after = canary_exposure(tuned.eval(), canaries, PREFIX, SUFFIX, **measure).set_index("repeats")
     # Measured: base exposure 0.61 and 1.18 bits (ranks 654 and 443 of 1001), nothing extractable;
-    # fine-tuned 9.97 bits (rank 1) for both, the 16-repeat canary extractable (16 of 16 tokens), the
-    # single copy not (0 tokens).
+    # fine-tuned 10 epochs, 9.97 bits (rank 1) for both, the 16-repeat canary extractable (16 of 16
+    # tokens), the single copy not (2 tokens). (6 epochs left the 16-repeat one at 5 of 16 once D
+    # was held out by document.)
     assert (before["exposure"] < 4).all() and not before["extractable"].any(), before
     assert after.loc[16, "exposure"] > top - 1 and after.loc[16, "exposure"] > before.loc[16, "exposure"] + 4, after
     assert after.loc[16, "extractable"] and not after.loc[1, "extractable"], after

@@ -117,3 +117,70 @@ def test_streamed_sequences_are_written_a_row_group_at_a_time(tiny_bases, monkey
     assert streamed["example_id"].tolist() == expected["example_id"].tolist()
     assert all((a == b).all() for a, b in zip(streamed["input_ids"], expected["input_ids"]))
     assert sequence_file(cfg, tokenizer) == path  # cached: a second call reads the same file
+
+
+def marked_documents(count: int, repeats: int = 30) -> list[str]:
+    """Documents that each repeat one marker word: a sequence's decoded text names its documents."""
+    return [" ".join([f"rec{i:04d}"] * repeats) for i in range(count)]
+
+
+def markers(frame: pd.DataFrame, tokenizer) -> set[str]:
+    import re
+
+    return {marker for ids in frame["input_ids"] for marker in re.findall(r"rec\d{4}", tokenizer.decode(ids.tolist()))}
+
+
+@pytest.mark.parametrize("packing", ["concatenate", "documents"])
+def test_validation_is_split_by_document(tmp_path, tokenizer, packing):
+    """Every document spans several 16-token sequences; none may feed both D and validation.
+    Before the split by document, a random half of a document's sequences went each way."""
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n\n".join(marked_documents(300)), encoding="utf-8")
+    splits = prepare_sequences(DataConfig(source=str(source), seq_len=16, num_examples=200, validation_examples=40, packing=packing), tokenizer)
+    assert len(splits.train) == 200 and len(splits.validation) == 40
+    train, validation = markers(splits.train, tokenizer), markers(splits.validation, tokenizer)
+    assert train and validation and not train & validation
+
+
+def test_one_example_per_document_names_it_by_its_text(tmp_path, tokenizer, caplog):
+    """packing: documents. The same documents under two tokenizers give the same example ids;
+    documents shorter than a sequence are dropped and counted."""
+    import logging
+    import re
+
+    from kdmem.data import document_id
+    from kdmem.models import train_tokenizer
+
+    texts = [f"Document {i}: " + "all about the quick brown fox and the lazy dog. " * (1 + i % 3) for i in range(120)] + [f"short {i}" for i in range(20)]
+    source = tmp_path / "docs.jsonl"
+    source.write_text("\n".join(json.dumps({"text": t}) for t in texts), encoding="utf-8")
+    other = train_tokenizer(texts * 3, 300)
+    config = DataConfig(source=str(source), seq_len=12, num_examples=80, validation_examples=10, packing="documents")
+    with caplog.at_level(logging.INFO):
+        ours = prepare_sequences(config, tokenizer)
+    theirs = prepare_sequences(config, other)
+    assert re.search(r"[1-9]\d* documents were shorter than 12 tokens and were dropped", caplog.text)
+    assert ours.train["example_id"].tolist() == theirs.train["example_id"].tolist()
+    assert set(ours.train["example_id"]) <= {document_id(t) for t in texts}
+    for row, (name, ids) in enumerate(zip(ours.train["example_id"], ours.train["input_ids"])):
+        text = next(t for t in texts if document_id(t) == name)
+        assert ids.tolist() == tokenizer(text)["input_ids"][:12]
+    assert not any(np.array_equal(a, b) for a, b in zip(ours.train["input_ids"], theirs.train["input_ids"]))  # other tokens, same examples
+
+
+def test_documents_start_as_the_tokenizer_starts_a_text(tmp_path, tokenizer):
+    """A tokenizer that prepends BOS (Llama, Gemma) gives every document-aligned example a BOS;
+    concatenated packing never adds one (documents are joined by end-of-text, as for Pythia)."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    with_bos = copy.deepcopy(tokenizer)
+    bos = with_bos.convert_tokens_to_ids("<|endoftext|>")
+    with_bos.backend_tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)])
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n\n".join(f"Text number {i} says something about foxes and dogs." for i in range(300)), encoding="utf-8")
+    documents = prepare_sequences(DataConfig(source=str(source), seq_len=8, num_examples=30, validation_examples=5, packing="documents"), with_bos)
+    assert all(ids[0] == bos for ids in documents.train["input_ids"])
+    plain = prepare_sequences(DataConfig(source=str(source), seq_len=8, num_examples=30, validation_examples=0), tokenizer)
+    assert plain.train["input_ids"].iloc[0][0] != bos

@@ -30,7 +30,7 @@ def test_plan_arithmetic_on_the_pythia_setting():
     assert stages["teacher"]["flops"] == pytest.approx(6 * 11.85e9 * tokens * 3)
     assert stages["soft"]["flops"] == pytest.approx(6 * 1.41e9 * tokens * 4)  # the cached teacher costs nothing per student
     assert stages["teacher logits (cache)"]["flops"] == pytest.approx(2 * 11.85e9 * tokens)
-    assert result["teacher_cache_bytes"] == 1_000_000 * 255 * (8 * 64 + 12 * 16 + 4 * 4)  # top 64, 16 tail samples, T = 1..4
+    assert result["teacher_cache_bytes"] == 1_000_000 * 255 * (8 * 64 + 12 * 16 * 4 + 4 * 4)  # top 64, 16 tail samples x 4 epochs, T = 1..4
     total = sum(row["flops"] for row in result["stages"])
     assert result["total_gpu_hours"] == pytest.approx(total / (PEAK_FLOPS * UTILIZATION) / 3600)
     live = plan(load_config(PAPER_CONFIGS[1], overrides=["soft.teacher_cache=false"]))

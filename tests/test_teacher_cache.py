@@ -41,6 +41,12 @@ def test_full_and_topk_caches_round_trip(teacher_and_rows, tmp_path):
     proposal = torch.log_softmax(logits[picked].scatter(-1, expected_ids, -torch.inf) / 4.0, -1)  # the highest temperature served
     torch.testing.assert_close(cached["tail_log_proposal"], proposal.gather(-1, tail_ids), rtol=1e-5, atol=1e-5)
     assert top.spec.bytes_per_token == 8 * 16 + 12 * 16 + 4 * 4
+    drawn = build_teacher_cache(teacher, rows, tmp_path / "drawn", teacher_id="tiny", top_k=16, tail_samples=4, tail_draws=3, shard_size=8)
+    tail = drawn.rows(picked)["tail_ids"]
+    assert tail.shape[-1] == 12 and drawn.spec.bytes_per_token == 8 * 16 + 12 * 12 + 4 * 4
+    blocks = [drawn.teacher_at(drawn.rows(picked), 2.0, draw)[0][..., 16:] for draw in range(4)]
+    assert [torch.equal(block, tail[..., 4 * (d % 3) : 4 * (d % 3) + 4]) for d, block in enumerate(blocks)] == [True] * 4  # draw 3 is draw 0
+    assert not torch.equal(blocks[0], blocks[1])
     with pytest.raises(IndexError, match="outside"):
         top.rows([20])
 

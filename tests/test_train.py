@@ -148,6 +148,20 @@ def test_distilling_from_the_teacher_logit_cache_equals_distilling_from_the_teac
         distill(load_model(str(tiny_bases["student"])), teacher, train, SoftDistillConfig(kind="jsd"), tmp_path / "jsd", seed=0, cache=cache("top8", 8))
 
 
+def test_each_epoch_reads_a_fresh_draw_of_the_tail(tiny_bases, tiny_data, tmp_path, monkeypatch):
+    """A sampled cache with 2 draws, 3 epochs: epochs 0, 1, 2 read draws 0, 1, 0."""
+    from kdmem.train.teacher_cache import TeacherLogitCache, build_teacher_cache
+
+    teacher = load_model(str(tiny_bases["teacher"]))
+    train = tiny_data.train.iloc[:8]
+    cache = build_teacher_cache(teacher, train, tmp_path / "cache", teacher_id="tiny", top_k=8, tail_samples=4, tail_draws=2)
+    read = []
+    exact = TeacherLogitCache.teacher_at
+    monkeypatch.setattr(TeacherLogitCache, "teacher_at", lambda self, cached, temperature, draw=0: read.append(draw % 2) or exact(self, cached, temperature, draw))
+    distill(load_model(str(tiny_bases["student"])), None, train, SoftDistillConfig(training=_sgd(4, steps_of=3)), tmp_path / "soft", seed=0, cache=cache)
+    assert read == [0, 0, 1, 1, 0, 0]  # two steps per epoch
+
+
 DISTILL_SCRIPT = """
 import sys
 from pathlib import Path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,7 +44,14 @@ class DataConfig:
     dedupe: bool = True
     """Drop sequences whose tokens exactly repeat an earlier one."""
     seed: int = 0
-    """Seed of the shuffle that decides which sequences are held out."""
+    """Seed of the hash that decides which documents are held out (and of the order of D)."""
+    packing: str = "concatenate"
+    """``concatenate``: documents joined with end-of-text between them and cut into ``seq_len``
+    tokens (no BOS; as Pythia was pre-trained). ``documents``: one example per document, its first
+    ``seq_len`` tokens as the tokenizer starts a text (with BOS for Llama, Gemma), shorter
+    documents dropped and counted; each example's id comes from its document's text, so two runs
+    with different tokenizers share their examples (``kdmem compare`` of two families). Either
+    way validation is split by document: no document feeds both D and validation."""
 
 
 @dataclass
@@ -99,7 +107,14 @@ class SoftDistillConfig:
     k = vocabulary), or None for full logits (exact, every kind)."""
     cache_tail_samples: int = 16
     """Tail tokens sampled per position for a top-k cache (importance sampling)."""
+    cache_tail_draws: int | None = None
+    """Independent draws of those samples, epoch e reading draw e mod draws; None: one per epoch
+    of soft training (so no draw is reused)."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    @property
+    def cache_draws(self) -> int:
+        return self.cache_tail_draws or max(1, math.ceil(self.training.epochs))
 
     @property
     def cache_temperatures(self) -> tuple[float, ...]:
@@ -217,6 +232,7 @@ class EmbeddedModelsConfig:
 
 
 INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
+PACKINGS = ("concatenate", "documents")
 
 
 @dataclass
@@ -259,6 +275,8 @@ class ExperimentConfig:
     (``training.bf16`` is mixed precision)."""
 
     def validate(self) -> None:
+        if self.data.packing not in PACKINGS:
+            raise ConfigError(f"data.packing must be one of {', '.join(PACKINGS)}; got {self.data.packing!r}.")
         if self.inference_dtype not in INFERENCE_DTYPES:
             raise ConfigError(f"inference_dtype must be one of {', '.join(INFERENCE_DTYPES)}; got {self.inference_dtype!r}.")
         ext = self.extraction

@@ -87,7 +87,7 @@ def plan(config: ExperimentConfig) -> dict:
     total = sum(known) if len(known) == len(stages) else None
     # full logits take 4 bytes per vocabulary entry, which only the tokenizer knows: left unknown
     soft = config.soft
-    bytes_per_token = None if soft.cache_top_k is None else cache_bytes_per_token(0, soft.cache_top_k, soft.cache_tail_samples, len(soft.cache_temperatures))
+    bytes_per_token = None if soft.cache_top_k is None else cache_bytes_per_token(0, soft.cache_top_k, soft.cache_tail_samples * soft.cache_draws, len(soft.cache_temperatures))
     return {
         "name": config.name,
         "models": {"teacher": config.teacher.model, "student": config.student.model},

@@ -31,7 +31,7 @@ def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
     soft = {k: v for k, v in values["soft"].items() if k != "sweep_temperatures"} | {"teacher_dtype": values["inference_dtype"]}
     cache = {"top_k": values["soft"]["cache_top_k"], "dtype": values["inference_dtype"]}
     if config.soft.cache_top_k is not None:  # a sampled cache: its samples, and the temperatures it serves
-        cache |= {"tail_samples": config.soft.cache_tail_samples, "temperatures": config.soft.cache_temperatures}
+        cache |= {"tail_samples": config.soft.cache_tail_samples, "tail_draws": config.soft.cache_draws, "temperatures": config.soft.cache_temperatures}
     evaluation = {"extraction": extraction, "membership": values["membership"], "dtype": values["inference_dtype"]}
     prints: dict[str, str] = {}
 

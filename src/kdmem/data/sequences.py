@@ -1,4 +1,10 @@
-"""From documents to D: tokenize, pack into fixed-length sequences, name each one, split, cache."""
+"""From documents to D: split by document, tokenize, pack into fixed-length sequences (or cut one
+per document), name each one, cache.
+
+The held-out split is made on documents, before packing, by a hash of each document's text: no
+document feeds both D and validation, so membership inference scores real non-members and
+validation loss does not favour the models that memorize.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +51,17 @@ def example_id(input_ids) -> str:
     return hashlib.sha256(np.asarray(input_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
+def document_id(text: str) -> str:
+    """A stable name for a document's example (``packing: documents``), from its text alone: the
+    same under every tokenizer (16 hex digits of SHA-256)."""
+    return "doc-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def held_out(text: str, share: float, seed: int) -> bool:
+    """Whether a document goes to validation: a hash of the seed and its text below ``share``."""
+    return int(hashlib.sha256(f"{seed}\x00{text}".encode("utf-8")).hexdigest()[:8], 16) < share * 0x100000000
+
+
 def zlib_entropy(text: str) -> int:
     """Bytes of the UTF-8 text after ``zlib.compress`` (default level): the paper's "zlib entropy",
     low for repetitive, predictable text."""
@@ -66,11 +83,14 @@ class PackingStats:
     """Tokens read, end-of-text separators included."""
     dropped_tokens: int = 0
     """Tokens at the end of a batch of documents that did not fill a whole sequence."""
+    short_documents: int = 0
+    """Documents shorter than a sequence (``packing: documents``), dropped."""
 
     def describe(self, seq_len: int) -> str:
+        short = f"; {self.short_documents:,} documents were shorter than {seq_len} tokens and were dropped" if self.short_documents else ""
         return (
             f"read {self.documents:,} documents ({self.tokens:,} tokens with separators); "
-            f"{self.dropped_tokens:,} tokens did not fill a sequence of {seq_len} tokens and were dropped"
+            f"{self.dropped_tokens:,} tokens did not fill a sequence of {seq_len} tokens and were dropped{short}"
         )
 
 
@@ -93,15 +113,33 @@ def _packer(tokenizer, seq_len: int, stats: PackingStats):
     return pack
 
 
+def _cutter(tokenizer, seq_len: int, stats: PackingStats):
+    """One example per document: its first ``seq_len`` tokens, as the tokenizer starts a text."""
+
+    def cut(batch):
+        encoded = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]
+        kept = [(text, ids[:seq_len]) for text, ids in zip(batch["text"], encoded) if len(ids) >= seq_len]
+        stats.documents += len(encoded)
+        stats.tokens += sum(map(len, encoded))
+        stats.dropped_tokens += sum(len(ids) - seq_len for ids in encoded if len(ids) >= seq_len)
+        stats.short_documents += len(encoded) - len(kept)
+        return {"example_id": [document_id(text) for text, _ in kept], "input_ids": [ids for _, ids in kept]}
+
+    return cut
+
+
 def iter_packed(
-    documents, tokenizer, seq_len: int, dedupe: bool = True, stats: PackingStats | None = None, source: str = "the source"
+    documents, tokenizer, seq_len: int, dedupe: bool = True, stats: PackingStats | None = None, source: str = "the source",
+    packing: str = "concatenate",
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(example_id, int32 tokens) of each packed sequence, in order: tokenized in batches
-    (``datasets.map``), concatenated with end-of-text between documents, cut into ``seq_len``.
-    ``stats`` (if given) counts what was read and dropped."""
+    """(example_id, int32 tokens) of each sequence, in order: tokenized in batches
+    (``datasets.map``), then concatenated with end-of-text between documents and cut into
+    ``seq_len`` (``packing`` ``concatenate``), or cut to each document's first ``seq_len``
+    (``documents``). ``stats`` (if given) counts what was read and dropped."""
     if isinstance(documents, datasets.Dataset):
         documents = documents.to_iterable_dataset()
-    packed = documents.map(_packer(tokenizer, seq_len, stats or PackingStats()), batched=True, batch_size=TOKENIZE_BATCH, remove_columns=["text"])
+    make = _cutter if packing == "documents" else _packer
+    packed = documents.map(make(tokenizer, seq_len, stats or PackingStats()), batched=True, batch_size=TOKENIZE_BATCH, remove_columns=["text"])
     seen = set()
     rows = iter(packed)
     while True:
@@ -111,7 +149,7 @@ def iter_packed(
             return
         except READ_ERRORS as error:
             raise unreadable_data(source, error) from None
-        name = example_id(row["input_ids"])
+        name = row["example_id"] if packing == "documents" else example_id(row["input_ids"])
         if dedupe and name in seen:
             continue
         seen.add(name)
@@ -119,11 +157,12 @@ def iter_packed(
 
 
 def pack_sequences(
-    documents, tokenizer, seq_len: int, limit: int | None = None, dedupe: bool = True, stats: PackingStats | None = None, source: str = "the source"
+    documents, tokenizer, seq_len: int, limit: int | None = None, dedupe: bool = True, stats: PackingStats | None = None, source: str = "the source",
+    packing: str = "concatenate",
 ) -> pd.DataFrame:
-    """The first ``limit`` packed sequences (``iter_packed``) as a frame of ``example_id`` and
+    """The first ``limit`` sequences (``iter_packed``) as a frame of ``example_id`` and
     ``input_ids``; a streamed hub dataset is read only as far as needed."""
-    rows = list(itertools.islice(iter_packed(documents, tokenizer, seq_len, dedupe, stats, source), limit))
+    rows = list(itertools.islice(iter_packed(documents, tokenizer, seq_len, dedupe, stats, source, packing), limit))
     return pd.DataFrame({"example_id": [name for name, _ in rows], "input_ids": [ids for _, ids in rows]})
 
 
@@ -136,7 +175,7 @@ def stream_sequences(cfg: DataConfig, tokenizer) -> Path:
     if path.exists():
         return path
     stats = PackingStats()
-    packed = itertools.islice(iter_packed(load_documents(cfg), tokenizer, cfg.seq_len, cfg.dedupe, stats, cfg.source), cfg.num_examples)
+    packed = itertools.islice(iter_packed(load_documents(cfg), tokenizer, cfg.seq_len, cfg.dedupe, stats, cfg.source, cfg.packing), cfg.num_examples)
     schema = pa.schema([("example_id", pa.string()), ("input_ids", pa.list_(pa.int32()))])
     written = 0
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
@@ -164,36 +203,55 @@ def _cache_folder(cfg: DataConfig, tokenizer) -> Path:
     return cache_dir() / "data" / _cache_key(cfg, tokenizer)
 
 
+HELD_OUT_SHARE_OF_ALL = 0.1
+"""The share of documents held out when D keeps every sequence (``num_examples`` None)."""
+
+
 def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
-    """D and validation for a data config and tokenizer; cached on disk by source, tokenizer and shape."""
+    """D and validation for a data config and tokenizer; cached on disk by source, tokenizer and shape.
+
+    Documents are held out by ``held_out`` in the share validation needs of D and validation
+    together; each side is packed on its own, D in the source's order, and validation sequences
+    whose tokens also occur in D are dropped."""
     folder = _cache_folder(cfg, tokenizer)
     if (folder / "train.parquet").exists():
         return SequenceSplits(read_sequences(folder / "train.parquet"), read_sequences(folder / "validation.parquet"))
-    wanted = None if cfg.num_examples is None else cfg.num_examples + cfg.validation_examples
-    stats = PackingStats()
-    sequences = pack_sequences(load_documents(cfg), tokenizer, cfg.seq_len, limit=wanted, dedupe=cfg.dedupe, stats=stats, source=cfg.source)
-    available = len(sequences)
-    if available == 0:
+    total = None if cfg.num_examples is None else cfg.num_examples + cfg.validation_examples
+    share = cfg.validation_examples / total if total else HELD_OUT_SHARE_OF_ALL if cfg.validation_examples else 0.0
+    documents = load_documents(cfg)
+    if isinstance(documents, datasets.Dataset):  # filtered lazily, with nothing written to the datasets cache
+        documents = documents.to_iterable_dataset()
+
+    def side(validation: bool, limit: int | None, stats: PackingStats) -> pd.DataFrame:
+        chosen = documents.filter(lambda batch: [held_out(text, share, cfg.seed) == validation for text in batch["text"]], batched=True)
+        return pack_sequences(chosen, tokenizer, cfg.seq_len, limit=limit, dedupe=cfg.dedupe, stats=stats, source=cfg.source, packing=cfg.packing)
+
+    stats, held_stats = PackingStats(), PackingStats()
+    train = side(False, cfg.num_examples, stats)
+    if len(train) == 0:
         raise DataError(
             f"{cfg.source} yields no sequence of {cfg.seq_len} tokens: {stats.describe(cfg.seq_len)}. "
             "Use more or longer texts, or lower data.seq_len."
         )
-    if stats.dropped_tokens:
-        logger.info("%s: %d sequences; %s", cfg.source, available, stats.describe(cfg.seq_len))
-    if wanted is not None and available < wanted:
+    if stats.dropped_tokens or stats.short_documents:
+        logger.info("%s: %d sequences in D; %s", cfg.source, len(train), stats.describe(cfg.seq_len))
+    if cfg.num_examples is not None and len(train) < cfg.num_examples:
         raise DataError(
-            f"{cfg.source} yields only {available} distinct sequences of {cfg.seq_len} tokens, but "
-            f"data.num_examples={cfg.num_examples} plus data.validation_examples={cfg.validation_examples} "
-            f"= {wanted} are needed. Lower data.num_examples, or use a larger source."
+            f"{cfg.source} yields only {len(train)} distinct sequences of {cfg.seq_len} tokens for D from the documents not "
+            f"held out for validation, but data.num_examples={cfg.num_examples} are needed. Lower data.num_examples, or use a larger source."
         )
-    if available <= cfg.validation_examples and cfg.validation_examples:
-        raise DataError(
-            f"{cfg.source} yields {available} sequences, not more than data.validation_examples="
-            f"{cfg.validation_examples}; nothing would be left to train on. Lower data.validation_examples."
-        )
-    order = np.random.default_rng(cfg.seed).permutation(available)
-    validation = sequences.iloc[order[: cfg.validation_examples]].reset_index(drop=True)
-    train = sequences.iloc[order[cfg.validation_examples :]].reset_index(drop=True)
+    validation = pd.DataFrame({"example_id": [], "input_ids": []})
+    if cfg.validation_examples:
+        # a few more than asked for, in case some repeat a sequence of D and are dropped
+        validation = side(True, cfg.validation_examples * 2, held_stats)
+        validation = validation[~validation["example_id"].isin(set(train["example_id"]))].iloc[: cfg.validation_examples]
+        if len(validation) < cfg.validation_examples:
+            raise DataError(
+                f"{cfg.source} yields only {len(validation)} validation sequences of {cfg.seq_len} tokens from the "
+                f"{share:.1%} of its documents held out (by document, so that none feeds both D and validation), but "
+                f"data.validation_examples={cfg.validation_examples} are needed. Lower data.validation_examples, or use a larger source."
+            )
+    train, validation = train.reset_index(drop=True), validation.reset_index(drop=True)
     with atomic_dir(folder) as tmp:
         write_sequences(tmp / "train.parquet", train)
         write_sequences(tmp / "validation.parquet", validation)

@@ -58,8 +58,11 @@ def comparison_table(comparison: dict) -> str:
         lines.append(f"{name:<16}" + "".join(cells))
     for pair in comparison["pairs"]:
         a, b = labels[runs.index(pair["a"])], labels[runs.index(pair["b"])]
-        how = "same tokenizer, matched by example id" if pair["same_tokenizer"] else "different tokenizers, matched by decoded text"
-        lines += ["", f"{a} vs {b} ({how}; {pair['shared_examples']} shared examples; zlib entropy Pearson r {pair['zlib_pearson']:.3f})"]
+        tokenizers = "same tokenizer" if pair["same_tokenizer"] else "different tokenizers"
+        r = "n/a (fewer than 3 shared examples)" if pair["zlib_pearson"] is None else f"{pair['zlib_pearson']:.3f}"
+        lines += ["", f"{a} vs {b} ({tokenizers}, matched by {pair['matched_by']}; {pair['shared_examples']} shared examples; zlib entropy Pearson r {r})"]
+        if "note" in pair:
+            lines.append(f"  note: {pair['note']}")
         for name, o in pair["overlap"].items():
             lines.append(f"  {name:<14} memorized {o['a']:>5d} / {o['b']:<5d} both {o['both']:>5d}  Jaccard {o['jaccard']:.3f}")
     return "\n".join(lines)

@@ -17,6 +17,10 @@ batch reads only its own rows. Each shard holds, for every example and position 
   at each temperature the cache serves. From these, ``kdmem.losses.importance_sampled_teacher``
   gives an unbiased estimate of the teacher at each of those temperatures; exact when k = vocab.
   A student at another temperature is refused: the cache cannot serve it without bias.
+  The tail is drawn ``tail_draws`` times over (N x draws samples, one block per draw), and
+  training epoch e reads draw e mod ``tail_draws``: a student that saw one draw in every epoch
+  would fit that draw's noise (measured on the default run at T = 2: validation loss 4.089 with
+  one draw of 16 reused for 12 epochs, 3.970 with a fresh draw each epoch, 3.972 from full logits).
 
 Samples are drawn from a generator seeded by the shard's index, so a cache is the same however it
 is built (resumed, or split across processes).
@@ -57,6 +61,8 @@ class CacheSpec:
     """N, tail tokens sampled per position (with ``top_k`` below the vocabulary)."""
     temperatures: tuple[float, ...] = ()
     """The temperatures a sampled cache serves (it keeps the log-partition at each)."""
+    tail_draws: int = 1
+    """Independent draws of the ``tail_samples``; training epoch e reads draw e mod ``tail_draws``."""
 
     @property
     def proposal_temperature(self) -> float:
@@ -68,7 +74,7 @@ class CacheSpec:
 
     @property
     def bytes_per_token(self) -> int:
-        return cache_bytes_per_token(self.vocab_size, self.top_k, self.tail_samples, len(self.temperatures))
+        return cache_bytes_per_token(self.vocab_size, self.top_k, self.tail_samples * self.tail_draws, len(self.temperatures))
 
     def check_serves(self, temperature: float) -> None:
         if self.top_k is not None and temperature not in self.temperatures:
@@ -96,7 +102,7 @@ def sampled_entries(logits: torch.Tensor, spec: CacheSpec, generator: torch.Gene
         "top_ids": top_ids.to(torch.int32),
         "log_partition": torch.stack([torch.logsumexp(logits / t, dim=-1) for t in spec.temperatures], dim=-1),
     }
-    samples = spec.tail_samples if spec.top_k < spec.vocab_size else 0
+    samples = spec.tail_samples * spec.tail_draws if spec.top_k < spec.vocab_size else 0
     tail = logits.scatter(-1, top_ids, -torch.inf) / spec.proposal_temperature
     log_proposal = torch.log_softmax(tail, dim=-1)
     flat = log_proposal.reshape(-1, logits.shape[-1]).exp()
@@ -132,6 +138,7 @@ def build_teacher_cache(
     vocab_size: int | None = None,
     top_k: int | None = 64,
     tail_samples: int = 16,
+    tail_draws: int = 1,
     temperatures: tuple[float, ...] | list[float] = (1.0, 2.0, 3.0, 4.0),
     shard_size: int = 1024,
     batch_size: int = 32,
@@ -144,7 +151,8 @@ def build_teacher_cache(
         vocab_size: logits kept per position (default: all the teacher's); set it to the
             tokenizer's length when the embedding has padding rows.
         top_k: None keeps the full logits; k keeps the top k, ``tail_samples`` sampled tail
-            tokens and the log-partition at each of ``temperatures`` (the ones it can serve).
+            tokens in each of ``tail_draws`` draws, and the log-partition at each of
+            ``temperatures`` (the ones it can serve).
     """
     root = Path(root)
     vocab = vocab_size or teacher.config.vocab_size
@@ -163,6 +171,7 @@ def build_teacher_cache(
         shard_size=shard_size,
         first_ids=tuple(sequences["example_id"].iloc[:8]),
         tail_samples=tail_samples if sampled and top_k < vocab else 0,
+        tail_draws=tail_draws if sampled and top_k < vocab else 1,
         temperatures=tuple(sorted({float(t) for t in temperatures})) if sampled else (),
     )
     spec_path = root / "spec.json"
@@ -189,7 +198,7 @@ def build_teacher_cache(
 
 
 def complete_teacher_cache(
-    root: str | Path, sequences: pd.DataFrame, *, teacher_id: str, top_k: int | None, tail_samples: int = 16,
+    root: str | Path, sequences: pd.DataFrame, *, teacher_id: str, top_k: int | None, tail_samples: int = 16, tail_draws: int = 1,
     temperatures: tuple[float, ...] | list[float] = (1.0, 2.0, 3.0, 4.0),
 ) -> TeacherLogitCache | None:
     """The finished cache in ``root`` if it is one of ``teacher_id`` over ``sequences`` with these
@@ -203,7 +212,7 @@ def complete_teacher_cache(
     if top_k is not None:
         expected["temperatures"] = sorted({float(t) for t in temperatures})
         if top_k < found.get("vocab_size", 0):
-            expected["tail_samples"] = tail_samples
+            expected |= {"tail_samples": tail_samples, "tail_draws": tail_draws}
     if any(found.get(key) != value for key, value in expected.items()):
         return None
     if any(not _shard_path(Path(root), i).exists() for i in range(math.ceil(found["examples"] / found["shard_size"]))):
@@ -241,12 +250,14 @@ class TeacherLogitCache:
                 picked[name].append(file.get_slice(name)[row : row + 1])
         return {name: torch.cat(values) for name, values in picked.items()}
 
-    def teacher_at(self, cached: dict[str, torch.Tensor], temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sampled rows (from ``rows``) -> (ids, log p_T, weights) at ``temperature``, for
-        ``kdmem.losses.sampled_forward_kl``."""
+    def teacher_at(self, cached: dict[str, torch.Tensor], temperature: float, draw: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sampled rows (from ``rows``) -> (ids, log p_T, weights) at ``temperature`` from tail
+        draw ``draw`` (mod ``tail_draws``), for ``kdmem.losses.sampled_forward_kl``."""
         self.spec.check_serves(temperature)
         column = self.spec.temperatures.index(temperature)
+        start = (draw % self.spec.tail_draws) * self.spec.tail_samples
+        block = slice(start, start + self.spec.tail_samples)
         return importance_sampled_teacher(
-            cached["top_logits"], cached["top_ids"], cached["tail_logits"], cached["tail_ids"], cached["tail_log_proposal"],
-            cached["log_partition"][..., column], temperature,
+            cached["top_logits"], cached["top_ids"], cached["tail_logits"][..., block], cached["tail_ids"][..., block],
+            cached["tail_log_proposal"][..., block], cached["log_partition"][..., column], temperature,
         )

@@ -153,7 +153,8 @@ class DistillationTrainer(KdmemTrainer):
         else:
             cached = {name: value.to(student_logits.device) for name, value in self.cache.rows(cache_rows).items()}
             if self.cache.spec.top_k is not None:
-                teacher = self.cache.teacher_at(cached, self.distill.temperature)
+                # a fresh draw of the tail each epoch, while the cache has draws
+                teacher = self.cache.teacher_at(cached, self.distill.temperature, draw=int(self.state.epoch or 0))
                 return sampled_forward_kl(student_logits[:, :-1, : self.cache.spec.vocab_size], *teacher, **options)
             teacher_logits = cached["logits"]
         student_logits, teacher_logits = on_shared_vocabulary(student_logits[:, :-1], teacher_logits)
