@@ -44,3 +44,26 @@ def test_parameters_of_a_local_model_come_from_its_config_alone(tiny_bases):
     assert parameter_count("builtin:tiny-teacher") is None
     result = plan(load_config(preset="smoke"))
     assert result["total_gpu_hours"] is None and result["parameters"] == {"teacher": None, "student": None}
+
+
+def test_dry_run_offline_says_so_at_once_and_takes_counts_from_a_flag(capsys, caplog, monkeypatch):
+    """A hub name outside the table, the hub unreachable: one message, within seconds (before:
+    about 54 s of retries, each error printed twice), and --parameters fills the counts."""
+    import logging
+    import time
+
+    import kdmem.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "hub_reachable", lambda: False)
+    overrides = ["teacher.model=Qwen/Qwen3-8B", "student.model=Qwen/Qwen3-1.7B"]
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["run", str(PAPER_CONFIGS[-1]), "--dry-run", *overrides]) == 0
+    assert time.perf_counter() - start < 20
+    messages = [r.getMessage() for r in caplog.records if "Cannot look up" in r.getMessage()]
+    assert len(messages) == 2 and "Qwen/Qwen3-8B" in messages[0] and "--parameters" in messages[0]
+    assert "unknown" in capsys.readouterr().out
+    assert cli.main(["run", str(PAPER_CONFIGS[-1]), "--dry-run", "--parameters", "teacher=8.19e9,student=2.03e9", *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "8.19B parameters" in printed and "total" in printed and "unknown" not in printed.split("total")[-1]
+    assert cli.main(["run", str(PAPER_CONFIGS[-1]), "--dry-run", "--parameters", "teacher=lots"]) == 2

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", help="output folder (default: runs/NAME)")
     run.add_argument("--overwrite", action="store_true", help="when --output holds a run of another config, recompute the stages the change affects (default: refuse)")
     run.add_argument("--dry-run", action="store_true", help="validate the config and print the plan and a compute estimate; train nothing")
+    run.add_argument("--parameters", metavar="MODEL=N,...", default="",
+                     help="with --dry-run: parameter counts to use instead of looking them up, e.g. teacher=8.19e9,student=2.03e9")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.num_examples=200")
 
     extract = commands.add_parser(
@@ -171,6 +173,17 @@ def _predict(args) -> None:
     print(f"scored {len(risk)} sequences; mean risk {risk['risk'].mean():.4f}, 99th percentile {top:.4f}; wrote {args.output}")
 
 
+def _parameter_counts(text: str) -> dict[str, float]:
+    counts = {}
+    for pair in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = pair.partition("=")
+        try:
+            counts[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"--parameters takes MODEL=N pairs such as teacher=8.19e9; got {pair!r}.") from None
+    return counts
+
+
 def _split_config_and_overrides(args) -> None:
     # argparse cannot tell "kdmem run a=b" (override) from "kdmem run file.yaml"; an "=" decides.
     if args.config and "=" in args.config:
@@ -244,7 +257,14 @@ def _leave_process_group() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # argparse takes `run`'s positional overrides only before its first flag; key=value pairs
+    # after a flag (kdmem run CONFIG --dry-run data.seq_len=128) are overrides too.
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "run" and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         if args.command == "run":
@@ -255,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.dry_run:
                 from kdmem.plan import format_plan, plan
 
-                print(format_plan(plan(config)))
+                print(format_plan(plan(config, _parameter_counts(args.parameters))))
             else:
                 run(config, args.output, overwrite=args.overwrite)
         elif args.command == "extract":

@@ -32,29 +32,59 @@ KNOWN_PARAMETERS = {
 }
 
 
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """One quick connection attempt, instead of the hub client's retries (about a minute offline)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def parameter_count(name: str, revision: str | None = None, trust_remote_code: bool = False) -> float | None:
-    """Parameters of ``name`` without its weights: the table, else its config; None if unknown."""
+    """Parameters of ``name`` without its weights: the table, else its config (a local folder, the
+    local hub cache, or the hub when it answers); None if unknown, with one message saying why."""
     if name in KNOWN_PARAMETERS:
         return KNOWN_PARAMETERS[name]
     if name.startswith("builtin:"):
         return None  # built at run time from the embedded config
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     try:
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
+        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True)
+    except Exception:  # not a local folder, and not in the local hub cache
+        if not hub_reachable():
+            logger.warning(
+                "Cannot look up %s: the Hugging Face Hub is unreachable and no copy of its config.json is cached here. "
+                "Give a local folder with its config.json as the model, or the counts with --parameters teacher=8.19e9,student=2.03e9.",
+                name,
+            )
+            return None
+        try:
+            config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+        except Exception as error:  # gated or unknown: the plan says "unknown"
+            logger.warning("no parameter count for %s: %s", name, " ".join(str(error).split())[:300])
+            return None
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return float(sum(p.numel() for p in model.parameters()))
 
-        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-        return float(sum(p.numel() for p in model.parameters()))
-    except Exception as error:  # offline, gated or unknown: the plan says "unknown"
-        logger.info("no parameter count for %s: %s", name, error)
-        return None
 
-
-def plan(config: ExperimentConfig) -> dict:
-    """The stages of the run, its token counts, the teacher-cache size and a compute estimate."""
-    teacher_n = parameter_count(config.teacher.model, config.teacher.revision, config.teacher.trust_remote_code)
-    student_n = parameter_count(config.student.model, config.student.revision, config.student.trust_remote_code)
+def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -> dict:
+    """The stages of the run, its token counts, the teacher-cache size and a compute estimate.
+    ``parameters`` (``teacher``, ``student``) overrides the parameter counts looked up."""
+    parameters = parameters or {}
+    unknown = set(parameters) - {"teacher", "student"}
+    if unknown:
+        raise ValueError(f"--parameters takes teacher=N and student=N, not {', '.join(sorted(unknown))}.")
+    teacher_n = parameters.get("teacher") or parameter_count(config.teacher.model, config.teacher.revision, config.teacher.trust_remote_code)
+    student_n = parameters.get("student") or parameter_count(config.student.model, config.student.revision, config.student.trust_remote_code)
     examples = config.data.num_examples
     tokens = None if examples is None else examples * config.data.seq_len
     soft_students = [("soft" + seed_suffix(s, config)) for s in config.seeds]
