@@ -230,7 +230,12 @@ def test_filtering_that_cannot_flag_is_skipped_with_the_reason(hand_run, tmp_pat
     shutil.copytree(source, out)
     for stale in ("summary.json", "analysis.json"):
         (out / stale).unlink()
-    # the hand-made hard set is unrelated to the features: recall 0.99 needs every example flagged
+    # features that tell no example from another: every example gets one risk, so recall 0.99 flags them all
+    from kdmem.analysis.predictor import FEATURES
+
+    features = pd.read_parquet(out / "features.parquet")
+    features[list(FEATURES)] = 1.0
+    features.to_parquet(out / "features.parquet", index=False)
     config = load_config(out / "config.yaml", overrides=["filtering.enabled=true", "filtering.student=hard"])
     save_config(config, out / "config.yaml")
     summary = run(config, out)
