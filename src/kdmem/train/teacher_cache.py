@@ -186,8 +186,9 @@ def build_teacher_cache(
         else:
             write_json_atomic(spec_path, asdict(spec))
     teacher.eval()
-    missing = [i for i in range(spec.num_shards) if not _shard_path(root, i).exists()]
-    mine = missing[state.process_index :: state.num_processes]
+    # Shard i belongs to process i mod N whatever is on disk: a list of the missing shards, taken
+    # by each process at its own moment, would differ once another process had written one.
+    mine = [i for i in range(state.process_index, spec.num_shards, state.num_processes) if not _shard_path(root, i).exists()]
     for index in tqdm(mine, desc="teacher logits", unit="shard", disable=not mine or not state.is_local_main_process):
         rows = slice(index * shard_size, min((index + 1) * shard_size, spec.examples))
         tensors = _shard_tensors(teacher, input_ids[rows], spec, batch_size, index)
