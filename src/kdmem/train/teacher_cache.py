@@ -3,8 +3,8 @@ by every student, seed, epoch and temperature (the temperature is applied at tra
 
 A cache is a folder: ``spec.json`` (what it holds and for which teacher and data) and shards
 ``shard-00000.safetensors`` ... of ``shard_size`` examples each, written atomically, so a killed
-build resumes at the first missing shard. Under ``accelerate launch`` each process computes every
-N-th missing shard, and all wait until the cache is whole. safetensors files are memory-mapped when read: a
+build resumes at the first missing shard. Under ``accelerate launch`` process p computes the missing
+shards i with i mod N = p, and all wait until the cache is whole. safetensors files are memory-mapped when read: a
 batch reads only its own rows. Each shard holds, for every example and position t < seq_len - 1
 (the distribution over token t + 1):
 
