@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdmem.config import load_config
+from kdmem.config import PAPER_TEMPERATURES, load_config
 from kdmem.data import as_tensor, read_sequences
 from kdmem.losses import importance_sampled_teacher
 from kdmem.memorization import extract_memorized
@@ -38,7 +38,7 @@ from kdmem.models import load_model
 from kdmem.train import distill, resolve_model_name, validation_loss
 from kdmem.train.teacher_cache import CacheSpec, build_teacher_cache, sampled_entries
 
-TEMPERATURES = (1.0, 2.0, 3.0, 4.0)
+TEMPERATURES = PAPER_TEMPERATURES
 
 
 def dense_estimates(teacher_logits: torch.Tensor, k: int, samples: int, temperature: float, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -24,6 +24,10 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and the fix."""
 
 
+PAPER_TEMPERATURES = (1.0, 2.0, 3.0, 4.0)
+"""The paper's temperature sweep."""
+
+
 @dataclass
 class DataConfig:
     """Where the private training set D comes from and how it is cut into sequences."""
@@ -44,7 +48,7 @@ class DataConfig:
     dedupe: bool = True
     """Drop sequences whose tokens exactly repeat an earlier one."""
     seed: int = 0
-    """Seed of the hash that decides which documents are held out (and of the order of D)."""
+    """Seed of the hash that decides which documents are held out (D keeps the source's order)."""
     packing: str = "concatenate"
     """``concatenate``: documents joined with end-of-text between them and cut into ``seq_len``
     tokens (no BOS; as Pythia was pre-trained). ``documents``: one example per document, its first
@@ -120,7 +124,7 @@ class SoftDistillConfig:
     def cache_temperatures(self) -> tuple[float, ...]:
         """What a top-k cache serves: the paper's sweep T = 1..4 (so that sweeping it reuses one
         cache), the soft student's own temperature and the run's sweep."""
-        return tuple(sorted({1.0, 2.0, 3.0, 4.0, float(self.temperature), *map(float, self.sweep_temperatures)}))
+        return tuple(sorted({*PAPER_TEMPERATURES, float(self.temperature), *map(float, self.sweep_temperatures)}))
 
 
 @dataclass

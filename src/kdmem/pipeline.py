@@ -361,8 +361,9 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             if soft.teacher_cache:  # built by the first soft student, read by the others
                 root = layout.teacher_cache(rows_name)
                 # The teacher is loaded only when the cache still needs it.
-                settings = {"top_k": soft.cache_top_k, "tail_samples": soft.cache_tail_samples, "tail_draws": config.soft.cache_draws,
-                            "temperatures": config.soft.cache_temperatures}
+                cached = config.soft  # one cache for every soft student, whatever its temperature
+                settings = {"top_k": cached.cache_top_k, "tail_samples": cached.cache_tail_samples, "tail_draws": cached.cache_draws,
+                            "temperatures": cached.cache_temperatures}
                 cache = complete_teacher_cache(root, rows, teacher_id=teacher_id, **settings)
                 if cache is None:
                     cache = build_teacher_cache(

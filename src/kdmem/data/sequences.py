@@ -226,7 +226,7 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
         chosen = documents.filter(lambda batch: [held_out(text, share, cfg.seed) == validation for text in batch["text"]], batched=True)
         return pack_sequences(chosen, tokenizer, cfg.seq_len, limit=limit, dedupe=cfg.dedupe, stats=stats, source=cfg.source, packing=cfg.packing)
 
-    stats, held_stats = PackingStats(), PackingStats()
+    stats = PackingStats()
     train = side(False, cfg.num_examples, stats)
     if len(train) == 0:
         raise DataError(
@@ -243,7 +243,7 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
     validation = pd.DataFrame({"example_id": [], "input_ids": []})
     if cfg.validation_examples:
         # a few more than asked for, in case some repeat a sequence of D and are dropped
-        validation = side(True, cfg.validation_examples * 2, held_stats)
+        validation = side(True, cfg.validation_examples * 2, PackingStats())
         validation = validation[~validation["example_id"].isin(set(train["example_id"]))].iloc[: cfg.validation_examples]
         if len(validation) < cfg.validation_examples:
             raise DataError(

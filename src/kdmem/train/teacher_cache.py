@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from kdmem.config import PAPER_TEMPERATURES
 from kdmem.data import as_tensor
 from kdmem.io import atomic_path, process_state, write_json_atomic
 from kdmem.losses import importance_sampled_teacher
@@ -103,17 +104,17 @@ def sampled_entries(logits: torch.Tensor, spec: CacheSpec, generator: torch.Gene
         "log_partition": torch.stack([torch.logsumexp(logits / t, dim=-1) for t in spec.temperatures], dim=-1),
     }
     samples = spec.tail_samples * spec.tail_draws if spec.top_k < spec.vocab_size else 0
-    tail = logits.scatter(-1, top_ids, -torch.inf) / spec.proposal_temperature
-    log_proposal = torch.log_softmax(tail, dim=-1)
-    flat = log_proposal.reshape(-1, logits.shape[-1]).exp()
-    tail_ids = torch.multinomial(flat, samples, replacement=True, generator=generator) if samples else flat.new_zeros((len(flat), 0), dtype=torch.long)
+    if not samples:  # k = vocabulary: no tail
+        empty = logits.new_zeros((*logits.shape[:-1], 0))
+        return values | {"tail_ids": empty.to(torch.int32), "tail_logits": empty, "tail_log_proposal": empty}
+    log_proposal = torch.log_softmax(logits.scatter(-1, top_ids, -torch.inf) / spec.proposal_temperature, dim=-1)
+    tail_ids = torch.multinomial(log_proposal.reshape(-1, logits.shape[-1]).exp(), samples, replacement=True, generator=generator)
     tail_ids = tail_ids.reshape(*logits.shape[:-1], samples)
-    values |= {
+    return values | {
         "tail_ids": tail_ids.to(torch.int32),
         "tail_logits": logits.gather(-1, tail_ids),
         "tail_log_proposal": log_proposal.gather(-1, tail_ids),
     }
-    return values
 
 
 @torch.no_grad()
@@ -139,7 +140,7 @@ def build_teacher_cache(
     top_k: int | None = 64,
     tail_samples: int = 16,
     tail_draws: int = 1,
-    temperatures: tuple[float, ...] | list[float] = (1.0, 2.0, 3.0, 4.0),
+    temperatures: tuple[float, ...] | list[float] = PAPER_TEMPERATURES,
     shard_size: int = 1024,
     batch_size: int = 32,
 ) -> TeacherLogitCache:
@@ -200,7 +201,7 @@ def build_teacher_cache(
 
 def complete_teacher_cache(
     root: str | Path, sequences: pd.DataFrame, *, teacher_id: str, top_k: int | None, tail_samples: int = 16, tail_draws: int = 1,
-    temperatures: tuple[float, ...] | list[float] = (1.0, 2.0, 3.0, 4.0),
+    temperatures: tuple[float, ...] | list[float] = PAPER_TEMPERATURES,
 ) -> TeacherLogitCache | None:
     """The finished cache in ``root`` if it is one of ``teacher_id`` over ``sequences`` with these
     settings, else None (then ``build_teacher_cache`` finishes it, or says why it cannot), decided
