@@ -70,3 +70,20 @@ def test_soft_distillation_from_a_wider_teacher_reads_the_shared_vocabulary(padd
     with torch.no_grad():
         loss = distillation_loss(trained(ids).logits[:, :-1], teacher(ids).logits[:, :-1, :STUDENT_ROWS])
     assert torch.isfinite(loss)
+
+
+def test_hard_kd_data_holds_only_ids_the_student_has(padded_pair, tiny_data):
+    """Found by rehearsing the Pythia config: a teacher with 50,688 rows generated ids its 50,304-row
+    student has no embedding for, and the hard student died on an IndexError. Now the continuation
+    is greedy over the shared rows: each generated token is the argmax of the first 528 logits."""
+    from kdmem.models.decoding import greedy_continuations
+
+    teacher, _, _ = padded_pair
+    starts = as_tensor(tiny_data.train.iloc[:16])
+    free = greedy_continuations(teacher, starts, 8, 40, batch_size=8)
+    assert (free[:, 8:] >= STUDENT_ROWS).any()  # unrestricted, the random teacher writes padded-row ids
+    shared = greedy_continuations(teacher, starts, 8, 40, batch_size=8, vocab_size=STUDENT_ROWS)
+    assert int(shared.max()) < STUDENT_ROWS
+    with torch.no_grad():
+        logits = teacher(shared[:, :-1]).logits[:, 7:, :STUDENT_ROWS]
+    assert torch.equal(logits.argmax(-1), shared[:, 8:])

@@ -5,6 +5,7 @@ The Python API behind the ``kdmem`` command::
     import kdmem
     config = kdmem.load_config(preset="smoke", overrides=["data.num_examples=200"])
     summary = kdmem.run(config, "runs/smoke")
+    checked = kdmem.rehearse(kdmem.load_config("configs/paper/pythia-fineweb.yaml"))  # look-alikes, minutes on a CPU
 """
 
 __version__ = "0.1.0"
@@ -12,5 +13,6 @@ __version__ = "0.1.0"
 from kdmem.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from kdmem.losses import distillation_loss  # noqa: E402
 from kdmem.pipeline import run  # noqa: E402
+from kdmem.rehearsal import rehearse  # noqa: E402
 
-__all__ = ["ConfigError", "ExperimentConfig", "__version__", "distillation_loss", "load_config", "run"]
+__all__ = ["ConfigError", "ExperimentConfig", "__version__", "distillation_loss", "load_config", "rehearse", "run"]

@@ -12,9 +12,10 @@ from kdmem.config import INFERENCE_DTYPES as DTYPES
 from kdmem.config import ConfigError, available_presets, load_config
 from kdmem.data import DataError
 from kdmem.models import ModelError
+from kdmem.rehearsal import RehearsalError
 from kdmem.train.trainers import TrainingError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, TrainingError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, DataError, ModelError, TrainingError, RehearsalError, FileNotFoundError, ValueError)
 
 
 def _describe_os_error(error: OSError) -> str:
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", help="output folder (default: runs/NAME)")
     run.add_argument("--overwrite", action="store_true", help="when --output holds a run of another config, recompute the stages the change affects (default: refuse)")
     run.add_argument("--dry-run", action="store_true", help="validate the config and print the plan and a compute estimate; train nothing")
+    run.add_argument("--rehearse", action="store_true",
+                     help="run the whole pipeline of CONFIG on shrunken look-alikes of its models (random weights, real vocabularies, "
+                     "tokenizers and dtypes) in minutes on a CPU, into runs/NAME-rehearsal; checks every stage's outputs")
+    run.add_argument("--lookalikes", metavar="DIR",
+                     help="with --rehearse: a folder holding ORG/NAME/config.json and tokenizer files for the config's models, read instead of the hub")
     run.add_argument("--parameters", metavar="MODEL=N,...", default="",
                      help="with --dry-run: parameter counts to use instead of looking them up, e.g. teacher=8.19e9,student=2.03e9")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.num_examples=200")
@@ -276,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                 from kdmem.plan import format_plan, plan
 
                 print(format_plan(plan(config, _parameter_counts(args.parameters))))
+            elif args.rehearse:
+                from kdmem.rehearsal import format_rehearsal, rehearse
+
+                print(format_rehearsal(rehearse(config, args.output, lookalikes=args.lookalikes)))
             else:
                 run(config, args.output, overwrite=args.overwrite)
         elif args.command == "extract":

@@ -190,6 +190,11 @@ class FilteringConfig:
     target_recall: float = 0.99
     """The flagging threshold is set on held-out examples so at least this share of the
     student's memorized examples are flagged."""
+    stand_in_examples: int = 0
+    """Rehearsals only (``kdmem run --rehearse`` sets it): when the student memorizes too few
+    examples to fit the predictor, this many examples it comes closest to reproducing (most
+    leading suffix tokens) stand in for its memorized set, so that the filtering and the
+    student distilled again still run. Marked in ``filtering.json`` and the report."""
 
 
 @dataclass

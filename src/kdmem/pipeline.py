@@ -29,13 +29,14 @@ import yaml
 from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
 from kdmem.analysis.analyze import analyze, memorized_over_seeds, model_feature_table
-from kdmem.analysis.filtering import flag_examples
+from kdmem.analysis.filtering import MIN_MEMORIZED_TO_FILTER, flag_examples, stand_in_memorized
 from kdmem.io import process_state, split_across_processes, write_json_atomic, write_parquet_atomic
 from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
 from kdmem.memorization.membership import membership_metrics, split_scores, write_membership
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
+from kdmem.models.loading import model_vocab_size
 from kdmem.report import headline_table, write_report
 from kdmem.stages import derived_outputs, stage_fingerprints, stage_outputs
 from kdmem.models.decoding import greedy_continuations
@@ -279,7 +280,11 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
                 raise RuntimeError(f"stage {name} finished on the main process without writing {done_marker}")
             logger.info("[%s] running", name)
             start = time.perf_counter()
-            action()
+            try:
+                action()
+            except Exception as error:  # the rehearsal and the logs name the stage that failed
+                error.add_note(f"kdmem stage: {name}")
+                raise
             if distributed:
                 state.wait_for_everyone()
             if main:
@@ -390,9 +395,12 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             train_soft(name, config.seeds[0], dataclasses.replace(config.soft, temperature=temperature), track=False)
 
     def make_hard_data():
+        # The teacher writes only ids the student can read (the smaller embedding matrix).
+        shared_vocabulary = min(teacher_model().config.get_text_config().vocab_size, model_vocab_size(student_base, config.student))
         def generate(share: pd.DataFrame, offset: int) -> pd.DataFrame:
             generated = greedy_continuations(
-                teacher_model(), as_tensor(share), config.hard.prefix_len, config.data.seq_len, config.hard.generation_batch_size, desc="hard data"
+                teacher_model(), as_tensor(share), config.hard.prefix_len, config.data.seq_len, config.hard.generation_batch_size,
+                desc="hard data", vocab_size=shared_vocabulary,
             )
             return pd.DataFrame({"example_id": share["example_id"].to_numpy(), "input_ids": list(generated.numpy().astype("int32"))})
 
@@ -425,9 +433,13 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
         def flag():
             features = pd.read_parquet(layout.features)
-            target = memorized_over_seeds(layout, config, kind)
+            target, stand_in = memorized_over_seeds(layout, config, kind), {}
+            if len(target) < MIN_MEMORIZED_TO_FILTER and config.filtering.stand_in_examples:
+                target = stand_in_memorized(pd.read_parquet(layout.memorization(kind + seed_suffix(config.seeds[0], config))), config.filtering.stand_in_examples)
+                stand_in = {"stand_in": f"a rehearsal: the {len(target)} examples the {kind} student came closest to reproducing stand in for its memorized set"}
             try:
                 removed, info = flag_examples(features, features["example_id"].isin(target).to_numpy(), config.filtering.target_recall, config.seeds[0])
+                info |= stand_in
             except ValueError as error:
                 # What the students memorized decides this, not the config alone: the run goes on,
                 # and the report says why there is no filtered student.

@@ -60,7 +60,7 @@ def model_feature_table(layout: RunLayout, config, train: pd.DataFrame, state=No
     models = {
         name: load_model(str(layout.model(name)), device=device, dtype=config.inference_dtype) for name in ["teacher", "baseline", *STUDENT_KINDS]
     }
-    batch_size = config.extraction.batch_size or 32
+    batch_size = config.extraction.batch_size  # None: the largest that fits, as extraction finds it
     features = split_across_processes(
         train,
         lambda share, offset: model_features(models, share, tokenizer, batch_size=batch_size, **feature_spans(config)),

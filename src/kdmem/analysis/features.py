@@ -52,31 +52,49 @@ def model_features(
     tokenizer,
     last_k: int = 50,
     suffix_span: tuple[int, int] = (50, 50),
-    batch_size: int = 32,
+    batch_size: int | None = 32,
     kl_pair: tuple[str, str] | None = ("teacher", "baseline"),
 ) -> pd.DataFrame:
     """One row per sequence: ``example_id``, ``zlib_entropy``, the per-model features named above for
     every model in ``models`` (keys become name prefixes), and ``teacher_baseline_kl`` when both
-    models of ``kl_pair`` are given. ``suffix_span`` is (prefix_len, suffix_len) of extraction. Models must share the tokenizer; their vocabularies may be padded apart."""
+    models of ``kl_pair`` are given. ``suffix_span`` is (prefix_len, suffix_len) of extraction. Models must share the tokenizer; their vocabularies may be padded apart.
+
+    Statistics are computed on the models' device and only the two logit tensors of ``kl_pair``
+    are held at once. ``batch_size`` None finds the largest that fits (as extraction does)."""
+    from kdmem.memorization.extraction import largest_fitting_batch, starting_batch_size
+
     input_ids = as_tensor(sequences)
     prefix_len, suffix_len = suffix_span
     suffix = slice(prefix_len - 1, prefix_len + suffix_len - 1)  # position t predicts token t + 1
-    columns: dict[str, list[torch.Tensor]] = {}
     for model in models.values():
         model.eval()
-    for start in tqdm(range(0, len(input_ids), batch_size), desc="features", unit="batch"):
-        batch = input_ids[start : start + batch_size]
-        targets = batch[:, 1:]
-        logits = {}
-        for name, model in models.items():
-            logits[name] = model(input_ids=batch[:, :-1].to(model.device)).logits.float().cpu()
-            for stat, value in _token_statistics(logits[name], targets, last_k, suffix).items():
-                columns.setdefault(f"{name}_{stat}", []).append(value)
-        if kl_pair and set(kl_pair) <= set(logits):
-            p_log, q_log = (F.log_softmax(x, dim=-1) for x in on_shared_vocabulary(logits[kl_pair[0]], logits[kl_pair[1]]))
-            kl = (p_log.exp() * (p_log - q_log)).sum(dim=-1).mean(dim=1)
-            columns.setdefault(f"{kl_pair[0]}_{kl_pair[1]}_kl", []).append(kl)
-        logits.clear()
+
+    def feature_columns(batch_size: int) -> dict[str, list[torch.Tensor]]:
+        columns: dict[str, list[torch.Tensor]] = {}
+        for start in tqdm(range(0, len(input_ids), batch_size), desc="features", unit="batch"):
+            batch = input_ids[start : start + batch_size]
+            kept = {}
+            for name, model in models.items():
+                logits = model(input_ids=batch[:, :-1].to(model.device)).logits
+                for stat, value in _token_statistics(logits, batch[:, 1:].to(logits.device), last_k, suffix).items():
+                    columns.setdefault(f"{name}_{stat}", []).append(value.cpu())
+                if kl_pair and name in kl_pair:
+                    kept[name] = logits
+                del logits
+            if kl_pair and set(kl_pair) <= set(kept):
+                teacher, other = on_shared_vocabulary(kept[kl_pair[0]], kept[kl_pair[1]].to(kept[kl_pair[0]].device))
+                p_log, q_log = F.log_softmax(teacher.float(), dim=-1), F.log_softmax(other.float(), dim=-1)
+                kl = (p_log.exp() * (p_log - q_log)).sum(dim=-1).mean(dim=1)
+                columns.setdefault(f"{kl_pair[0]}_{kl_pair[1]}_kl", []).append(kl.cpu())
+            kept.clear()
+        return columns
+
+    if batch_size is None:
+        # about six float32 copies of a batch's logits are alive at once (two models' log-softmax and products)
+        first = next(iter(models.values()))
+        columns, _ = largest_fitting_batch(feature_columns, max(1, starting_batch_size(first, input_ids.shape[1]) // 8))
+    else:
+        columns = feature_columns(batch_size)
     frame = pd.DataFrame({"example_id": sequences["example_id"].to_numpy()})
     frame["zlib_entropy"] = [zlib_entropy(tokenizer.decode(ids.tolist())) for ids in sequences["input_ids"]]
     for name, parts in columns.items():

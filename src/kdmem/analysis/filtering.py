@@ -15,6 +15,10 @@ from sklearn.model_selection import train_test_split
 from kdmem.analysis.predictor import FEATURES, fit_risk_model, precision_at_recall
 
 
+MIN_MEMORIZED_TO_FILTER = 4
+"""Memorized examples the predictor needs: two to fit on and two to calibrate the threshold on."""
+
+
 def flag_examples(features: pd.DataFrame, memorized: np.ndarray, target_recall: float = 0.99, seed: int = 0) -> tuple[set[str], dict]:
     """The example ids to remove, and how the threshold was chosen.
 
@@ -22,8 +26,10 @@ def flag_examples(features: pd.DataFrame, memorized: np.ndarray, target_recall: 
     or when reaching ``target_recall`` would flag every example (nothing would be left to train on).
     """
     memorized = np.asarray(memorized, dtype=bool)
-    if memorized.sum() < 4:
-        raise ValueError(f"the student memorizes {int(memorized.sum())} examples; filtering needs at least 4 to fit and calibrate the predictor")
+    if memorized.sum() < MIN_MEMORIZED_TO_FILTER:
+        raise ValueError(
+            f"the student memorizes {int(memorized.sum())} examples; filtering needs at least {MIN_MEMORIZED_TO_FILTER} to fit and calibrate the predictor"
+        )
     rows = np.arange(len(features))
     fit_rows, calibration_rows = train_test_split(rows, train_size=0.5, stratify=memorized, random_state=seed)
     model = fit_risk_model(features.iloc[fit_rows], memorized[fit_rows], FEATURES)
@@ -47,6 +53,14 @@ def flag_examples(features: pd.DataFrame, memorized: np.ndarray, target_recall: 
         "flagged_memorized": int((flagged & memorized).sum()),
         "memorized": int(memorized.sum()),
     }
+
+
+def stand_in_memorized(verdicts: pd.DataFrame, count: int) -> set[str]:
+    """The ``count`` examples a model comes closest to reproducing: most leading suffix tokens
+    matched, then the lowest suffix loss where measured (a rehearsal's stand-in memorized set)."""
+    order = ["matched_tokens"] + (["suffix_loss"] if "suffix_loss" in verdicts else [])
+    ranked = verdicts.sort_values(order, ascending=[False] + [True] * (len(order) - 1), kind="stable")
+    return set(ranked["example_id"].head(count))
 
 
 def filtering_report(before: set, after: set, removed: set, val_loss_before: float, val_loss_after: float) -> dict:

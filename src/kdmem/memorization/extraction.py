@@ -61,9 +61,10 @@ class TokenChecks:
 
     @classmethod
     def of(cls, logits: torch.Tensor, targets: torch.Tensor, margin_tolerance: float) -> "TokenChecks":
-        top = logits.float().topk(2, dim=-1)
-        gap = top.values[..., 0] - top.values[..., 1]
-        tolerance = torch.clamp(RECHECK_ULPS * logit_spacing(top.values[..., 0], logits.dtype), min=margin_tolerance)
+        top = logits.topk(2, dim=-1)  # in the logits' dtype: exact, and no float32 copy of every logit
+        values = top.values.float()
+        gap = values[..., 0] - values[..., 1]
+        tolerance = torch.clamp(RECHECK_ULPS * logit_spacing(values[..., 0], logits.dtype), min=margin_tolerance)
         return cls(top.indices[..., 0] == targets, gap, gap < tolerance)
 
     def __getitem__(self, index) -> "TokenChecks":
@@ -204,7 +205,7 @@ def extract_memorized(
         return {name: torch.cat(parts) for name, parts in columns.items()}
 
     if batch_size is None:
-        values, batch_size = largest_fitting_batch(verdict_columns, starting_batch_size(model))
+        values, batch_size = largest_fitting_batch(verdict_columns, starting_batch_size(model, length))
     else:
         values = verdict_columns(batch_size)
     started, rechecked_examples = time.perf_counter(), 0
@@ -236,10 +237,21 @@ def extract_memorized(
     return frame
 
 
-def starting_batch_size(model: PreTrainedModel) -> int:
+CPU_LOGIT_BYTES = 1 << 30
+"""On CPU, the starting batch keeps one batch's float32 logits under this (1 GiB): running out of
+host memory kills the process instead of raising an error the search could catch."""
+
+
+def starting_batch_size(model: PreTrainedModel, length: int) -> int:
     """Where the search for the largest batch starts: wide on accelerators; on CPU larger batches
-    buy no speed, so the search starts at a size that is already efficient there."""
-    return 1024 if model.device.type != "cpu" else 64
+    buy no speed, so the search starts at a size that is already efficient there (64), smaller
+    where a batch's logits over a large vocabulary would not fit (16 at Pythia's 50,688 x 256
+    tokens, 4 at Qwen3's 151,936)."""
+    if model.device.type != "cpu":
+        return 1024
+    per_sequence = max(1, length * model.config.get_text_config().vocab_size * 4)
+    fitting = max(1, CPU_LOGIT_BYTES // per_sequence)
+    return min(64, 1 << (fitting.bit_length() - 1))
 
 
 def largest_fitting_batch(work, starting: int):

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel
 
 
-def greedy_config(new_tokens: int, pad_token_id: int | None) -> GenerationConfig:
-    """Greedy decoding of exactly ``new_tokens`` tokens.
+def greedy_config(new_tokens: int, pad_token_id: int | None, suppressed: list[int] | None = None) -> GenerationConfig:
+    """Greedy decoding of exactly ``new_tokens`` tokens, never emitting the ``suppressed`` ids.
 
     ``eos_token_id`` is cleared so that decoding neither stops at end-of-text nor suppresses it;
     ``min_new_tokens`` would suppress it and so change the greedy path.
@@ -30,6 +30,7 @@ def greedy_config(new_tokens: int, pad_token_id: int | None) -> GenerationConfig
         eos_token_id=None,
         pad_token_id=pad_token_id if pad_token_id is not None else 0,
         bos_token_id=None,
+        suppress_tokens=suppressed or None,
     )
 
 
@@ -47,14 +48,25 @@ def plain_generation_defaults(model: PreTrainedModel) -> Iterator[None]:
 
 @torch.no_grad()
 def greedy_continuations(
-    model: PreTrainedModel, input_ids: torch.Tensor, prefix_len: int, total_len: int, batch_size: int = 64, desc: str = "generate"
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    prefix_len: int,
+    total_len: int,
+    batch_size: int = 64,
+    desc: str = "generate",
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """(N, total_len) ids: each row's first ``prefix_len`` tokens, then the model's greedy continuation.
 
-    Batched with the KV cache; every prefix has the same length, so nothing is padded.
+    Batched with the KV cache; every prefix has the same length, so nothing is padded. With
+    ``vocab_size``, the argmax is taken over the first ``vocab_size`` ids only: a teacher whose
+    embedding matrix has more rows than its student's (Pythia-12B 50,688, Pythia-1.4B 50,304)
+    must not write ids the student has no embedding for into the hard-KD data.
     """
     model.eval()
-    config = greedy_config(total_len - prefix_len, model.config.pad_token_id)
+    rows = model.config.get_text_config().vocab_size
+    suppressed = list(range(vocab_size, rows)) if vocab_size is not None and vocab_size < rows else None
+    config = greedy_config(total_len - prefix_len, model.config.pad_token_id, suppressed)
     device = model.device
     outputs = []
     with plain_generation_defaults(model):

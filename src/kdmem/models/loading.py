@@ -77,6 +77,14 @@ def load_model(
     return model.to(device if device is not None else default_device())
 
 
+def model_vocab_size(name_or_path: str, spec=None) -> int:
+    """Rows of a model's embedding matrix, from its config alone (``spec``: its revision and code setting)."""
+    from transformers import AutoConfig
+
+    options = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code} if spec is not None else {}
+    return AutoConfig.from_pretrained(name_or_path, **options).get_text_config().vocab_size
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -71,7 +71,9 @@ def key_findings(summary: dict, analysis: dict) -> list[str]:
         temperatures = ", ".join(f"{row['temperature']:g}" for row in sweep)
         findings.append(f"Soft students memorize {counts} examples at T = {temperatures} (paper: 1,591 / 668 / 155 / 12 at T = 1..4).")
     filtering = analysis.get("filtering", {})
-    if "memorized_after" in filtering:
+    if "memorized_after" in filtering and filtering.get("stand_in"):
+        findings.append(f"Filtering ran on a stand-in target, not a result: {filtering['stand_in']}.")
+    elif "memorized_after" in filtering:
         findings.append(
             f"Filtering the {filtering['student']} student's predicted examples ({filtering['flagged']} removed) and training again: "
             f"{filtering['memorized_before']} memorized before, {filtering['memorized_after']} after, {filtering['new_after']} of them new "

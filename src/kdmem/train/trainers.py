@@ -33,6 +33,8 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, remove_
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         bf16=cfg.bf16,
+        # bf16 mixed precision without a GPU is CPU autocast, which transformers runs only when asked
+        use_cpu=cfg.bf16 and not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         logging_steps=cfg.logging_steps,
         report_to=cfg.report_to,
         save_strategy=cfg.extra_args.get("save_strategy", "no"),
