@@ -85,6 +85,13 @@ def rehearsal_config(
             "data.source at a local copy (a .parquet, .jsonl or .txt file or folder), or rehearse the shapes on the "
             "embedded text: kdmem run CONFIG --rehearse data.source=builtin:python-docs"
         )
+    offline_models = [name for name in names[:2] if _is_hub_name(name) and not (lookalikes and (lookalikes / name / "config.json").is_file())]
+    if offline_models and not online:
+        logger.warning(
+            "The Hugging Face Hub is unreachable: the look-alikes of %s are made from kdmem's offline fixtures "
+            "(src/kdmem/models/lookalikes). Pass --lookalikes DIR to use your own copies of their config.json and tokenizer files.",
+            " and ".join(offline_models),
+        )
     rehearsal = copy.deepcopy(config)
     rehearsal.name = f"{config.name}-rehearsal"
     found = {}
