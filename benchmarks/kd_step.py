@@ -149,7 +149,8 @@ def run_variant(variant: str, args) -> dict:
         batch.pop("attention_mask")
         if variant == "kdmem_cache":  # built before timing: its cost is paid once per teacher and D
             rows = pd.DataFrame({"example_id": [str(i) for i in range(args.batch)], "input_ids": list(input_ids.numpy())})
-            cache = build_teacher_cache(teacher.to(device), rows, scratch / "cache", teacher_id="bench", top_k=args.top_k, batch_size=args.batch)
+            cache = build_teacher_cache(teacher.to(device), rows, scratch / "cache", teacher_id="bench", top_k=args.top_k,
+                                        tail_samples=args.tail_samples, batch_size=args.batch)
             batch["cache_rows"] = torch.arange(args.batch)
             teacher = None
         trainer = DistillationTrainer(model=student, args=TrainingArguments(**common), teacher=teacher, cache=cache,
@@ -198,6 +199,7 @@ def main() -> None:
     parser.add_argument("--student-hidden", type=int, default=128)
     parser.add_argument("--student-layers", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=64)
+    parser.add_argument("--tail-samples", type=int, default=16, help="tail tokens sampled per position by the top-k cache (the paper configs': 16)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0)

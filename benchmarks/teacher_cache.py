@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import tempfile
 import time
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="a Parquet file of sequences (e.g. runs/default/data/train.parquet)")
     parser.add_argument("--students", type=int, nargs="+", default=[1, 3], help="sweep sizes S to time")
     parser.add_argument("--top-k", type=int, default=64, help="0 for full logits")
+    parser.add_argument("--tail-samples", type=int, default=16, help="tail tokens sampled per position with a top-k cache (the paper configs': 16)")
+    parser.add_argument("--tail-draws", type=int, help="independent draws of them (default: one per epoch, as kdmem run does)")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "teacher_cache.json"))
@@ -76,14 +79,15 @@ def main() -> None:
     top_k = args.top_k or None
     training = TrainingConfig(epochs=args.epochs, learning_rate=3e-3, batch_size=args.batch_size, logging_steps=10**9)
     tokens = len(train) * (len(train["input_ids"].iloc[0]) - 1)
+    tail = {"tail_samples": args.tail_samples, "tail_draws": args.tail_draws or max(1, math.ceil(args.epochs))}
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         vocab = min(teacher.config.vocab_size, load_model(student_base).config.vocab_size)
         cache_seconds = timed(
-            lambda: build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, vocab_size=vocab, top_k=top_k, batch_size=64)
+            lambda: build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, vocab_size=vocab, top_k=top_k, batch_size=64, **tail)
         )
-        cache = build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, vocab_size=vocab, top_k=top_k)
+        cache = build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, vocab_size=vocab, top_k=top_k, **tail)
         cache_bytes = sum(p.stat().st_size for p in (scratch / "cache").glob("shard-*"))
 
         def one_student(temperature: float, use_cache: bool) -> float:
@@ -108,6 +112,7 @@ def main() -> None:
         "tokens_per_epoch": tokens,
         "epochs": args.epochs,
         "top_k": top_k,
+        **({} if top_k is None else tail),
         "cache_build_seconds": round(cache_seconds, 2),
         "cache_bytes": cache_bytes,
         "bytes_per_token": cache.spec.bytes_per_token,
@@ -117,7 +122,7 @@ def main() -> None:
         "platform": platform.platform(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
-    print(f"{len(train)} sequences, {args.epochs:g} epochs per student, cache top_k={top_k}: built in {cache_seconds:.1f} s, "
+    print(f"{len(train)} sequences, {args.epochs:g} epochs per student, cache top_k={top_k} {'' if top_k is None else tail}: built in {cache_seconds:.1f} s, "
           f"{cache_bytes / 1e6:.1f} MB ({cache.spec.bytes_per_token} bytes per token)")
     print(f"{'students':>9}{'live s':>10}{'cache s':>10}{'speedup':>9}")
     for row in rows:
