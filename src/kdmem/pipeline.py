@@ -283,7 +283,8 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             try:
                 action()
             except Exception as error:  # the rehearsal and the logs name the stage that failed
-                error.add_note(f"kdmem stage: {name}")
+                if hasattr(error, "add_note"):  # Python 3.11+
+                    error.add_note(f"kdmem stage: {name}")
                 raise
             if distributed:
                 state.wait_for_everyone()
@@ -397,6 +398,7 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     def make_hard_data():
         # The teacher writes only ids the student can read (the smaller embedding matrix).
         shared_vocabulary = min(teacher_model().config.get_text_config().vocab_size, model_vocab_size(student_base, config.student))
+
         def generate(share: pd.DataFrame, offset: int) -> pd.DataFrame:
             generated = greedy_continuations(
                 teacher_model(), as_tensor(share), config.hard.prefix_len, config.data.seq_len, config.hard.generation_batch_size,
