@@ -47,6 +47,9 @@ def _is_hub_name(name: str) -> bool:
     return not name.startswith("builtin:") and not is_local(name)
 
 
+OFFLINE_FIXTURE = "kdmem's offline look-alike (the real config.json as recorded, a locally trained tokenizer with the real length and special-token ids)"
+
+
 def lookalike_source(name: str, lookalikes: Path | None, online: bool) -> tuple[str, str]:
     """Where the look-alike of ``name`` reads its config.json and tokenizer: (path or name, how found)."""
     if lookalikes is not None and (lookalikes / name / "config.json").is_file():
@@ -56,7 +59,7 @@ def lookalike_source(name: str, lookalikes: Path | None, online: bool) -> tuple[
     if online:
         return name, "the Hugging Face Hub (config.json and tokenizer only)"
     if offline_fixture(name) is not None:
-        return str(materialized_fixture(name)), "kdmem's offline look-alike (the real config.json as recorded, a locally trained tokenizer with the real length and special-token ids)"
+        return str(materialized_fixture(name)), OFFLINE_FIXTURE
     raise RehearsalError(
         f"The Hugging Face Hub is unreachable, so the rehearsal cannot read the config.json and tokenizer of {name}. "
         f"Point --lookalikes at a folder holding {name}/config.json and its tokenizer files (as `save_pretrained` "
@@ -85,13 +88,6 @@ def rehearsal_config(
             "data.source at a local copy (a .parquet, .jsonl or .txt file or folder), or rehearse the shapes on the "
             "embedded text: kdmem run CONFIG --rehearse data.source=builtin:python-docs"
         )
-    offline_models = [name for name in names[:2] if _is_hub_name(name) and not (lookalikes and (lookalikes / name / "config.json").is_file())]
-    if offline_models and not online:
-        logger.warning(
-            "The Hugging Face Hub is unreachable: the look-alikes of %s are made from kdmem's offline fixtures "
-            "(src/kdmem/models/lookalikes). Pass --lookalikes DIR to use your own copies of their config.json and tokenizer files.",
-            " and ".join(offline_models),
-        )
     rehearsal = copy.deepcopy(config)
     rehearsal.name = f"{config.name}-rehearsal"
     found = {}
@@ -107,6 +103,13 @@ def rehearsal_config(
             build_lookalike(source, folder, size, revision=spec.revision, trust_remote_code=spec.trust_remote_code, seed=seed)
         found[role] = json.loads(info_path.read_text()) | {"model": spec.model, "found_in": where}
         spec.model, spec.revision = str(folder), None
+    from_fixtures = [info["model"] for info in found.values() if info["found_in"] == OFFLINE_FIXTURE]
+    if from_fixtures:
+        logger.warning(
+            "The Hugging Face Hub is unreachable: the look-alikes of %s are made from kdmem's offline fixtures "
+            "(src/kdmem/models/lookalikes). Pass --lookalikes DIR to use your own copies of their config.json and tokenizer files.",
+            " and ".join(from_fixtures),
+        )
     data = rehearsal.data
     data.num_examples = examples[0] if data.num_examples is None else min(data.num_examples, examples[0])
     data.validation_examples = min(data.validation_examples, examples[1])

@@ -90,7 +90,8 @@ def model_features(
         return columns
 
     if batch_size is None:
-        # about six float32 copies of a batch's logits are alive at once (two models' log-softmax and products)
+        # up to about eight float32 copies of a batch's logits are alive at once (two models' logits,
+        # log-softmax and products), so the search starts at an eighth of extraction's batch
         first = next(iter(models.values()))
         columns, _ = largest_fitting_batch(feature_columns, max(1, starting_batch_size(first, input_ids.shape[1]) // 8))
     else:

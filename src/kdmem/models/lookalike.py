@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from importlib import resources
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from kdmem.config import TinySizeConfig
 from kdmem.io import atomic_dir, cache_dir
-
-logger = logging.getLogger(__name__)
 
 LEARNED_TOKENS = 8192
 """Tokens a look-alike tokenizer learns from the public corpus; the rest of its length is filler."""
@@ -57,10 +54,11 @@ def lookalike_tokenizer(spec: dict) -> PreTrainedTokenizerFast:
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(python_docs("public"), vocab_size=min(LEARNED_TOKENS, length - len(specials)), show_progress=False)
     learned = sorted(bpe.get_vocab().items(), key=lambda item: item[1])
-    free_ids = [i for i in range(length) if i not in set(specials.values())]
+    special_ids = set(specials.values())
+    free_ids = [i for i in range(length) if i not in special_ids]
     fillers = [f"<lookalike-unused-{i}>" for i in range(len(free_ids) - len(learned))]
     vocab = dict(zip([token for token, _ in learned] + fillers, free_ids)) | specials
-    merges = [tuple(pair.split(" ")) if isinstance(pair, str) else tuple(pair) for pair in json.loads(bpe._tokenizer.to_str())["model"]["merges"]]
+    merges = [tuple(pair.split(" ")) if isinstance(pair, str) else tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
