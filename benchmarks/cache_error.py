@@ -4,17 +4,19 @@ Part 1, the target: over the first ``--sequences`` training sequences, the run's
 the run's baseline standing in for the student, for each estimator of the teacher at T:
 - ``uniform``: the earlier cache, top-k plus a uniform tail of the T = 1 tail mass;
 - ``uniform, exact tail mass``: top-k plus a uniform tail holding the exact tail mass at T;
-- ``sampled``: top-k plus N importance-sampled tail tokens (kdmem's cache now).
+- ``sampled``: top-k plus N importance-sampled tail tokens (``soft.cache_kind=sampled``);
+- ``hidden``: the teacher's logits recomputed from its cached last hidden states and output
+  layer (``soft.cache_kind=hidden``, the default), read back from a cache built on disk.
 It reports the loss error (mean over tokens, relative to the exact loss), the gradient error
 per token (mean of |g - g_exact| / |g_exact|) and of the summed gradient, and the cosine of the
 summed gradient with the exact one.
 
 Part 2, the students (``--students``): soft students distilled with the run's own soft settings
-from the full-logit cache and from sampled caches (``--draws``: how many independent tail
+from the full-logit cache, from the hidden-state cache (``--no-hidden`` skips it) and from sampled caches (``--draws``: how many independent tail
 draws, epoch e reading draw e mod draws; default one per soft epoch), at each temperature:
 memorized set (the run's extraction settings) and validation loss.
 
-    python benchmarks/cache_error.py runs/default [--top-k 64] [--tail-samples 16] [--students]
+    python benchmarks/cache_error.py runs/default [--top-k 64] [--tail-samples 16] [--students] [--draws 12] [--no-hidden]
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def dense_estimates(teacher_logits: torch.Tensor, k: int, samples: int, temperat
     log_norm = torch.logsumexp(teacher_logits / temperature, -1)
     tail_log_mass = torch.logsumexp(teacher_logits.scatter(-1, top_ids, -torch.inf) / temperature, -1) - log_norm
     exact_mass = torch.exp(tail_log_mass - math.log(vocab - k))[:, None].expand(-1, vocab).scatter(-1, top_ids, torch.exp(top / temperature - log_norm[:, None]))
-    spec = CacheSpec("bench", 1, 2, vocab, k, 1, (), tail_samples=samples, temperatures=TEMPERATURES)
+    spec = CacheSpec("bench", 1, 2, vocab, k, 1, (), tail_samples=samples, temperatures=TEMPERATURES, kind="sampled")
     entries = sampled_entries(teacher_logits, spec, generator)
     ids, _, weights = importance_sampled_teacher(
         entries["top_logits"], entries["top_ids"], entries["tail_logits"], entries["tail_ids"], entries["tail_log_proposal"],
@@ -60,6 +62,13 @@ def dense_estimates(teacher_logits: torch.Tensor, k: int, samples: int, temperat
     )
     sampled = torch.zeros_like(teacher_logits).scatter_add_(-1, ids.long(), weights)
     return {"uniform": uniform, "uniform, exact tail mass": exact_mass, "sampled": sampled}
+
+
+def hidden_cache_logits(teacher, sequences, vocab: int) -> torch.Tensor:
+    """The teacher's logits as a student reads them from a hidden-state cache built on disk."""
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = build_teacher_cache(teacher, sequences, Path(scratch), teacher_id="bench", kind="hidden", vocab_size=vocab)
+        return cache.logits(cache.rows(list(range(len(sequences))))).float().reshape(-1, vocab)
 
 
 def target_errors(teacher, baseline, sequences, k: int, samples: int) -> list[dict]:
@@ -70,6 +79,7 @@ def target_errors(teacher, baseline, sequences, k: int, samples: int) -> list[di
     vocab = min(teacher_logits.shape[-1], student_logits.shape[-1])
     teacher_logits = teacher_logits[..., :vocab].reshape(-1, vocab)
     student_logits = student_logits[..., :vocab].reshape(-1, vocab)
+    from_hidden = hidden_cache_logits(teacher, sequences, vocab)
     rows = []
     for temperature in TEMPERATURES:
         log_t = F.log_softmax(teacher_logits / temperature, -1)
@@ -78,7 +88,9 @@ def target_errors(teacher, baseline, sequences, k: int, samples: int) -> list[di
         exact_loss = (exact_p * (log_t - log_s)).sum(-1) * temperature**2
         exact_grad = temperature * (log_s.exp() - exact_p)
         top_mass = exact_p.topk(k, -1).values.sum(-1).mean().item()
-        for name, p in dense_estimates(teacher_logits, k, samples, temperature, torch.Generator().manual_seed(0)).items():
+        estimates = dense_estimates(teacher_logits, k, samples, temperature, torch.Generator().manual_seed(0))
+        estimates["hidden"] = torch.softmax(from_hidden / temperature, -1)
+        for name, p in estimates.items():
             mass = p.sum(-1, keepdim=True)
             loss = (p * (log_t - log_s)).sum(-1) * temperature**2  # the cross-entropy and entropy terms the cache's loss uses
             if name.startswith("uniform"):  # the earlier loss took the teacher's entropy from the estimate itself
@@ -95,17 +107,23 @@ def target_errors(teacher, baseline, sequences, k: int, samples: int) -> list[di
     return rows
 
 
-def students(run: Path, config, teacher, train, validation, k: int, samples: int, draws: list[int], full: bool) -> list[dict]:
+def students(
+    run: Path, config, teacher, train, validation, k: int, samples: int, draws: list[int], full: bool, hidden: bool, temperatures: list[float]
+) -> list[dict]:
     rows = []
     vocab = teacher.config.vocab_size
     with tempfile.TemporaryDirectory() as scratch:
-        caches = {"full logits": build_teacher_cache(teacher, train, Path(scratch) / "full", teacher_id="bench", vocab_size=vocab, top_k=None)} if full else {}
+        caches = {}
+        if full:
+            caches["full logits"] = build_teacher_cache(teacher, train, Path(scratch) / "full", teacher_id="bench", kind="logits", vocab_size=vocab)
+        if hidden:
+            caches["hidden states"] = build_teacher_cache(teacher, train, Path(scratch) / "hidden", teacher_id="bench", kind="hidden", vocab_size=vocab)
         for count in draws:
             caches[f"top-{k} + {samples} sampled x {count} draws"] = build_teacher_cache(
-                teacher, train, Path(scratch) / f"sampled-{count}", teacher_id="bench", vocab_size=vocab, top_k=k, tail_samples=samples,
+                teacher, train, Path(scratch) / f"sampled-{count}", teacher_id="bench", kind="sampled", vocab_size=vocab, top_k=k, tail_samples=samples,
                 tail_draws=count, temperatures=TEMPERATURES,
             )
-        for temperature in TEMPERATURES:
+        for temperature in temperatures:
             for name, cache in caches.items():
                 start = time.perf_counter()
                 soft = dataclasses.replace(config.soft, temperature=temperature)
@@ -128,8 +146,10 @@ def main() -> None:
     parser.add_argument("--tail-samples", type=int, default=16)
     parser.add_argument("--sequences", type=int, default=128)
     parser.add_argument("--students", action="store_true")
-    parser.add_argument("--draws", type=int, nargs="+", help="tail draws of the sampled caches (default: one per soft epoch)")
+    parser.add_argument("--draws", type=int, nargs="*", help="tail draws of the sampled caches (default: one per soft epoch; none: no sampled students)")
     parser.add_argument("--no-full", action="store_true", help="skip the students from the full-logit cache")
+    parser.add_argument("--no-hidden", action="store_true", help="skip the students from the hidden-state cache")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES), help="temperatures of the students")
     parser.add_argument("--output", default="benchmarks/results/cache_error.json")
     args = parser.parse_args()
     config = load_config(args.run / "config.yaml")
@@ -142,9 +162,10 @@ def main() -> None:
         print(f"T={row['temperature']:g} {row['estimator']:26s} loss {100 * row['loss_error']:+6.1f}%  token grad {row['token_gradient_relative_error']:.3f}  "
               f"summed grad {row['summed_gradient_relative_error']:.3f}  cos {row['summed_gradient_cosine']:.3f}")
     if args.students:
-        draws = args.draws or [config.soft.cache_draws]
+        draws = [config.soft.cache_draws] if args.draws is None else args.draws
         result["students"] = students(
-            args.run, config, teacher, train, read_sequences(args.run / "data" / "validation.parquet"), args.top_k, args.tail_samples, draws, not args.no_full
+            args.run, config, teacher, train, read_sequences(args.run / "data" / "validation.parquet"), args.top_k, args.tail_samples, draws,
+            not args.no_full, not args.no_hidden, args.temperatures,
         )
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 

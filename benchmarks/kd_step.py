@@ -1,5 +1,5 @@
 """One soft-KD training step, side by side: kdmem's ``DistillationTrainer`` (live teacher, and
-reading a top-k teacher-logit cache), TRL's ``GKDTrainer`` (forward KL: beta = 0, lmbda = 0, no
+reading a teacher cache: ``--cache-kind``, hidden states by default), TRL's ``GKDTrainer`` (forward KL: beta = 0, lmbda = 0, no
 generation) and the plain loop that recomputes the teacher and takes the KL of the full tensors.
 
 Every variant runs in a fresh subprocess on the same models, batch and seed, and times
@@ -149,7 +149,7 @@ def run_variant(variant: str, args) -> dict:
         batch.pop("attention_mask")
         if variant == "kdmem_cache":  # built before timing: its cost is paid once per teacher and D
             rows = pd.DataFrame({"example_id": [str(i) for i in range(args.batch)], "input_ids": list(input_ids.numpy())})
-            cache = build_teacher_cache(teacher.to(device), rows, scratch / "cache", teacher_id="bench", top_k=args.top_k,
+            cache = build_teacher_cache(teacher.to(device), rows, scratch / "cache", teacher_id="bench", kind=args.cache_kind, top_k=args.top_k,
                                         tail_samples=args.tail_samples, batch_size=args.batch)
             batch["cache_rows"] = torch.arange(args.batch)
             teacher = None
@@ -198,6 +198,7 @@ def main() -> None:
     parser.add_argument("--teacher-layers", type=int, default=4)
     parser.add_argument("--student-hidden", type=int, default=128)
     parser.add_argument("--student-layers", type=int, default=2)
+    parser.add_argument("--cache-kind", choices=["hidden", "logits", "sampled"], default="hidden", help="what kdmem_cache reads (soft.cache_kind)")
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--tail-samples", type=int, default=16, help="tail tokens sampled per position by the top-k cache (the paper configs': 16)")
     parser.add_argument("--warmup", type=int, default=1)

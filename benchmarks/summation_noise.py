@@ -84,8 +84,8 @@ def main() -> None:
             row[f"{batch}x{accumulation} vs 8x1"] = largest_difference(student(optim, lr, 8, batch, accumulation), one_batch)
             row[f"{batch}x{accumulation} broken vs 8x1"] = largest_difference(student(optim, lr, 8, batch, accumulation, broken=True), one_batch)
         live = student(optim, lr, 16, 4)
-        for name, top_k in (("full", None), ("all 512", 512), ("top 8", 8)):
-            cache = build_teacher_cache(teacher, data.train.iloc[:16], work / f"cache-{optim}-{name}", teacher_id="tiny", vocab_size=512, top_k=top_k)
+        for name, kind, top_k in (("full", "logits", 0), ("hidden", "hidden", 0), ("all 512", "sampled", 512), ("top 8", "sampled", 8)):
+            cache = build_teacher_cache(teacher, data.train.iloc[:16], work / f"cache-{optim}-{name}", teacher_id="tiny", kind=kind, vocab_size=512, top_k=top_k)
             row[f"cache {name} vs live (4 steps)"] = largest_difference(student(optim, lr, 16, 4, cache=cache), live)
         results[optim] = row
     print(json.dumps(results, indent=2))

@@ -9,7 +9,7 @@ The S students differ only in temperature (1, 2, 3, 4, ...), as in the paper's s
 of the cache is paid once, so its advantage grows with S.
 
     python benchmarks/teacher_cache.py --teacher runs/default/models/teacher --data runs/default/data/train.parquet
-    python benchmarks/teacher_cache.py ... --students 1 3 --top-k 64 --epochs 2
+    python benchmarks/teacher_cache.py ... --students 1 3 --kind sampled --top-k 64 --epochs 2
     python benchmarks/teacher_cache.py --teacher-size 512x6 --data ... --epochs 1   # a random 8x teacher
 
 Prints a table and writes JSON (default ``benchmarks/results/teacher_cache.json``).
@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--student", default="builtin:tiny-student", help="the student base (default: the default config's)")
     parser.add_argument("--data", required=True, help="a Parquet file of sequences (e.g. runs/default/data/train.parquet)")
     parser.add_argument("--students", type=int, nargs="+", default=[1, 3], help="sweep sizes S to time")
-    parser.add_argument("--top-k", type=int, default=64, help="0 for full logits")
+    parser.add_argument("--kind", choices=["hidden", "logits", "sampled"], default="hidden", help="what the cache keeps (soft.cache_kind)")
+    parser.add_argument("--top-k", type=int, default=64, help="logits kept per token by a sampled cache")
     parser.add_argument("--tail-samples", type=int, default=16, help="tail tokens sampled per position with a top-k cache (the paper configs': 16)")
     parser.add_argument("--tail-draws", type=int, help="independent draws of them (default: one per epoch, as kdmem run does)")
     parser.add_argument("--epochs", type=float, default=2.0)
@@ -76,7 +77,7 @@ def main() -> None:
     teacher = (load_model(args.teacher) if args.teacher else random_teacher(args.teacher_size, student_base)).eval()
     args.teacher = args.teacher or f"random GPT-NeoX {args.teacher_size}"
     train = read_sequences(Path(args.data))
-    top_k = args.top_k or None
+    top_k = args.top_k if args.kind == "sampled" else None
     training = TrainingConfig(epochs=args.epochs, learning_rate=3e-3, batch_size=args.batch_size, logging_steps=10**9)
     tokens = len(train) * (len(train["input_ids"].iloc[0]) - 1)
     tail = {"tail_samples": args.tail_samples, "tail_draws": args.tail_draws or max(1, math.ceil(args.epochs))}
@@ -85,9 +86,9 @@ def main() -> None:
         scratch = Path(scratch)
         vocab = min(teacher.config.vocab_size, load_model(student_base).config.vocab_size)
         cache_seconds = timed(
-            lambda: build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, vocab_size=vocab, top_k=top_k, batch_size=64, **tail)
+            lambda: build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, kind=args.kind, vocab_size=vocab, top_k=top_k or 0, batch_size=64, **tail)
         )
-        cache = build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, vocab_size=vocab, top_k=top_k, **tail)
+        cache = build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, kind=args.kind, vocab_size=vocab, top_k=top_k or 0, **tail)
         cache_bytes = sum(p.stat().st_size for p in (scratch / "cache").glob("shard-*"))
 
         def one_student(temperature: float, use_cache: bool) -> float:
@@ -111,6 +112,7 @@ def main() -> None:
         "examples": len(train),
         "tokens_per_epoch": tokens,
         "epochs": args.epochs,
+        "kind": args.kind,
         "top_k": top_k,
         **({} if top_k is None else tail),
         "cache_build_seconds": round(cache_seconds, 2),
@@ -122,7 +124,7 @@ def main() -> None:
         "platform": platform.platform(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
-    print(f"{len(train)} sequences, {args.epochs:g} epochs per student, cache top_k={top_k} {'' if top_k is None else tail}: built in {cache_seconds:.1f} s, "
+    print(f"{len(train)} sequences, {args.epochs:g} epochs per student, cache {args.kind} top_k={top_k} {'' if top_k is None else tail}: built in {cache_seconds:.1f} s, "
           f"{cache_bytes / 1e6:.1f} MB ({cache.spec.bytes_per_token} bytes per token)")
     print(f"{'students':>9}{'live s':>10}{'cache s':>10}{'speedup':>9}")
     for row in rows:

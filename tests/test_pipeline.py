@@ -204,18 +204,24 @@ def test_canaries_are_planted_in_training_but_not_in_d(tiny_bases, tmp_path):
 
 
 def test_soft_students_from_the_teacher_logit_cache(finished_run, tiny_bases, tmp_path):
-    """Full logits cached once: every soft student (both temperatures) reads them, and matches the
-    students that ran the teacher at every step."""
+    """The teacher's hidden states cached once (the default kind): every soft student (both
+    temperatures) reads them, and matches the students that ran the teacher at every step."""
     plain_config, plain, plain_summary = finished_run
-    config = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["soft.sweep_temperatures=[1,4]", "soft.teacher_cache=true", "soft.cache_top_k=null"])
+    config = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["soft.sweep_temperatures=[1,4]", "soft.teacher_cache=true"])
     out = tmp_path / "cached"
     summary = run(config, out)
-    assert len(list((out / "cache" / "teacher-logits-train").glob("shard-*.safetensors"))) == 1
+    cache = out / "cache" / "teacher-logits-train"
+    assert len(list(cache.glob("shard-*.safetensors"))) == 1 and json.loads((cache / "spec.json").read_text())["kind"] == "hidden"
     for name in ("soft", "soft-T1", "soft-T4"):
         # Measured relative difference: 9.2e-8 at most (soft-T1; 0 for the others). Bound 100x that.
         assert summary["models"][name]["val_loss"] == pytest.approx(plain_summary["models"][name]["val_loss"], rel=1e-5)
+        verdicts = [pd.read_parquet(folder / "memorization" / f"{name}.parquet")["memorized"].tolist() for folder in (plain, out)]
+        assert verdicts[0] == verdicts[1], name
     with pytest.raises(ConfigError, match="forward_kl only"):
-        load_config(preset="smoke", overrides=["soft.teacher_cache=true", "soft.kind=jsd"]).validate()
+        load_config(preset="smoke", overrides=["soft.teacher_cache=true", "soft.cache_kind=sampled", "soft.kind=jsd"]).validate()
+    load_config(preset="smoke", overrides=["soft.teacher_cache=true", "soft.kind=jsd"]).validate()  # an exact cache serves every kind
+    with pytest.raises(ConfigError, match="set soft.cache_kind=logits"):
+        load_config(preset="smoke", overrides=["soft.cache_top_k=null"])
 
 
 def test_run_under_two_processes(tiny_bases, tmp_path):

@@ -28,9 +28,16 @@ def test_plan_arithmetic_on_the_pythia_setting():
     stages = {row["stage"]: row for row in result["stages"]}
     tokens = 256_000_000
     assert stages["teacher"]["flops"] == pytest.approx(6 * 11.85e9 * tokens * 3)
-    assert stages["soft"]["flops"] == pytest.approx(6 * 1.41e9 * tokens * 4)  # the cached teacher costs nothing per student
+    # the cached teacher costs each student its output layer: 2 x 5,120 x 50,304 (the shared vocabulary) a token
+    assert stages["soft"]["flops"] == pytest.approx((6 * 1.41e9 + 2 * 5120 * 50_304) * tokens * 4)
     assert stages["teacher logits (cache)"]["flops"] == pytest.approx(2 * 11.85e9 * tokens)
-    assert result["teacher_cache_bytes"] == 1_000_000 * 255 * (8 * 64 + 12 * 16 * 4 + 4 * 4)  # top 64, 16 tail samples x 4 epochs, T = 1..4
+    assert result["teacher_cache"] == "hidden"
+    assert result["teacher_cache_bytes"] == (1_000_000 * 255 + 50_304) * 5120 * 2  # bf16 states, and the output layer once
+    sampled = plan(load_config(PAPER_CONFIGS[1], overrides=["soft.cache_kind=sampled"]))
+    assert {row["stage"]: row for row in sampled["stages"]}["soft"]["flops"] == pytest.approx(6 * 1.41e9 * tokens * 4)
+    assert sampled["teacher_cache_bytes"] == 1_000_000 * 255 * (8 * 64 + 12 * 16 * 4 + 4 * 4)  # top 64, 16 tail samples x 4 epochs, T = 1..4
+    logits = plan(load_config(PAPER_CONFIGS[1], overrides=["soft.cache_kind=logits"]))
+    assert logits["teacher_cache_bytes"] == 1_000_000 * 255 * 50_304 * 4
     total = sum(row["flops"] for row in result["stages"])
     assert result["total_gpu_hours"] == pytest.approx(total / (PEAK_FLOPS * UTILIZATION) / 3600)
     live = plan(load_config(PAPER_CONFIGS[1], overrides=["soft.teacher_cache=false"]))

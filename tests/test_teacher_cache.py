@@ -22,11 +22,11 @@ def direct_logits(teacher, rows):
 def test_full_and_topk_caches_round_trip(teacher_and_rows, tmp_path):
     teacher, rows = teacher_and_rows
     logits = direct_logits(teacher, rows)
-    full = build_teacher_cache(teacher, rows, tmp_path / "full", teacher_id="tiny", top_k=None, shard_size=8, batch_size=3)
+    full = build_teacher_cache(teacher, rows, tmp_path / "full", teacher_id="tiny", kind="logits", shard_size=8, batch_size=3)
     assert full.spec.num_shards == 3 and full.spec.bytes_per_token == 4 * logits.shape[-1]
     picked = [19, 0, 8, 7]  # across shards, out of order
     torch.testing.assert_close(full.rows(picked)["logits"], logits[picked], rtol=1e-5, atol=1e-5)
-    top = build_teacher_cache(teacher, rows, tmp_path / "top", teacher_id="tiny", top_k=16, shard_size=8, batch_size=3)
+    top = build_teacher_cache(teacher, rows, tmp_path / "top", teacher_id="tiny", kind="sampled", top_k=16, shard_size=8, batch_size=3)
     cached = top.rows(picked)
     expected_logits, expected_ids = logits[picked].topk(16, dim=-1)
     torch.testing.assert_close(cached["top_logits"], expected_logits, rtol=1e-5, atol=1e-5)
@@ -41,7 +41,7 @@ def test_full_and_topk_caches_round_trip(teacher_and_rows, tmp_path):
     proposal = torch.log_softmax(logits[picked].scatter(-1, expected_ids, -torch.inf) / 4.0, -1)  # the highest temperature served
     torch.testing.assert_close(cached["tail_log_proposal"], proposal.gather(-1, tail_ids), rtol=1e-5, atol=1e-5)
     assert top.spec.bytes_per_token == 8 * 16 + 12 * 16 + 4 * 4
-    drawn = build_teacher_cache(teacher, rows, tmp_path / "drawn", teacher_id="tiny", top_k=16, tail_samples=4, tail_draws=3, shard_size=8)
+    drawn = build_teacher_cache(teacher, rows, tmp_path / "drawn", teacher_id="tiny", kind="sampled", top_k=16, tail_samples=4, tail_draws=3, shard_size=8)
     tail = drawn.rows(picked)["tail_ids"]
     assert tail.shape[-1] == 12 and drawn.spec.bytes_per_token == 8 * 16 + 12 * 12 + 4 * 4
     blocks = [drawn.teacher_at(drawn.rows(picked), 2.0, draw)[0][..., 16:] for draw in range(4)]
@@ -51,10 +51,81 @@ def test_full_and_topk_caches_round_trip(teacher_and_rows, tmp_path):
         top.rows([20])
 
 
+def test_a_hidden_state_cache_gives_back_the_teachers_logits(teacher_and_rows, tmp_path):
+    teacher, rows = teacher_and_rows
+    logits = direct_logits(teacher, rows)
+    cache = build_teacher_cache(teacher, rows, tmp_path / "hidden", teacher_id="tiny", shard_size=8, batch_size=3)  # the default kind
+    assert cache.spec.kind == "hidden" and cache.names == ("hidden",)
+    assert cache.spec.bytes_per_token == 4 * teacher.config.hidden_size  # float32 states, not the vocabulary
+    picked = [19, 0, 8, 7]
+    torch.testing.assert_close(cache.logits(cache.rows(picked)), logits[picked], rtol=0, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "hidden").iterdir())[0] == "head.safetensors"
+    sampled = build_teacher_cache(teacher, rows, tmp_path / "sampled", teacher_id="tiny", kind="sampled", shard_size=8)
+    with pytest.raises(ValueError, match="keeps no logits"):
+        sampled.logits(sampled.rows([0]))
+    with pytest.raises(ValueError, match="kind must be one of hidden, logits, sampled"):
+        build_teacher_cache(teacher, rows, tmp_path / "bad", teacher_id="tiny", kind="topk")
+
+
+def _paper_shaped(name: str, dtype=torch.bfloat16, **changes):
+    """A look-alike of a paper model from its offline config alone (no tokenizer): real vocabulary,
+    ties and special ids, 2 layers of width 64, random weights, in ``dtype``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kdmem.models.lookalike import TEACHER_SIZE, offline_fixture, shrunk_sizes
+
+    real = AutoConfig.from_pretrained(offline_fixture(name))
+    config = AutoConfig.from_pretrained(offline_fixture(name), **shrunk_sizes(real, TEACHER_SIZE), **changes)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def _random_rows(count: int, length: int, vocab: int):
+    import pandas as pd
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (count, length), generator=generator)
+    return pd.DataFrame({"example_id": [f"r{i}" for i in range(count)], "input_ids": list(ids.numpy())})
+
+
+@pytest.mark.parametrize(("name", "shared"), [("EleutherAI/pythia-12b", 50_304), ("Qwen/Qwen3-1.7B-Base", None)])
+def test_a_hidden_state_cache_at_paper_shapes_in_bfloat16(name, shared, tmp_path):
+    """Pythia-12B (50,688 rows, untied) cached for the 1.4B student's 50,304; Qwen3-1.7B (tied,
+    151,936 rows); bf16, as the paper configs run the teacher: the student reads the teacher's
+    own bf16 logits back, over the shared vocabulary."""
+    teacher = _paper_shaped(name)
+    vocab = teacher.config.vocab_size
+    rows = _random_rows(6, 33, 50_277)
+    cache = build_teacher_cache(teacher, rows, tmp_path, teacher_id=name, vocab_size=shared, shard_size=4, batch_size=4)
+    kept = shared or vocab
+    assert (cache.spec.vocab_size, cache.spec.hidden_dtype, cache.spec.bytes_per_token) == (kept, "bfloat16", 2 * 64)
+    with torch.no_grad():
+        expected = teacher(input_ids=as_tensor(rows)[:, :-1]).logits[..., :kept]
+    read = cache.logits(cache.rows(range(6)))
+    assert read.dtype == torch.bfloat16 and read.shape == expected.shape
+    ulp = torch.finfo(torch.bfloat16).eps * expected.float().abs().max()
+    assert (read.float() - expected.float()).abs().max() <= ulp  # measured: 0 (the same bf16 product)
+
+
+def test_a_model_that_transforms_its_logits_is_refused_for_a_hidden_state_cache(tmp_path):
+    """Gemma-2 soft-caps its logits after the output layer: the hidden states alone would lose that."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          num_key_value_heads=1, head_dim=16, final_logit_softcapping=0.5)
+    teacher = Gemma2ForCausalLM(config).eval()
+    rows = _random_rows(2, 9, 256)
+    with pytest.raises(ValueError, match="transforms them further .* soft.cache_kind=logits"):
+        build_teacher_cache(teacher, rows, tmp_path / "hidden", teacher_id="gemma")
+    logits = build_teacher_cache(teacher, rows, tmp_path / "logits", teacher_id="gemma", kind="logits")
+    with torch.no_grad():
+        torch.testing.assert_close(logits.logits(logits.rows([0, 1])), teacher(input_ids=as_tensor(rows)[:, :-1]).logits)
+
+
 def test_the_loss_from_the_cache_equals_the_loss_from_the_teacher(teacher_and_rows, tmp_path):
     teacher, rows = teacher_and_rows
     vocab = teacher.config.vocab_size
-    cache = build_teacher_cache(teacher, rows, tmp_path / "all", teacher_id="tiny", top_k=vocab, shard_size=8)
+    cache = build_teacher_cache(teacher, rows, tmp_path / "all", teacher_id="tiny", kind="sampled", top_k=vocab, shard_size=8)
     student = torch.randn(4, rows["input_ids"].iloc[0].shape[0] - 1, vocab)
     cached = cache.rows([0, 1, 2, 3])
     for temperature in (1.0, 2.0, 4.0):  # one cache, every temperature it serves
@@ -65,9 +136,10 @@ def test_the_loss_from_the_cache_equals_the_loss_from_the_teacher(teacher_and_ro
         cache.teacher_at(cached, 1.5)
 
 
-def test_a_killed_build_resumes_and_equals_an_uninterrupted_one(teacher_and_rows, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["hidden", "sampled"])
+def test_a_killed_build_resumes_and_equals_an_uninterrupted_one(kind, teacher_and_rows, tmp_path, monkeypatch):
     teacher, rows = teacher_and_rows
-    options = dict(teacher_id="tiny", top_k=8, shard_size=4, batch_size=4)
+    options = dict(teacher_id="tiny", kind=kind, top_k=8, shard_size=4, batch_size=4)
     reference = build_teacher_cache(teacher, rows, tmp_path / "reference", **options)
 
     calls = []
@@ -97,13 +169,13 @@ def test_a_killed_build_resumes_and_equals_an_uninterrupted_one(teacher_and_rows
 
 def test_a_cache_of_other_settings_is_refused(teacher_and_rows, tmp_path):
     teacher, rows = teacher_and_rows
-    build_teacher_cache(teacher, rows, tmp_path, teacher_id="tiny", top_k=8, shard_size=8)
+    build_teacher_cache(teacher, rows, tmp_path, teacher_id="tiny", kind="sampled", top_k=8, shard_size=8)
     with pytest.raises(ValueError, match="other teacher, top_k"):
-        build_teacher_cache(teacher, rows, tmp_path, teacher_id="another", top_k=16, shard_size=8)
+        build_teacher_cache(teacher, rows, tmp_path, teacher_id="another", kind="sampled", top_k=16, shard_size=8)
     with pytest.raises(ValueError, match="top_k must be between 1"):
-        build_teacher_cache(teacher, rows, tmp_path / "bad", teacher_id="tiny", top_k=0)
+        build_teacher_cache(teacher, rows, tmp_path / "bad", teacher_id="tiny", kind="sampled", top_k=0)
     with pytest.raises(ValueError, match="needs tail_samples >= 1"):
-        build_teacher_cache(teacher, rows, tmp_path / "no-tail", teacher_id="tiny", top_k=8, tail_samples=0)
+        build_teacher_cache(teacher, rows, tmp_path / "no-tail", teacher_id="tiny", kind="sampled", top_k=8, tail_samples=0)
     assert json.loads((tmp_path / "spec.json").read_text())["top_k"] == 8
 
 
@@ -115,7 +187,8 @@ from kdmem.models import load_model
 from kdmem.train.teacher_cache import build_teacher_cache
 
 teacher, data, out = sys.argv[1:4]
-build_teacher_cache(load_model(teacher), pd.read_parquet(data), out, teacher_id="tiny", top_k=8, shard_size=4, batch_size=4)
+for kind in ("hidden", "sampled"):
+    build_teacher_cache(load_model(teacher), pd.read_parquet(data), f"{out}/{kind}", teacher_id="tiny", kind=kind, top_k=8, shard_size=4, batch_size=4)
 state = PartialState()
 print(f"process {state.process_index} of {state.num_processes}")
 state.wait_for_everyone()
@@ -131,10 +204,12 @@ def test_two_processes_under_accelerate_build_the_same_cache(tiny_bases, teacher
     rows.to_parquet(data)
     script = tmp_path / "build.py"
     script.write_text(BUILD_SCRIPT)
-    build_teacher_cache(teacher, rows, tmp_path / "one", teacher_id="tiny", top_k=8, shard_size=4, batch_size=4)
+    for kind in ("hidden", "sampled"):
+        build_teacher_cache(teacher, rows, tmp_path / "one" / kind, teacher_id="tiny", kind=kind, top_k=8, shard_size=4, batch_size=4)
     result = two_cpu_processes(str(script), str(tiny_bases["teacher"]), str(data), str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 0 of 2" in result.stdout and "process 1 of 2" in result.stdout
-    for index in range(5):
-        name = f"shard-{index:05d}.safetensors"
-        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    for kind in ("hidden", "sampled"):
+        names = [f"shard-{index:05d}.safetensors" for index in range(5)] + (["head.safetensors"] if kind == "hidden" else [])
+        for name in names:
+            assert (tmp_path / "two" / kind / name).read_bytes() == (tmp_path / "one" / kind / name).read_bytes()

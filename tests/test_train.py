@@ -136,16 +136,20 @@ def test_distilling_from_the_teacher_logit_cache_equals_distilling_from_the_teac
     def student(name, cache=None):
         return _state(distill(load_model(str(tiny_bases["student"])), teacher, train, cfg, tmp_path / name, seed=0, cache=cache))
 
-    def cache(name, top_k):
-        return build_teacher_cache(teacher, train, tmp_path / f"cache-{name}", teacher_id="tiny", vocab_size=vocab, top_k=top_k, shard_size=5)
+    def cache(name, kind, top_k=64):
+        return build_teacher_cache(teacher, train, tmp_path / f"cache-{name}", teacher_id="tiny", kind=kind, vocab_size=vocab, top_k=top_k, shard_size=5)
 
     direct = student("direct")
-    for name, top_k in (("full", None), ("all", vocab)):  # both exact
-        assert largest_difference(student(name, cache(name, top_k)), direct) < WEIGHT_BOUND  # measured 7.5e-9 and 1.2e-7
-    approximate = student("top8", cache("top8", 8))
+    for name, kind, top_k in (("hidden", "hidden", 0), ("logits", "logits", 0), ("all", "sampled", vocab)):  # all exact
+        assert largest_difference(student(name, cache(name, kind, top_k)), direct) < WEIGHT_BOUND  # measured 0, 7.5e-9 and 1.2e-7
+    approximate = student("top8", cache("top8", "sampled", 8))
     assert largest_difference(approximate, direct) > 1e-2  # k = 8 of 512: visibly approximate (measured 4.5e-2)
     with pytest.raises(ValueError, match="serves forward_kl only"):
-        distill(load_model(str(tiny_bases["student"])), teacher, train, SoftDistillConfig(kind="jsd"), tmp_path / "jsd", seed=0, cache=cache("top8", 8))
+        distill(load_model(str(tiny_bases["student"])), teacher, train, SoftDistillConfig(kind="jsd"), tmp_path / "jsd", seed=0, cache=cache("top8", "sampled", 8))
+    jsd = SoftDistillConfig(kind="jsd", temperature=2.0, training=_sgd(4))  # an exact cache serves every kind
+    from_hidden = _state(distill(load_model(str(tiny_bases["student"])), None, train, jsd, tmp_path / "jsd-hidden", seed=0, cache=cache("hidden", "hidden")))
+    live = _state(distill(load_model(str(tiny_bases["student"])), teacher, train, jsd, tmp_path / "jsd-live", seed=0))
+    assert largest_difference(from_hidden, live) < WEIGHT_BOUND
 
 
 def test_each_epoch_reads_a_fresh_draw_of_the_tail(tiny_bases, tiny_data, tmp_path, monkeypatch):
@@ -154,7 +158,7 @@ def test_each_epoch_reads_a_fresh_draw_of_the_tail(tiny_bases, tiny_data, tmp_pa
 
     teacher = load_model(str(tiny_bases["teacher"]))
     train = tiny_data.train.iloc[:8]
-    cache = build_teacher_cache(teacher, train, tmp_path / "cache", teacher_id="tiny", top_k=8, tail_samples=4, tail_draws=2)
+    cache = build_teacher_cache(teacher, train, tmp_path / "cache", teacher_id="tiny", kind="sampled", top_k=8, tail_samples=4, tail_draws=2)
     read = []
     exact = TeacherLogitCache.teacher_at
     monkeypatch.setattr(TeacherLogitCache, "teacher_at", lambda self, cached, temperature, draw=0: read.append(draw % 2) or exact(self, cached, temperature, draw))

@@ -27,6 +27,9 @@ class ConfigError(ValueError):
 PAPER_TEMPERATURES = (1.0, 2.0, 3.0, 4.0)
 """The paper's temperature sweep."""
 
+CACHE_KINDS = ("hidden", "logits", "sampled")
+"""What a teacher cache can keep per token (``kdmem.train.teacher_cache``)."""
+
 
 @dataclass
 class DataConfig:
@@ -105,12 +108,16 @@ class SoftDistillConfig:
     teacher_cache: bool = False
     """Compute the teacher's distributions over D once (``OUT/cache/``) and distill every soft
     student, seed and temperature from them, instead of running the teacher at every step."""
-    cache_top_k: int | None = 64
-    """With ``teacher_cache``: keep the top k logits per token and ``cache_tail_samples`` tokens
-    sampled from the rest (forward KL, unbiased at every temperature the cache serves, exact at
-    k = vocabulary), or None for full logits (exact, every kind)."""
+    cache_kind: str = "hidden"
+    """What the cache keeps per token: ``hidden``, the input of the teacher's output layer, from
+    which each student recomputes the teacher's logits (exact, every kind and temperature; the
+    hidden size per token); ``logits`` (exact; the vocabulary per token); or ``sampled``, the top
+    ``cache_top_k`` logits and ``cache_tail_samples`` tokens sampled from the rest (forward KL;
+    unbiased at every temperature it serves, but noisy where the tail holds most of the mass)."""
+    cache_top_k: int = 64
+    """Logits kept per token by a sampled cache."""
     cache_tail_samples: int = 16
-    """Tail tokens sampled per position for a top-k cache (importance sampling)."""
+    """Tail tokens sampled per position by a sampled cache (importance sampling)."""
     cache_tail_draws: int | None = None
     """Independent draws of those samples, epoch e reading draw e mod draws; None: one per epoch
     of soft training (so no draw is reused)."""
@@ -122,7 +129,7 @@ class SoftDistillConfig:
 
     @property
     def cache_temperatures(self) -> tuple[float, ...]:
-        """What a top-k cache serves: the paper's sweep T = 1..4 (so that sweeping it reuses one
+        """What a sampled cache serves: the paper's sweep T = 1..4 (so that sweeping it reuses one
         cache), the soft student's own temperature and the run's sweep."""
         return tuple(sorted({*PAPER_TEMPERATURES, float(self.temperature), *map(float, self.sweep_temperatures)}))
 
@@ -307,8 +314,10 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"extraction.prefix_lens entry {length} plus suffix_len {ext.suffix_len} does not fit data.seq_len = {self.data.seq_len}."
                 )
-        if self.soft.teacher_cache and self.soft.cache_top_k is not None and self.soft.kind != "forward_kl":
-            raise ConfigError(f"soft.cache_top_k serves forward_kl only, not {self.soft.kind}; set soft.cache_top_k=null for full logits.")
+        if self.soft.cache_kind not in CACHE_KINDS:
+            raise ConfigError(f"soft.cache_kind must be one of {', '.join(CACHE_KINDS)}, got {self.soft.cache_kind!r}.")
+        if self.soft.teacher_cache and self.soft.cache_kind == "sampled" and self.soft.kind != "forward_kl":
+            raise ConfigError(f"A sampled teacher cache serves forward_kl only, not {self.soft.kind}; set soft.cache_kind=hidden (exact).")
         if self.filtering.student not in ("soft", "hard"):
             raise ConfigError(f"filtering.student must be soft or hard, got {self.filtering.student!r}.")
         if not 0 < self.membership.min_k <= 1:
@@ -406,6 +415,13 @@ def _unknown_key(prefix: str, key: str, valid: list[str]) -> ConfigError:
     return ConfigError(f"Unknown config key {prefix}{key!r}.{hint}")
 
 
+RETIRED_SETTINGS = {
+    "soft.cache_top_k": "soft.cache_top_k=null no longer means full logits: set soft.cache_kind=logits, or keep the default "
+    "soft.cache_kind=hidden (exact too, and the hidden size per token instead of the vocabulary).",
+}
+"""Settings whose null once meant something that is now spelled otherwise: key -> what to write."""
+
+
 def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     hints = _field_types(cls)
     default = cls()
@@ -414,6 +430,8 @@ def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     for key, value in values.items():
         if key not in hints:
             raise _unknown_key(prefix, key, valid)
+        if value is None and prefix + key in RETIRED_SETTINGS:
+            raise ConfigError(RETIRED_SETTINGS[prefix + key])
         current = getattr(default, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             # Nested sections merge into the defaults, so a file lists only what differs.

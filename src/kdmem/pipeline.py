@@ -368,8 +368,8 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
                 root = layout.teacher_cache(rows_name)
                 # The teacher is loaded only when the cache still needs it.
                 cached = config.soft  # one cache for every soft student, whatever its temperature
-                settings = {"top_k": cached.cache_top_k, "tail_samples": cached.cache_tail_samples, "tail_draws": cached.cache_draws,
-                            "temperatures": cached.cache_temperatures}
+                settings = {"kind": cached.cache_kind, "top_k": cached.cache_top_k, "tail_samples": cached.cache_tail_samples,
+                            "tail_draws": cached.cache_draws, "temperatures": cached.cache_temperatures}
                 cache = complete_teacher_cache(root, rows, teacher_id=teacher_id, **settings)
                 if cache is None:
                     cache = build_teacher_cache(

@@ -46,31 +46,51 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def parameter_count(name: str, revision: str | None = None, trust_remote_code: bool = False) -> float | None:
-    """Parameters of ``name`` without its weights: the table, else its config (a local folder, the
-    local hub cache, or the hub when it answers); None if unknown, with one message saying why."""
-    if name in KNOWN_PARAMETERS:
-        return KNOWN_PARAMETERS[name]
+def model_config(name: str, revision: str | None = None, trust_remote_code: bool = False):
+    """The config of ``name`` without its weights: a local folder or the local hub cache, else the
+    offline fixture of a paper model, else the hub when it answers; None if unknown, with one
+    message saying why."""
+    from transformers import AutoConfig
+
+    from kdmem.models.lookalike import offline_fixture
+
     if name.startswith("builtin:"):
         return None  # built at run time from the embedded config
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     try:
-        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True)
+        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception:  # not a local folder, and not in the local hub cache
-        if not hub_reachable():
-            logger.warning(
-                "Cannot look up %s: the Hugging Face Hub is unreachable and no copy of its config.json is cached here. "
-                "Give a local folder with its config.json as the model, or the counts with --parameters teacher=8.19e9,student=2.03e9.",
-                name,
-            )
-            return None
-        try:
-            config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-        except Exception as error:  # gated or unknown: the plan says "unknown"
-            logger.warning("no parameter count for %s: %s", name, " ".join(str(error).split())[:300])
-            return None
+        pass
+    fixture = offline_fixture(name)
+    if fixture is not None:
+        return AutoConfig.from_pretrained(fixture)
+    if not hub_reachable():
+        logger.warning(
+            "Cannot look up %s: the Hugging Face Hub is unreachable and no copy of its config.json is cached here. "
+            "Give a local folder with its config.json as the model, or the counts with --parameters teacher=8.19e9,student=2.03e9.",
+            name,
+        )
+        return None
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as error:  # gated or unknown: the plan says "unknown"
+        logger.warning("no config for %s: %s", name, " ".join(str(error).split())[:300])
+        return None
+
+
+def parameter_count(name: str, revision: str | None = None, trust_remote_code: bool = False) -> float | None:
+    """Parameters of ``name`` without its weights: the table, else its config (``model_config``)."""
+    if name in KNOWN_PARAMETERS:
+        return KNOWN_PARAMETERS[name]
+    return counted_parameters(model_config(name, revision, trust_remote_code), trust_remote_code)
+
+
+def counted_parameters(config, trust_remote_code: bool = False) -> float | None:
+    """Parameters of a model built from ``config`` with empty weights; None for no config."""
+    if config is None:
+        return None
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     return float(sum(p.numel() for p in model.parameters()))
@@ -83,8 +103,21 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
     unknown = set(parameters) - {"teacher", "student"}
     if unknown:
         raise ValueError(f"--parameters takes teacher=N and student=N, not {', '.join(sorted(unknown))}.")
-    teacher_n = parameters.get("teacher") or parameter_count(config.teacher.model, config.teacher.revision, config.teacher.trust_remote_code)
-    student_n = parameters.get("student") or parameter_count(config.student.model, config.student.revision, config.student.trust_remote_code)
+    soft = config.soft
+    cache = soft.teacher_cache
+    exact_cache = cache and soft.cache_kind != "sampled"  # its size and cost follow the models' shapes
+    configs, counts = {}, {}  # each model looked up once, with at most one message
+    for role in ("teacher", "student"):
+        model = getattr(config, role)
+        counts[role] = parameters.get(role) or KNOWN_PARAMETERS.get(model.model)
+        if exact_cache or counts[role] is None:
+            configs[role] = model_config(model.model, model.revision, model.trust_remote_code)
+        counts[role] = counts[role] or counted_parameters(configs[role], model.trust_remote_code)
+    teacher_n, student_n = counts["teacher"], counts["student"]
+    shape = None  # (teacher hidden size, shared vocabulary)
+    if configs.get("teacher") is not None and configs.get("student") is not None:
+        teacher_text, student_text = configs["teacher"].get_text_config(), configs["student"].get_text_config()
+        shape = teacher_text.hidden_size, min(teacher_text.vocab_size, student_text.vocab_size)
     examples = config.data.num_examples
     tokens = None if examples is None else examples * config.data.seq_len
     soft_students = [("soft" + seed_suffix(s, config)) for s in config.seeds]
@@ -98,13 +131,17 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
     stages = [("teacher", flops(teacher_n, 6, config.teacher.training.epochs))]
     for seed in config.seeds:
         stages.append(("baseline" + seed_suffix(seed, config), flops(student_n, 6, config.student.training.epochs)))
-    cache = config.soft.teacher_cache
     if cache:
         stages.append(("teacher logits (cache)", flops(teacher_n, 2)))
     for name in soft_students:
         student = flops(student_n, 6, config.soft.training.epochs)
-        teacher = None if cache else flops(teacher_n, 2, config.soft.training.epochs)
-        stages.append((name, None if student is None or (teacher is None and not cache) else student + (teacher or 0.0)))
+        if not cache:
+            teacher = flops(teacher_n, 2, config.soft.training.epochs)
+        elif soft.cache_kind == "hidden" and shape is not None:  # the teacher's output layer, 2 x hidden x vocabulary FLOPs a token
+            teacher = flops(2.0 * shape[0] * shape[1], 1, config.soft.training.epochs)
+        else:
+            teacher = 0.0
+        stages.append((name, None if student is None or teacher is None else student + teacher))
     stages.append(("hard data (teacher generates)", flops(teacher_n, 2)))
     hard_students = ["hard" + seed_suffix(s, config) for s in config.seeds]
     if config.filtering.enabled and config.filtering.student == "hard":
@@ -115,9 +152,18 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
 
     known = [f for _, f in stages if f is not None]
     total = sum(known) if len(known) == len(stages) else None
-    # full logits take 4 bytes per vocabulary entry, which only the tokenizer knows: left unknown
-    soft = config.soft
-    bytes_per_token = None if soft.cache_top_k is None else cache_bytes_per_token(0, soft.cache_top_k, soft.cache_tail_samples * soft.cache_draws, len(soft.cache_temperatures))
+    cache_bytes = None
+    if cache and tokens is not None:
+        predicted = tokens - examples
+        if soft.cache_kind == "sampled":
+            cache_bytes = predicted * cache_bytes_per_token(
+                "sampled", top_k=soft.cache_top_k, tail_samples=soft.cache_tail_samples * soft.cache_draws, temperatures=len(soft.cache_temperatures)
+            )
+        elif shape is not None and soft.cache_kind == "hidden":  # the states in inference_dtype, and the output layer once
+            width = 2 if config.inference_dtype in ("bfloat16", "float16") else 4
+            cache_bytes = (predicted + shape[1]) * cache_bytes_per_token("hidden", hidden_size=shape[0], hidden_bytes=width)
+        elif shape is not None:
+            cache_bytes = predicted * cache_bytes_per_token("logits", vocab_size=shape[1])
     return {
         "name": config.name,
         "models": {"teacher": config.teacher.model, "student": config.student.model},
@@ -125,10 +171,12 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
         "data": {"source": config.data.source, "examples": examples, "seq_len": config.data.seq_len, "tokens": tokens,
                  "validation_examples": config.data.validation_examples},
         "trained_models": model_names(config),
-        "teacher_cache_bytes": None if not cache or tokens is None or bytes_per_token is None else (tokens - examples) * bytes_per_token,
+        "teacher_cache": soft.cache_kind if cache else None,
+        "teacher_cache_bytes": cache_bytes,
         "stages": [{"stage": name, "flops": f, "gpu_hours": None if f is None else f / (PEAK_FLOPS * UTILIZATION) / 3600} for name, f in stages],
         "total_gpu_hours": None if total is None else total / (PEAK_FLOPS * UTILIZATION) / 3600,
-        "assumptions": f"2N FLOPs/token forward, 6N training; {PEAK_FLOPS / 1e12:.0f} TFLOP/s at {UTILIZATION:.0%} utilization",
+        "assumptions": f"2N FLOPs/token forward, 6N training; {PEAK_FLOPS / 1e12:.0f} TFLOP/s at {UTILIZATION:.0%} utilization"
+        + ("; the hidden-state cache's output layer not counted (no config of the teacher or student here)" if cache and soft.cache_kind == "hidden" and shape is None else ""),
     }
 
 
@@ -145,7 +193,7 @@ def format_plan(result: dict) -> str:
         f"models trained: {', '.join(result['trained_models'])}",
     ]
     if result["teacher_cache_bytes"] is not None:
-        lines.append(f"teacher-logit cache: {result['teacher_cache_bytes'] / 1e9:,.1f} GB")
+        lines.append(f"teacher cache ({result['teacher_cache']}): {result['teacher_cache_bytes'] / 1e9:,.1f} GB")
     lines.append(f"{'stage':<34}{'GPU-hours':>12}")
     for stage in result["stages"]:
         hours = stage["gpu_hours"]

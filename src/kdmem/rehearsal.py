@@ -160,7 +160,7 @@ def check_outputs(config: ExperimentConfig, root: Path) -> list[str]:
                 f"{name}: trained, and every example of D has a verdict (prefix curve {config.extraction.prefix_lens or 'off'})")
     if config.soft.teacher_cache:
         spec = json.loads((layout.teacher_cache("train") / "spec.json").read_text())
-        require(spec.get("top_k") == config.soft.cache_top_k, f"teacher cache with top-k {config.soft.cache_top_k}")
+        require(spec.get("kind") == config.soft.cache_kind, f"teacher cache of kind {config.soft.cache_kind}")
     hard = pd.read_parquet(layout.data("hard"))
     require(len(hard) >= len(train), "hard-KD data: a teacher continuation of every training row")
     features = pd.read_parquet(layout.features)

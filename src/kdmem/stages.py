@@ -29,9 +29,10 @@ def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
     student_base = {k: values["student"][k] for k in ("model", "revision", "trust_remote_code")}
     # The teacher runs in inference_dtype for the soft students (live or cached) and the hard-KD data.
     soft = {k: v for k, v in values["soft"].items() if k != "sweep_temperatures"} | {"teacher_dtype": values["inference_dtype"]}
-    cache = {"top_k": values["soft"]["cache_top_k"], "dtype": values["inference_dtype"]}
-    if config.soft.cache_top_k is not None:  # a sampled cache: its samples, and the temperatures it serves
-        cache |= {"tail_samples": config.soft.cache_tail_samples, "tail_draws": config.soft.cache_draws, "temperatures": config.soft.cache_temperatures}
+    cache = {"kind": config.soft.cache_kind, "dtype": values["inference_dtype"]}
+    if config.soft.cache_kind == "sampled":  # its samples, and the temperatures it serves
+        cache |= {"top_k": config.soft.cache_top_k, "tail_samples": config.soft.cache_tail_samples, "tail_draws": config.soft.cache_draws,
+                  "temperatures": config.soft.cache_temperatures}
     evaluation = {"extraction": extraction, "membership": values["membership"], "dtype": values["inference_dtype"]}
     prints: dict[str, str] = {}
 

@@ -1,5 +1,6 @@
-"""The teacher-logit cache: the teacher's next-token distributions over D, computed once and read
-by every student, seed, epoch and temperature (the temperature is applied at training time).
+"""The teacher cache: what a soft student needs of the teacher's next-token distributions over D,
+computed once and read by every student, seed, epoch and temperature (the temperature is
+applied at training time).
 
 A cache is a folder: ``spec.json`` (what it holds and for which teacher and data) and shards
 ``shard-00000.safetensors`` ... of ``shard_size`` examples each, written atomically, so a killed
@@ -8,8 +9,16 @@ shards i with i mod N = p, and all wait until the cache is whole. safetensors fi
 batch reads only its own rows. Each shard holds, for every example and position t < seq_len - 1
 (the distribution over token t + 1):
 
-- full logits (``top_k`` None): ``logits`` (n, seq_len - 1, vocab), float32; exact.
-- sampled (``top_k`` = k): ``top_logits`` and ``top_ids`` (n, seq_len - 1, k), float32 and
+- ``hidden`` (the default): ``hidden`` (n, seq_len - 1, hidden_size), the input of the teacher's
+  output layer, in the teacher's dtype; the output layer itself (its first ``vocab_size`` rows)
+  is kept once, in ``head.safetensors``. A student recomputes the teacher's logits from them, so
+  the target is the teacher's own at every temperature and for every loss kind, for the
+  hidden size instead of the vocabulary per token (Pythia-12B: 5,120 against 50,304) and one
+  matrix product per step (2 x hidden x vocab FLOPs per token, 2% of the 12B teacher's forward).
+  The build checks every shard's first batch against the teacher's logits, so a model that
+  transforms its logits after the output layer (soft-capping, scaling) is refused, not mis-cached.
+- ``logits``: ``logits`` (n, seq_len - 1, vocab), float32; exact, 4 bytes per vocabulary entry.
+- ``sampled`` (top ``top_k`` = k): ``top_logits`` and ``top_ids`` (n, seq_len - 1, k), float32 and
   int32; ``tail_ids``, ``tail_logits`` and ``tail_log_proposal`` (n, seq_len - 1, N): N tokens of
   the tail drawn with replacement from the teacher's tail softened at the highest temperature
   served (which covers the flatter distributions of every lower one), with their logits and log
@@ -17,8 +26,10 @@ batch reads only its own rows. Each shard holds, for every example and position 
   at each temperature the cache serves. From these, ``kdmem.losses.importance_sampled_teacher``
   gives an unbiased estimate of the teacher at each of those temperatures; exact when k = vocab.
   A student at another temperature is refused: the cache cannot serve it without bias.
-  The tail is drawn ``tail_draws`` times over (N x draws samples, one block per draw), and
-  training epoch e reads draw e mod ``tail_draws``: a student that saw one draw in every epoch
+  Unbiased is not exact: where most of the mass is in the tail (78% and 86% of the default
+  run's teacher at T = 3 and 4), 16 samples a token cost the student validation loss (+0.05 and
+  +0.17). The tail is drawn ``tail_draws`` times over (N x draws samples, one block per draw),
+  and training epoch e reads draw e mod ``tail_draws``: a student that saw one draw in every epoch
   would fit that draw's noise (measured on the default run at T = 2: validation loss 4.089 with
   one draw of 16 reused for 12 epochs, 3.970 with a fresh draw each epoch, 3.972 from full logits).
 
@@ -40,7 +51,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from kdmem.config import PAPER_TEMPERATURES
+from kdmem.config import CACHE_KINDS, PAPER_TEMPERATURES
 from kdmem.data import as_tensor
 from kdmem.io import atomic_path, process_state, write_json_atomic
 from kdmem.losses import importance_sampled_teacher
@@ -64,6 +75,11 @@ class CacheSpec:
     """The temperatures a sampled cache serves (it keeps the log-partition at each)."""
     tail_draws: int = 1
     """Independent draws of the ``tail_samples``; training epoch e reads draw e mod ``tail_draws``."""
+    kind: str = "sampled"
+    """What a token keeps: ``hidden``, ``logits`` or ``sampled`` (see the module docstring)."""
+    hidden_size: int = 0
+    hidden_dtype: str = ""
+    """Of a ``hidden`` cache: the teacher's hidden size and the dtype its states are kept in."""
 
     @property
     def proposal_temperature(self) -> float:
@@ -75,24 +91,77 @@ class CacheSpec:
 
     @property
     def bytes_per_token(self) -> int:
-        return cache_bytes_per_token(self.vocab_size, self.top_k, self.tail_samples * self.tail_draws, len(self.temperatures))
+        hidden_bytes = getattr(torch, self.hidden_dtype).itemsize if self.hidden_dtype else 0
+        return cache_bytes_per_token(
+            self.kind, vocab_size=self.vocab_size, hidden_size=self.hidden_size, hidden_bytes=hidden_bytes, top_k=self.top_k or 0,
+            tail_samples=self.tail_samples * self.tail_draws, temperatures=len(self.temperatures),
+        )
 
     def check_serves(self, temperature: float) -> None:
-        if self.top_k is not None and temperature not in self.temperatures:
+        if self.kind == "sampled" and temperature not in self.temperatures:
             raise ValueError(
                 f"The teacher-logit cache serves temperatures {list(self.temperatures)}, not {temperature}: a sampled cache "
                 "keeps the teacher's log-partition at each temperature it serves. Build it with this temperature too."
             )
 
 
-def cache_bytes_per_token(vocab_size: int, top_k: int | None, tail_samples: int, temperatures: int) -> int:
-    """Bytes stored per predicted token: 4 per logit (full); or 8 per top-k entry, 12 per tail
-    sample and 4 per temperature served (sampled)."""
-    return 4 * vocab_size if top_k is None else 8 * top_k + 12 * tail_samples + 4 * temperatures
+def cache_bytes_per_token(
+    kind: str, *, vocab_size: int = 0, hidden_size: int = 0, hidden_bytes: int = 4, top_k: int = 0, tail_samples: int = 0, temperatures: int = 0
+) -> int:
+    """Bytes stored per predicted token: the hidden state (``hidden``); 4 per logit (``logits``);
+    or 8 per top-k entry, 12 per tail sample and 4 per temperature served (``sampled``). A
+    ``hidden`` cache also keeps the output layer once (vocabulary x hidden size)."""
+    if kind == "hidden":
+        return hidden_size * hidden_bytes
+    return 4 * vocab_size if kind == "logits" else 8 * top_k + 12 * tail_samples + 4 * temperatures
 
 
 def _shard_path(root: Path, index: int) -> Path:
     return root / f"shard-{index:05d}.safetensors"
+
+
+HEAD_FILE = "head.safetensors"
+
+
+def output_head(teacher: PreTrainedModel, vocab_size: int) -> dict[str, torch.Tensor]:
+    """The teacher's output layer over the first ``vocab_size`` entries: ``weight`` (and ``bias``)."""
+    layer = teacher.get_output_embeddings()
+    if not isinstance(layer, torch.nn.Linear):
+        raise ValueError(f"{type(teacher).__name__} has no linear output layer to cache hidden states for; set soft.cache_kind=logits.")
+    head = {"weight": layer.weight.detach()[:vocab_size].contiguous()}
+    if layer.bias is not None:
+        head["bias"] = layer.bias.detach()[:vocab_size].contiguous()
+    return head
+
+
+def _hidden_and_logits(teacher: PreTrainedModel, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input of the teacher's output layer, and its logits."""
+    captured = []
+    hook = teacher.get_output_embeddings().register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    try:
+        logits = teacher(input_ids=input_ids).logits
+    finally:
+        hook.remove()
+    return captured[0], logits
+
+
+def logits_from_hidden(hidden: torch.Tensor, head: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The teacher's logits from cached hidden states, as its output layer computes them."""
+    return torch.nn.functional.linear(hidden.to(head["weight"].dtype), head["weight"], head.get("bias"))
+
+
+def _check_head(logits: torch.Tensor, recomputed: torch.Tensor, model: str) -> None:
+    """Recomputed logits must be the model's own up to rounding: two units in the last place of
+    the largest logit in the model's dtype."""
+    largest = logits.float().abs().max().clamp_min(1.0)
+    tolerance = 2 * torch.finfo(logits.dtype).eps * largest
+    gap = (recomputed.float() - logits.float()).abs().max()
+    if gap > tolerance:
+        raise ValueError(
+            f"{model}'s logits are not its output layer applied to the last hidden state (they differ by up to {gap.item():.3g}, "
+            f"rounding allows {tolerance.item():.3g}): the model transforms them further (soft-capping, scaling), which a hidden-state "
+            "cache would lose. Set soft.cache_kind=logits (exact) or sampled."
+        )
 
 
 def sampled_entries(logits: torch.Tensor, spec: CacheSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -118,13 +187,20 @@ def sampled_entries(logits: torch.Tensor, spec: CacheSpec, generator: torch.Gene
 
 
 @torch.no_grad()
-def _shard_tensors(teacher: PreTrainedModel, input_ids: torch.Tensor, spec: CacheSpec, batch_size: int, index: int) -> dict[str, torch.Tensor]:
+def _shard_tensors(teacher: PreTrainedModel, input_ids: torch.Tensor, spec: CacheSpec, batch_size: int, index: int, head: dict | None) -> dict[str, torch.Tensor]:
     parts: dict[str, list[torch.Tensor]] = {}
     device = teacher.device
     generator = torch.Generator(device=device).manual_seed(index)
     for start in range(0, len(input_ids), batch_size):
-        logits = teacher(input_ids=input_ids[start : start + batch_size, :-1].to(device)).logits[..., : spec.vocab_size].float()
-        values = {"logits": logits} if spec.top_k is None else sampled_entries(logits, spec, generator)
+        batch = input_ids[start : start + batch_size, :-1].to(device)
+        if spec.kind == "hidden":
+            hidden, logits = _hidden_and_logits(teacher, batch)
+            if start == 0:  # every shard's first batch: the recomputed logits are the teacher's
+                _check_head(logits[..., : spec.vocab_size], logits_from_hidden(hidden, head), type(teacher).__name__)
+            values = {"hidden": hidden.to(getattr(torch, spec.hidden_dtype))}
+        else:
+            logits = teacher(input_ids=batch).logits[..., : spec.vocab_size].float()
+            values = {"logits": logits} if spec.kind == "logits" else sampled_entries(logits, spec, generator)
         for name, value in values.items():
             parts.setdefault(name, []).append(value.cpu())
     return {name: torch.cat(values).contiguous() for name, values in parts.items()}
@@ -136,8 +212,9 @@ def build_teacher_cache(
     root: str | Path,
     *,
     teacher_id: str,
+    kind: str = "hidden",
     vocab_size: int | None = None,
-    top_k: int | None = 64,
+    top_k: int = 64,
     tail_samples: int = 16,
     tail_draws: int = 1,
     temperatures: tuple[float, ...] | list[float] = PAPER_TEMPERATURES,
@@ -149,31 +226,39 @@ def build_teacher_cache(
     Args:
         teacher_id: what identifies the teacher; a folder holding a cache of another teacher,
             other data or other settings is refused rather than mixed.
+        kind: ``hidden`` (exact, the hidden size per token), ``logits`` (exact, the vocabulary per
+            token) or ``sampled`` (unbiased for forward KL at ``temperatures``): see the module docstring.
         vocab_size: logits kept per position (default: all the teacher's); set it to the
-            tokenizer's length when the embedding has padding rows.
-        top_k: None keeps the full logits; k keeps the top k, ``tail_samples`` sampled tail
-            tokens in each of ``tail_draws`` draws, and the log-partition at each of
-            ``temperatures`` (the ones it can serve).
+            shared vocabulary when the student's embedding is smaller.
+        top_k, tail_samples, tail_draws, temperatures: of a ``sampled`` cache, the top k logits,
+            ``tail_samples`` sampled tail tokens in each of ``tail_draws`` draws, and the
+            log-partition at each of ``temperatures`` (the ones it can serve).
     """
     root = Path(root)
-    vocab = vocab_size or teacher.config.vocab_size
-    if top_k is not None and not 1 <= top_k <= vocab:
-        raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab}, or None for full logits; got {top_k}.")
-    if top_k is not None and top_k < vocab and tail_samples < 1:
+    if kind not in CACHE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(CACHE_KINDS)}, not {kind!r}.")
+    vocab = vocab_size or teacher.config.get_text_config().vocab_size
+    sampled = kind == "sampled"
+    if sampled and not 1 <= top_k <= vocab:
+        raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab}; got {top_k}.")
+    if sampled and top_k < vocab and tail_samples < 1:
         raise ValueError(f"A top-{top_k} cache of a {vocab}-token vocabulary needs tail_samples >= 1: without them the tail is lost and the target biased.")
-    sampled = top_k is not None
+    head = output_head(teacher, vocab) if kind == "hidden" else None
     input_ids = as_tensor(sequences)
     spec = CacheSpec(
         teacher=teacher_id,
         examples=len(input_ids),
         seq_len=input_ids.shape[1],
         vocab_size=vocab,
-        top_k=top_k,
+        top_k=top_k if sampled else None,
         shard_size=shard_size,
         first_ids=tuple(sequences["example_id"].iloc[:8]),
         tail_samples=tail_samples if sampled and top_k < vocab else 0,
         tail_draws=tail_draws if sampled and top_k < vocab else 1,
         temperatures=tuple(sorted({float(t) for t in temperatures})) if sampled else (),
+        kind=kind,
+        hidden_size=0 if head is None else head["weight"].shape[1],
+        hidden_dtype="" if head is None else str(head["weight"].dtype).removeprefix("torch."),
     )
     spec_path = root / "spec.json"
     expected = json.loads(json.dumps(asdict(spec)))  # as JSON reads it back: tuples become lists
@@ -185,14 +270,17 @@ def build_teacher_cache(
                 differs = sorted(k for k in found if found[k] != expected.get(k))
                 raise ValueError(f"{root} holds a teacher-logit cache with other {', '.join(differs)}; delete it or choose another folder.")
         else:
-            write_json_atomic(spec_path, asdict(spec))
+            if head is not None:
+                with atomic_path(root / HEAD_FILE) as tmp:
+                    save_file({name: value.cpu() for name, value in head.items()}, str(tmp))
+            write_json_atomic(spec_path, asdict(spec))  # last: a spec means the head is whole
     teacher.eval()
     # Shard i belongs to process i mod N whatever is on disk: a list of the missing shards, taken
     # by each process at its own moment, would differ once another process had written one.
     mine = [i for i in range(state.process_index, spec.num_shards, state.num_processes) if not _shard_path(root, i).exists()]
     for index in tqdm(mine, desc="teacher logits", unit="shard", disable=not mine or not state.is_local_main_process):
         rows = slice(index * shard_size, min((index + 1) * shard_size, spec.examples))
-        tensors = _shard_tensors(teacher, input_ids[rows], spec, batch_size, index)
+        tensors = _shard_tensors(teacher, input_ids[rows], spec, batch_size, index, head)
         with atomic_path(_shard_path(root, index)) as tmp:
             save_file(tensors, str(tmp))
     state.wait_for_everyone()
@@ -200,8 +288,8 @@ def build_teacher_cache(
 
 
 def complete_teacher_cache(
-    root: str | Path, sequences: pd.DataFrame, *, teacher_id: str, top_k: int | None, tail_samples: int = 16, tail_draws: int = 1,
-    temperatures: tuple[float, ...] | list[float] = PAPER_TEMPERATURES,
+    root: str | Path, sequences: pd.DataFrame, *, teacher_id: str, kind: str = "hidden", top_k: int = 64, tail_samples: int = 16,
+    tail_draws: int = 1, temperatures: tuple[float, ...] | list[float] = PAPER_TEMPERATURES,
 ) -> TeacherLogitCache | None:
     """The finished cache in ``root`` if it is one of ``teacher_id`` over ``sequences`` with these
     settings, else None (then ``build_teacher_cache`` finishes it, or says why it cannot), decided
@@ -210,8 +298,9 @@ def complete_teacher_cache(
     if not spec_path.exists():
         return None
     found = json.loads(spec_path.read_text())
-    expected = {"teacher": teacher_id, "examples": len(sequences), "top_k": top_k, "first_ids": list(sequences["example_id"].iloc[:8])}
-    if top_k is not None:
+    expected = {"teacher": teacher_id, "examples": len(sequences), "kind": kind, "first_ids": list(sequences["example_id"].iloc[:8])}
+    if kind == "sampled":
+        expected["top_k"] = top_k
         expected["temperatures"] = sorted({float(t) for t in temperatures})
         if top_k < found.get("vocab_size", 0):
             expected |= {"tail_samples": tail_samples, "tail_draws": tail_draws}
@@ -233,11 +322,12 @@ class TeacherLogitCache:
         if missing:
             raise FileNotFoundError(f"{self.root} is missing {len(missing)} of {self.spec.num_shards} shards; build the cache again to finish it.")
         self._files = [safe_open(str(_shard_path(self.root, i)), framework="pt") for i in range(self.spec.num_shards)]
+        self._heads: dict[torch.device, dict[str, torch.Tensor]] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
-        if self.spec.top_k is None:
-            return ("logits",)
+        if self.spec.kind != "sampled":
+            return (self.spec.kind,)
         return ("top_logits", "top_ids", "tail_logits", "tail_ids", "tail_log_proposal", "log_partition")
 
     def rows(self, indices: torch.Tensor | list[int]) -> dict[str, torch.Tensor]:
@@ -251,6 +341,19 @@ class TeacherLogitCache:
             for name in self.names:
                 picked[name].append(file.get_slice(name)[row : row + 1])
         return {name: torch.cat(values) for name, values in picked.items()}
+
+    def logits(self, cached: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Exact rows (from ``rows`` of a ``hidden`` or ``logits`` cache) -> the teacher's logits
+        (..., vocab_size), on the rows' device."""
+        if self.spec.kind == "logits":
+            return cached["logits"]
+        if self.spec.kind != "hidden":
+            raise ValueError("A sampled cache keeps no logits; read it with teacher_at.")
+        device = cached["hidden"].device
+        if device not in self._heads:  # read once, moved once per device
+            with safe_open(str(self.root / HEAD_FILE), framework="pt") as file:
+                self._heads[device] = {name: file.get_tensor(name).to(device) for name in file.keys()}
+        return logits_from_hidden(cached["hidden"], self._heads[device])
 
     def teacher_at(self, cached: dict[str, torch.Tensor], temperature: float, draw: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sampled rows (from ``rows``) -> (ids, log p_T, weights) at ``temperature`` from tail

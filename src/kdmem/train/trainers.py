@@ -138,8 +138,8 @@ class DistillationTrainer(KdmemTrainer):
         self.model_accepts_loss_kwargs = True
         if (teacher is None) == (cache is None):
             raise ValueError("DistillationTrainer needs exactly one of a teacher and a teacher-logit cache.")
-        if cache is not None and cache.spec.top_k is not None and distill.kind != "forward_kl":
-            raise ValueError(f"A top-k teacher-logit cache serves forward_kl only, not {distill.kind}; cache full logits (top_k None).")
+        if cache is not None and cache.spec.kind == "sampled" and distill.kind != "forward_kl":
+            raise ValueError(f"A sampled teacher-logit cache serves forward_kl only, not {distill.kind}; cache hidden states or logits (exact).")
         if cache is not None:
             cache.spec.check_serves(distill.temperature)  # before training starts, not at its first step
         self.teacher = None if teacher is None else teacher.eval().requires_grad_(False).to(self.args.device)
@@ -154,11 +154,11 @@ class DistillationTrainer(KdmemTrainer):
                 teacher_logits = self.teacher(**inputs).logits[:, :-1]
         else:
             cached = {name: value.to(student_logits.device) for name, value in self.cache.rows(cache_rows).items()}
-            if self.cache.spec.top_k is not None:
+            if self.cache.spec.kind == "sampled":
                 # a fresh draw of the tail each epoch, while the cache has draws
                 teacher = self.cache.teacher_at(cached, self.distill.temperature, draw=int(self.state.epoch or 0))
                 return sampled_forward_kl(student_logits[:, :-1, : self.cache.spec.vocab_size], *teacher, **options)
-            teacher_logits = cached["logits"]
+            teacher_logits = self.cache.logits(cached)
         student_logits, teacher_logits = on_shared_vocabulary(student_logits[:, :-1], teacher_logits)
         return distillation_loss(student_logits, teacher_logits, kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options)
 
