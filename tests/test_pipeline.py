@@ -100,6 +100,28 @@ def test_a_changed_config_recomputes_only_what_it_changes(tiny_bases, tmp_path):
         pd.testing.assert_frame_equal(pd.read_parquet(out / "memorization" / f"{name}.parquet"), pd.read_parquet(tmp_path / "fresh" / "memorization" / f"{name}.parquet"))
 
 
+def test_rescoring_settings_retrain_nothing_and_end_where_a_fresh_run_ends(tiny_bases, tmp_path):
+    """membership.min_k, canaries.num_candidates and extraction.batch_size change no model. Before,
+    min_k retrained the filtered student, num_candidates (hashed into the data) every model, and
+    batch_size invalidated every evaluation and the filtered student."""
+    base = TINY_OVERRIDES + ["canaries.repeats=[1,8]", "canaries.num_candidates=40", "filtering.stand_in_examples=8"]
+    out = tmp_path / "run"
+    run(load_config(preset="smoke", overrides=base), out)
+    weights = {path: path.stat().st_mtime_ns for path in (out / "models").rglob("model.safetensors")}
+    assert (out / "models" / "hard-filtered" / "model.safetensors") in weights
+    changed = load_config(preset="smoke", overrides=base + ["membership.min_k=0.1", "canaries.num_candidates=60", "extraction.batch_size=8"])
+    with pytest.raises(ConfigError, match=r"finished stages evaluate:baseline.*kept as they are: .*hard-filtered"):
+        run(changed, out)
+    reused = run(changed, out, overwrite=True)
+    assert {path: path.stat().st_mtime_ns for path in weights} == weights
+    fresh = run(changed, tmp_path / "fresh")
+    assert reused["models"] == fresh["models"]
+    for part in ("memorization", "membership", "canaries"):
+        for name in fresh["models"]:
+            pd.testing.assert_frame_equal(pd.read_parquet(out / part / f"{name}.parquet"), pd.read_parquet(tmp_path / "fresh" / part / f"{name}.parquet"))
+    assert json.loads((out / "filtering.json").read_text()) == json.loads((tmp_path / "fresh" / "filtering.json").read_text())
+
+
 def test_the_teacher_cache_is_known_by_its_teacher_not_by_the_output_path(tiny_bases, tmp_path, monkeypatch):
     """A run written to a relative --output, extended with a sweep temperature from another working
     directory through an absolute one: the new student reads the cache as it is. Before: "holds a
@@ -112,7 +134,7 @@ def test_the_teacher_cache_is_known_by_its_teacher_not_by_the_output_path(tiny_b
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     summary = run(load_config(preset="smoke", overrides=overrides[:-1] + ["soft.sweep_temperatures=[4]"]), tmp_path / "run")
-    assert "soft-T4" in summary["models"]
+    assert "soft-T4" in summary["models"] and "cache:train" in summary["stage_seconds"]  # the cache is a stage of its own
     assert [path.stat().st_mtime_ns for path in shards] == written
 
 

@@ -8,25 +8,47 @@ def changed_by(*overrides: str) -> set[str]:
     return {stage for stage in base.keys() | other.keys() if base.get(stage) != other.get(stage)}
 
 
+def evaluation_of(*names: str) -> set[str]:
+    return {f"{part}:{name}" for name in names for part in ("verdicts", "evaluate")}
+
+
 def test_a_change_reaches_exactly_the_stages_that_read_it():
-    evaluations = {stage for stage in stage_fingerprints(load_config()) if stage.startswith("evaluate:")}
+    stages = set(stage_fingerprints(load_config()))
+    evaluations = {stage for stage in stages if stage.startswith(("verdicts:", "evaluate:"))}
     assert changed_by("name=renamed") == set()
-    # The filtered student is trained on what the filtering (which reads the evaluations) keeps.
+    # The filtered student is trained on what the filtering (which reads the verdicts and the features) keeps.
     assert changed_by("extraction.suffix_len=16") == evaluations | {"features", "filtering", "hard-filtered"}
     # The baseline never reads the teacher.
-    assert changed_by("teacher.training.epochs=3") == set(stage_fingerprints(load_config())) - {"data", "baseline", "evaluate:baseline"}
-    assert changed_by("hard.training.learning_rate=1e-3") == {"hard", "evaluate:hard", "features", "filtering", "hard-filtered", "evaluate:hard-filtered"}
+    assert changed_by("teacher.training.epochs=3") == stages - {"data", "baseline", *evaluation_of("baseline")}
+    assert changed_by("hard.training.learning_rate=1e-3") == {"hard", "features", "filtering", "hard-filtered", *evaluation_of("hard", "hard-filtered")}
     # Tracking memorization during training changes the training stages' records, not the evaluations.
     assert changed_by("extraction.track_every_epochs=0") >= {"teacher", "baseline", "soft", "hard"}
     assert "evaluate:teacher" in changed_by("extraction.track_every_epochs=0")  # downstream of the teacher
     # A new sweep temperature only adds a student and what reads it.
-    assert changed_by("soft.sweep_temperatures=[1,4]") == {"soft-T4", "evaluate:soft-T4"}
+    assert changed_by("soft.sweep_temperatures=[1,4]") == {"soft-T4", *evaluation_of("soft-T4")}
+
+
+def test_the_four_settings_that_were_fingerprinted_wrong():
+    """Found by calling stage_fingerprints on the default config (issue 15): one missed dependency
+    (a stale result) and three that recomputed far more than they touch."""
+    scores = {stage for stage in stage_fingerprints(load_config()) if stage.startswith("evaluate:")}
+    # Canaries' keys are their first extraction.prefix_len tokens: with canaries the data changes, and all after it.
+    with_canaries = ["canaries.repeats=[1,8]"]
+    data = stage_fingerprints(load_config(overrides=with_canaries))["data"]
+    assert stage_fingerprints(load_config(overrides=with_canaries + ["extraction.prefix_len=16"]))["data"] != data
+    assert "data" not in changed_by("extraction.prefix_len=16")  # without canaries the data never reads it
+    # Read only when canaries are scored: no retraining, no new data, no new verdicts.
+    assert changed_by("canaries.num_candidates=50") == scores
+    # A batch size changes no verdict.
+    assert changed_by("extraction.batch_size=8") == set()
+    # Membership is scored apart from the verdicts the filtering reads: the filtered student stays.
+    assert changed_by("membership.min_k=0.1") == scores
 
 
 def test_inference_dtype_reaches_every_stage_that_runs_a_model_without_training():
     changed = changed_by("inference_dtype=bfloat16")
     assert {"data", "teacher", "baseline"}.isdisjoint(changed)
-    assert {"hard_data", "hard", "soft", "soft-T1", "features", "evaluate:teacher", "evaluate:baseline"} <= changed
+    assert {"hard_data", "hard", "soft", "soft-T1", "features", "evaluate:teacher", "evaluate:baseline", "verdicts:teacher"} <= changed
     # With the cache, the cache is the stage that runs the teacher; it is dropped with it.
     base = stage_fingerprints(load_config(overrides=["soft.teacher_cache=true"]))
     other = stage_fingerprints(load_config(overrides=["soft.teacher_cache=true", "inference_dtype=bfloat16"]))

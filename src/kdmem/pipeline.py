@@ -41,7 +41,7 @@ from kdmem.report import headline_table, write_report
 from kdmem.stages import derived_outputs, stage_fingerprints, stage_outputs
 from kdmem.models.decoding import greedy_continuations
 from kdmem.train import distill, fine_tune, resolve_model_name, validation_loss
-from kdmem.train.teacher_cache import build_teacher_cache, complete_teacher_cache
+from kdmem.train.teacher_cache import TeacherLogitCache, build_teacher_cache, complete_teacher_cache
 
 logger = logging.getLogger(__name__)
 
@@ -357,25 +357,32 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             loaded_teacher["model"] = load_model(str(layout.model("teacher")), device=device, dtype=config.inference_dtype)
         return loaded_teacher["model"]
 
+    # One cache for every soft student, whatever its temperature.
+    cache_settings = {"kind": config.soft.cache_kind, "top_k": config.soft.cache_top_k, "tail_samples": config.soft.cache_tail_samples,
+                      "tail_draws": config.soft.cache_draws, "temperatures": config.soft.cache_temperatures}
+
+    def build_cache(rows: pd.DataFrame, rows_name: str) -> None:
+        """The teacher cache over ``rows``: its own stage, done when every shard is written."""
+        root = layout.teacher_cache(rows_name)
+
+        def action():
+            if complete_teacher_cache(root, rows, teacher_id=teacher_id, **cache_settings) is None:  # else never load the teacher
+                shared_vocabulary = min(teacher_model().config.get_text_config().vocab_size, model_vocab_size(student_base, config.student))
+                build_teacher_cache(
+                    teacher_model(), rows, root, teacher_id=teacher_id, vocab_size=shared_vocabulary, batch_size=ext.batch_size or 32, **cache_settings
+                )
+            if main:
+                write_json_atomic(root / "complete.json", {"teacher": teacher_id, "examples": len(rows)})
+
+        stage(f"cache:{rows_name}", root / "complete.json", action, distributed=True)
+
     def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows, track: bool = True, rows_name: str = "train"):
         def action():
             callbacks = trackers(name) if track else []
             if main:  # left by a run killed while saving
                 shutil.rmtree(_saving_dir(layout.model(name)), ignore_errors=True)
             student = load_base(config.student, student_base)
-            cache = None
-            if soft.teacher_cache:  # built by the first soft student, read by the others
-                root = layout.teacher_cache(rows_name)
-                # The teacher is loaded only when the cache still needs it.
-                cached = config.soft  # one cache for every soft student, whatever its temperature
-                settings = {"kind": cached.cache_kind, "top_k": cached.cache_top_k, "tail_samples": cached.cache_tail_samples,
-                            "tail_draws": cached.cache_draws, "temperatures": cached.cache_temperatures}
-                cache = complete_teacher_cache(root, rows, teacher_id=teacher_id, **settings)
-                if cache is None:
-                    cache = build_teacher_cache(
-                        teacher_model(), rows, root, teacher_id=teacher_id,
-                        vocab_size=min(student.config.vocab_size, teacher_model().config.vocab_size), batch_size=ext.batch_size or 32, **settings,
-                    )
+            cache = TeacherLogitCache(layout.teacher_cache(rows_name)) if soft.teacher_cache else None
             distill(
                 student, None if cache else teacher_model(), rows, soft, layout.work(name), seed, callbacks, cache=cache,
                 save_to=_saving_dir(layout.model(name)),
@@ -386,6 +393,8 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
         stage(name, layout.model_done(name), action, distributed=True)
 
+    if config.soft.teacher_cache:
+        build_cache(training_rows, "train")
     for seed in config.seeds:
         suffix = seed_suffix(seed, config)
         train_ce("baseline" + suffix, config.student, student_base, config.student.training, training_rows, seed, "baseline")
@@ -457,6 +466,8 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             if kind == "soft":
                 kept = train[~train["example_id"].isin(removed)]
                 kept_rows = kept if canaries is None else inject_canaries(kept, canaries, config.canaries.seed)
+                if config.soft.teacher_cache:
+                    build_cache(kept_rows, filtered_name(config))
                 train_soft(filtered_name(config), config.seeds[0], config.soft, kept_rows, rows_name=filtered_name(config))
             else:  # the teacher's continuations of the kept examples (and of the canaries' copies)
                 kept_hard = hard_train[~hard_train["example_id"].isin(removed)]

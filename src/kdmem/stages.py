@@ -19,29 +19,44 @@ from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, tem
 
 TRACKING = ("track_every_epochs", "track_examples")
 """Extraction settings that shape training outputs (memorization over training), not evaluation."""
+SPEED_ONLY = ("batch_size",)
+"""Extraction settings that change how fast a verdict comes, never the verdict (a batch size, or
+the search for one)."""
+CACHE_SETTINGS = ("cache_kind", "cache_top_k", "cache_tail_samples", "cache_tail_draws")
+"""Soft settings the teacher cache reads; a soft student reads them through the cache stage."""
 
 
 def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
-    """Stage name (as ``kdmem run`` logs it) -> 16 hex digits."""
+    """Stage name (as ``kdmem run`` logs it) -> 16 hex digits.
+
+    ``verdicts:NAME`` is the memorization part of ``evaluate:NAME`` (its outputs are among the
+    evaluation's): what the filtering reads, so that rescoring membership or canaries leaves the
+    filtered student alone."""
     values = config_to_dict(config)
-    extraction = {k: v for k, v in values["extraction"].items() if k not in TRACKING}
+    extraction = {k: v for k, v in values["extraction"].items() if k not in TRACKING + SPEED_ONLY}
     tracking = {k: values["extraction"][k] for k in TRACKING}
     student_base = {k: values["student"][k] for k in ("model", "revision", "trust_remote_code")}
     # The teacher runs in inference_dtype for the soft students (live or cached) and the hard-KD data.
-    soft = {k: v for k, v in values["soft"].items() if k != "sweep_temperatures"} | {"teacher_dtype": values["inference_dtype"]}
+    soft = {k: v for k, v in values["soft"].items() if k not in ("sweep_temperatures", *CACHE_SETTINGS)} | {"teacher_dtype": values["inference_dtype"]}
     cache = {"kind": config.soft.cache_kind, "dtype": values["inference_dtype"]}
     if config.soft.cache_kind == "sampled":  # its samples, and the temperatures it serves
         cache |= {"top_k": config.soft.cache_top_k, "tail_samples": config.soft.cache_tail_samples, "tail_draws": config.soft.cache_draws,
                   "temperatures": config.soft.cache_temperatures}
-    evaluation = {"extraction": extraction, "membership": values["membership"], "dtype": values["inference_dtype"]}
+    verdicts = {"extraction": extraction, "dtype": values["inference_dtype"]}
+    # Canary exposure draws num_candidates random candidates with the canaries' seed.
+    scoring = {"membership": values["membership"], "canaries": {k: values["canaries"][k] for k in ("num_candidates", "seed")}, "dtype": values["inference_dtype"]}
     prints: dict[str, str] = {}
 
     def add(stage: str, *upstream: str, **settings) -> None:
         payload = {"upstream": [prints[name] for name in upstream], **settings}
         prints[stage] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    # The tokenizer is the teacher base's, and canaries are planted in the training rows.
-    add("data", data=values["data"], canaries=values["canaries"], embedded=values["embedded"], tokenizer=values["teacher"]["model"])
+    # The tokenizer is the teacher base's, and canaries are planted in the training rows; their
+    # key is the first extraction.prefix_len tokens of each.
+    canaries = {k: v for k, v in values["canaries"].items() if k != "num_candidates"}
+    if config.canaries.repeats:
+        canaries["key_length"] = config.extraction.prefix_len
+    add("data", data=values["data"], canaries=canaries, embedded=values["embedded"], tokenizer=values["teacher"]["model"])
     add("teacher", "data", teacher=values["teacher"], seed=config.seeds[0], tracking=tracking)
     # The soft students read the teacher through its logit cache, when there is one.
     teacher_for_soft = "teacher"
@@ -57,13 +72,19 @@ def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
     for temperature, name in temperature_sweep(config).items():
         if name != "soft":
             add(name, teacher_for_soft, student=student_base, soft=soft | {"temperature": temperature}, seed=config.seeds[0])
+
+    def evaluated(name: str) -> None:
+        add(f"verdicts:{name}", name, **verdicts)
+        add(f"evaluate:{name}", f"verdicts:{name}", **scoring)
+
     trained = [name for name in model_names(config) if not (config.filtering.enabled and name == filtered_name(config))]
     for name in trained:
-        add(f"evaluate:{name}", name, **evaluation)
-    add("features", *(f"evaluate:{name}" for name in ("teacher", "baseline", "soft", "hard")), **evaluation)
+        evaluated(name)
+    # Features score D under the first seed's models (entropy over the suffix spans, in inference_dtype).
+    add("features", "teacher", "baseline", "soft", "hard", spans=[extraction["prefix_len"], extraction["suffix_len"]], dtype=values["inference_dtype"])
     if config.filtering.enabled:
         kind = config.filtering.student
-        add("filtering", "features", *(f"evaluate:{kind}{seed_suffix(s, config)}" for s in config.seeds), filtering=values["filtering"])
+        add("filtering", "features", *(f"verdicts:{kind}{seed_suffix(s, config)}" for s in config.seeds), filtering=values["filtering"])
         training = soft if kind == "soft" else values["hard"]["training"]
         upstream = "hard_data"
         if kind == "soft":
@@ -72,7 +93,7 @@ def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
                 upstream = f"cache:{filtered_name(config)}"
                 add(upstream, "teacher", "filtering", **cache)
         add(filtered_name(config), "filtering", upstream, student=student_base, training=training, seed=config.seeds[0], tracking=tracking)
-        add(f"evaluate:{filtered_name(config)}", filtered_name(config), **evaluation)
+        evaluated(filtered_name(config))
     return prints
 
 
@@ -88,6 +109,8 @@ def stage_outputs(layout: RunLayout, stage: str) -> list[Path]:
         return [layout.filtering]
     if stage.startswith("cache:"):
         return [layout.teacher_cache(stage.split(":", 1)[1])]
+    if stage.startswith("verdicts:"):
+        return [layout.memorization(stage.split(":", 1)[1])]
     if stage.startswith("evaluate:"):
         name = stage.split(":", 1)[1]
         return [layout.evaluation(name), layout.memorization(name), layout.membership(name), layout.canaries(name)]
