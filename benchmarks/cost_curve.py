@@ -108,8 +108,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    groups = {"training": [s for s in stages if not s.startswith(("evaluate", "features", "analysis", "report", "data", "hard_data", "filtering"))]}
-    groups["evaluation"] = [s for s in stages if s.startswith("evaluate")]
+    groups = {"training": [s for s in stages if not s.startswith(("extract", "evaluate", "features", "analysis", "report", "summary", "data", "hard_data", "filtering", "cache"))]}
+    groups["evaluation"] = [s for s in stages if s.startswith(("extract", "evaluate"))]
     groups["hard data"] = ["hard_data"]
     groups["data, features, filtering, analysis, report"] = [s for s in stages if s in ("data", "features", "filtering", "analysis", "report")]
     for label, members in groups.items():

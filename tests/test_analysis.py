@@ -21,7 +21,7 @@ def hand_run(finished_run, tmp_path_factory):
     shutil.copytree(source, out)
     # without the run's own filtering, which the filtering tests redo on the hand-made sets
     (out / "filtering.json").unlink(missing_ok=True)
-    for filtered in out.glob("*/hard-filtered*"):
+    for filtered in {*out.glob("*/hard-filtered*"), *out.glob("stages/*hard-filtered*"), out / "stages" / "filtering.json"}:
         shutil.rmtree(filtered) if filtered.is_dir() else filtered.unlink()
     ids = list(pd.read_parquet(out / "data" / "train.parquet")["example_id"])
     sets = {
@@ -35,8 +35,8 @@ def hand_run(finished_run, tmp_path_factory):
         "soft-T1": ids[0:3],
         "soft-T4": [],
     }
-    for name, members in sets.items():
-        frame = pd.DataFrame({"example_id": ids, "memorized": [i in set(members) for i in ids]})
+    for name, members in sets.items():  # the verdicts replaced, the other columns kept (the report reads them)
+        frame = pd.read_parquet(out / "memorization" / f"{name}.parquet").assign(memorized=[i in set(members) for i in ids])
         frame.to_parquet(out / "memorization" / f"{name}.parquet", index=False)
     return out, ids, {name: set(members) for name, members in sets.items()}
 

@@ -24,13 +24,17 @@ def test_the_paper_presets_are_valid_and_planned_without_downloads(capsys):
 
 
 def test_plan_arithmetic_on_the_pythia_setting():
+    from kdmem.pipeline import stage_graph
+
     result = plan(load_config(PAPER_CONFIGS[1]))
+    # a dry run lists the stages a real run executes, from the same graph
+    assert [row["stage"] for row in result["stages"]] == [stage.name for stage in stage_graph(load_config(PAPER_CONFIGS[1]))]
     stages = {row["stage"]: row for row in result["stages"]}
     tokens = 256_000_000
     assert stages["teacher"]["flops"] == pytest.approx(6 * 11.85e9 * tokens * 3)
     # the cached teacher costs each student its output layer: 2 x 5,120 x 50,304 (the shared vocabulary) a token
     assert stages["soft"]["flops"] == pytest.approx((6 * 1.41e9 + 2 * 5120 * 50_304) * tokens * 4)
-    assert stages["teacher logits (cache)"]["flops"] == pytest.approx(2 * 11.85e9 * tokens)
+    assert stages["cache:train"]["flops"] == pytest.approx(2 * 11.85e9 * tokens)
     assert result["teacher_cache"] == "hidden"
     assert result["teacher_cache_bytes"] == (1_000_000 * 255 + 50_304) * 5120 * 2  # bf16 states, and the output layer once
     sampled = plan(load_config(PAPER_CONFIGS[1], overrides=["soft.cache_kind=sampled"]))

@@ -1,31 +1,47 @@
+import inspect
+
+import pytest
+
 from kdmem.config import load_config
-from kdmem.stages import stage_fingerprints
+from kdmem.pipeline import stage_graph
+from kdmem.stages import fingerprints
 
 
-def changed_by(*overrides: str) -> set[str]:
-    base = stage_fingerprints(load_config())
-    other = stage_fingerprints(load_config(overrides=list(overrides)))
+def stage_fingerprints(config):
+    return fingerprints(stage_graph(config))
+
+
+def changed_by(*overrides: str, base: tuple[str, ...] = ()) -> set[str]:
+    other = stage_fingerprints(load_config(overrides=[*base, *overrides]))
+    base = stage_fingerprints(load_config(overrides=list(base)))
     return {stage for stage in base.keys() | other.keys() if base.get(stage) != other.get(stage)}
 
 
+DERIVED = {"summary", "analysis", "report"}
+"""Read every model's evaluation: changed by any change that reaches one."""
+
+
 def evaluation_of(*names: str) -> set[str]:
-    return {f"{part}:{name}" for name in names for part in ("verdicts", "evaluate")}
+    return {f"{part}:{name}" for name in names for part in ("extract", "evaluate")}
 
 
 def test_a_change_reaches_exactly_the_stages_that_read_it():
     stages = set(stage_fingerprints(load_config()))
-    evaluations = {stage for stage in stages if stage.startswith(("verdicts:", "evaluate:"))}
+    evaluations = {stage for stage in stages if stage.startswith(("extract:", "evaluate:"))}
     assert changed_by("name=renamed") == set()
     # The filtered student is trained on what the filtering (which reads the verdicts and the features) keeps.
-    assert changed_by("extraction.suffix_len=16") == evaluations | {"features", "filtering", "hard-filtered"}
+    untracked = ("extraction.track_every_epochs=0",)
+    assert changed_by("extraction.suffix_len=16", base=untracked) == evaluations | {"features", "filtering", "hard-filtered"} | DERIVED
+    # Memorization tracked over training measures with the extraction's prefix and suffix: with it on, those reach the training stages.
+    assert {"teacher", "baseline", "soft"} <= changed_by("extraction.suffix_len=16")
     # The baseline never reads the teacher.
     assert changed_by("teacher.training.epochs=3") == stages - {"data", "baseline", *evaluation_of("baseline")}
-    assert changed_by("hard.training.learning_rate=1e-3") == {"hard", "features", "filtering", "hard-filtered", *evaluation_of("hard", "hard-filtered")}
+    assert changed_by("hard.training.learning_rate=1e-3") == {"hard", "features", "filtering", "hard-filtered", *evaluation_of("hard", "hard-filtered")} | DERIVED
     # Tracking memorization during training changes the training stages' records, not the evaluations.
     assert changed_by("extraction.track_every_epochs=0") >= {"teacher", "baseline", "soft", "hard"}
     assert "evaluate:teacher" in changed_by("extraction.track_every_epochs=0")  # downstream of the teacher
     # A new sweep temperature only adds a student and what reads it.
-    assert changed_by("soft.sweep_temperatures=[1,4]") == {"soft-T4", *evaluation_of("soft-T4")}
+    assert changed_by("soft.sweep_temperatures=[1,4]") == {"soft-T4", *evaluation_of("soft-T4")} | DERIVED
 
 
 def test_the_four_settings_that_were_fingerprinted_wrong():
@@ -38,17 +54,17 @@ def test_the_four_settings_that_were_fingerprinted_wrong():
     assert stage_fingerprints(load_config(overrides=with_canaries + ["extraction.prefix_len=16"]))["data"] != data
     assert "data" not in changed_by("extraction.prefix_len=16")  # without canaries the data never reads it
     # Read only when canaries are scored: no retraining, no new data, no new verdicts.
-    assert changed_by("canaries.num_candidates=50") == scores
+    assert changed_by("canaries.num_candidates=50") == scores | DERIVED
     # A batch size changes no verdict.
     assert changed_by("extraction.batch_size=8") == set()
     # Membership is scored apart from the verdicts the filtering reads: the filtered student stays.
-    assert changed_by("membership.min_k=0.1") == scores
+    assert changed_by("membership.min_k=0.1") == scores | DERIVED
 
 
 def test_inference_dtype_reaches_every_stage_that_runs_a_model_without_training():
     changed = changed_by("inference_dtype=bfloat16")
     assert {"data", "teacher", "baseline"}.isdisjoint(changed)
-    assert {"hard_data", "hard", "soft", "soft-T1", "features", "evaluate:teacher", "evaluate:baseline", "verdicts:teacher"} <= changed
+    assert {"hard_data", "hard", "soft", "soft-T1", "features", "evaluate:teacher", "evaluate:baseline", "extract:teacher"} <= changed
     # With the cache, the cache is the stage that runs the teacher; it is dropped with it.
     base = stage_fingerprints(load_config(overrides=["soft.teacher_cache=true"]))
     other = stage_fingerprints(load_config(overrides=["soft.teacher_cache=true", "inference_dtype=bfloat16"]))
@@ -62,3 +78,14 @@ def test_inference_dtype_is_checked():
 
     with pytest.raises(ConfigError, match="inference_dtype must be one of float32, bfloat16, float16"):
         load_config(overrides=["inference_dtype=int8"])
+
+
+@pytest.mark.parametrize("overrides", [[], ["soft.teacher_cache=true", "filtering.student=soft", "seeds=[0,1]", "canaries.repeats=[2]"]])
+def test_each_action_takes_exactly_its_stage_settings(overrides):
+    """What a stage reads is what its fingerprint hashes: every keyword of its action is a
+    setting (or a speed setting, which changes no result), and every setting is a keyword."""
+    for stage in stage_graph(load_config(overrides=overrides)):
+        parameters = list(inspect.signature(stage.action).parameters)
+        assert parameters[0] == "ctx", stage.name
+        assert set(parameters[1:]) == set(stage.settings) | set(stage.speed), stage.name
+        assert not set(stage.settings) & set(stage.speed), stage.name

@@ -1,15 +1,19 @@
-"""``kdmem run``: the paper's pipeline, stage by stage, skipping every stage whose output exists.
+"""``kdmem run``: the paper's pipeline as a graph of stages, declared once in ``stage_graph``:
 
-    bases -> data -> teacher -> baseline -> soft student -> hard data -> hard student
-          -> evaluation (validation loss, memorization) -> summary and headline table
+    data -> teacher -> [teacher cache] -> per seed: baseline, soft student, hard student
+         -> the temperature sweep -> per model: extraction, then scoring (validation loss,
+            membership, canaries) -> features -> filtering -> the filtered student
+         -> summary -> analysis -> report
 
-Every output is written under a temporary name and renamed when whole, so a killed run leaves
-no half-written file and a rerun on the same folder continues where it stopped.
+Each stage's action below is called with exactly the settings ``stage_graph`` gives it (see
+``kdmem.stages``), plus a ``RunContext``: the run folder, the processes, and cached loads of what
+earlier stages wrote. Every output is written under a temporary name and renamed when whole,
+and each stage's marker is written last, so a killed run leaves no half-written file and a rerun
+on the same folder continues where it stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -18,90 +22,101 @@ import os
 import platform
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 
-from kdmem.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
-from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
-from kdmem.analysis.analyze import analyze, memorized_over_seeds, model_feature_table
+from kdmem.analysis.analyze import analyze, model_feature_table
+from kdmem.analysis.overlaps import memorized_ids
 from kdmem.analysis.filtering import MIN_MEMORIZED_TO_FILTER, flag_examples, stand_in_memorized
+from kdmem.config import CanaryConfig, ConfigError, EmbeddedModelsConfig, ExperimentConfig, ExtractionConfig, SoftDistillConfig, save_config
+from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
 from kdmem.io import process_state, split_across_processes, write_json_atomic, write_parquet_atomic
 from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
 from kdmem.memorization.membership import membership_metrics, split_scores, write_membership
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
+from kdmem.models.decoding import greedy_continuations
 from kdmem.models.loading import model_vocab_size
 from kdmem.report import headline_table, write_report
-from kdmem.stages import derived_outputs, stage_fingerprints, stage_outputs
-from kdmem.models.decoding import greedy_continuations
+from kdmem.stages import Stage, check_markers, execute, fingerprints, per_token, read_marker, stage_seconds
 from kdmem.train import distill, fine_tune, resolve_model_name, validation_loss
 from kdmem.train.teacher_cache import TeacherLogitCache, build_teacher_cache, complete_teacher_cache
 
 logger = logging.getLogger(__name__)
 
+FIRST_SEED_MODELS = ("teacher", "baseline", "soft", "hard")
+"""The models features are computed under (the first seed's)."""
+
 
 @dataclass
-class StageClock:
-    """Wall time of every stage, kept across reruns (a skipped stage keeps its first time)."""
+class RunContext:
+    """What every stage may use besides its settings: the run folder, the processes, and cached
+    loads of the bases and of what earlier stages wrote."""
 
-    path: Path
-    seconds: dict[str, float] = field(default_factory=dict)
+    layout: RunLayout
+    state: Any
+    embedded: EmbeddedModelsConfig
+    """How builtin bases are built (hashed into the data stage, and so into every stage)."""
+    tokenizer_spec: dict
+    """The teacher base, whose tokenizer is the run's (hashed into the data stage)."""
+    canary_seed: int
+    """How canary copies are shuffled into the training rows (hashed into the data stage)."""
+    run_name: str = ""
+    teacher_id: str = ""
+    """What identifies the teacher to its cache: the teacher stage's fingerprint."""
+    _loaded: dict = field(default_factory=dict)
 
-    def __post_init__(self):
-        if self.path.exists():
-            self.seconds = json.loads(self.path.read_text()).get("stage_seconds", {})
+    @property
+    def main(self) -> bool:
+        return self.state.is_main_process
 
-    def record(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = round(seconds, 2)
+    def _cached(self, key, load):
+        if key not in self._loaded:
+            self._loaded[key] = load()
+        return self._loaded[key]
 
+    def base(self, spec: dict) -> str:
+        """A model spec's base: hub names pass through; builtin names are built (once, cached) here."""
+        return self._cached(("base", spec["model"]), lambda: resolve_model_name(spec["model"], self.embedded))
 
-def _check_output(layout: RunLayout, config: ExperimentConfig, overwrite: bool) -> None:
-    """A folder that holds a run of another config: keep every stage the change leaves alone.
+    def load_base(self, spec: dict):
+        return load_model(self.base(spec), revision=spec["revision"], trust_remote_code=spec["trust_remote_code"], device=self.state.device)
 
-    Stages whose settings (or whose inputs) changed would hold stale outputs. When any of them
-    has finished, the run is refused unless ``overwrite``, which removes just those stages. A
-    change that only adds stages (a sweep temperature, filtering) goes ahead without it. The
-    summary, analysis and report are rebuilt either way.
-    """
-    if not layout.config.exists():
-        return
-    previous_values = yaml.safe_load(layout.config.read_text(encoding="utf-8"))
-    if previous_values == config_to_dict(config):
-        return
-    try:
-        previous = stage_fingerprints(load_config(layout.config))
-    except (ConfigError, TypeError, ValueError):  # written by another kdmem version
-        previous = None
-    if previous is None:
-        if not overwrite:
-            raise ConfigError(
-                f"{layout.root} holds a run whose config this kdmem cannot read. Use another --output, or pass "
-                "--overwrite to discard that run."
-            )
-        shutil.rmtree(layout.root)
-        return
-    current = stage_fingerprints(config)
-    changed = sorted(stage for stage in set(previous) | set(current) if previous.get(stage) != current.get(stage))
-    stale = [stage for stage in changed if any(path.exists() for path in stage_outputs(layout, stage))]
-    if stale and not overwrite:
-        kept = sorted(stage for stage in previous if stage not in changed)
-        raise ConfigError(
-            f"{layout.root} holds a run with a different config, which changes the finished stages {', '.join(stale)} "
-            f"(kept as they are: {', '.join(kept) or 'none'}). Pass --overwrite to recompute just those stages, "
-            "or use another --output."
-        )
-    for stage in stale:
-        logger.info("config changed: recomputing %s", stage)
-        for path in stage_outputs(layout, stage):
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    for path in derived_outputs(layout):
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    def tokenizer(self, spec: dict | None = None):
+        spec = spec or self.tokenizer_spec
+        return self._cached(("tokenizer", spec["model"]), lambda: load_tokenizer(self.base(spec), revision=spec["revision"], trust_remote_code=spec["trust_remote_code"]))
+
+    def sequences(self, split: str) -> pd.DataFrame:
+        return self._cached(("rows", split), lambda: read_sequences(self.layout.data(split)))
+
+    def canaries(self) -> pd.DataFrame | None:
+        path = self.layout.data("canaries")
+        return self._cached("canaries", lambda: pd.read_parquet(path) if path.exists() else None)
+
+    def flagged(self) -> set[str] | None:
+        """The example ids the filtering removed, or None when it was skipped."""
+        flagging = json.loads(self.layout.filtering.read_text())
+        return None if "skipped" in flagging else set(flagging["removed_ids"])
+
+    def training_rows(self, without_flagged: bool = False) -> pd.DataFrame:
+        """What training sees: D (less the flagged examples), plus each canary's copies (D stays the audited set)."""
+        rows = self.sequences("train")
+        if without_flagged:
+            rows = rows[~rows["example_id"].isin(self.flagged())]
+        canaries = self.canaries()
+        return rows if canaries is None else inject_canaries(rows, canaries, self.canary_seed)
+
+    def teacher(self, dtype: str):
+        return self._cached(("teacher", dtype), lambda: load_model(str(self.layout.model("teacher")), device=self.state.device, dtype=dtype))
+
+    def release_models(self) -> None:
+        for key in [key for key in self._loaded if isinstance(key, tuple) and key[0] == "teacher"]:
+            del self._loaded[key]
 
 
 def _remove_leftovers(root: Path) -> None:
@@ -132,22 +147,23 @@ def _publish_model(tokenizer, path: Path, info: dict, work_dir: Path) -> None:
     shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _provenance(config: ExperimentConfig, clock: StageClock) -> dict:
+def _git_revision() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _provenance(seeds: list[int], seconds: dict[str, float]) -> dict:
     import accelerate
     import datasets
     import transformers
 
     import kdmem
 
-    try:
-        revision = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        revision = None
     return {
         "kdmem": kdmem.__version__,
-        "git_revision": revision,
+        "git_revision": _git_revision(),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -162,44 +178,156 @@ def _provenance(config: ExperimentConfig, clock: StageClock) -> dict:
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
             "processes": process_state().num_processes,
         },
-        "seeds": config.seeds,
-        "stage_seconds": clock.seconds,
+        "seeds": seeds,
+        "stage_seconds": seconds,
     }
 
 
-def evaluate_model(
-    name: str,
-    base: str,
-    layout: RunLayout,
-    config: ExperimentConfig,
-    train: pd.DataFrame,
-    validation: pd.DataFrame,
-    tokenizer,
-    canaries: pd.DataFrame | None,
-    state=None,
-) -> dict:
-    """Everything kdmem measures of one trained model; its row of the summary.
+# --- The stages' actions, in the order of the recipe -------------------------------------------
 
-    Writes ``memorization/NAME.parquet`` (exact and approximate extraction on D),
-    ``membership/NAME.parquet`` (scores on D and validation) and ``canaries/NAME.parquet``.
-    Given the ``state`` of several processes, each scores its share of D and the main process
-    writes; without one, this process does it all.
-    """
-    main = state is None or state.is_main_process
-    device = state.device if state else None
-    ext = config.extraction
-    model = load_model(str(layout.model(name)), device=device, dtype=config.inference_dtype)
+
+def prepare_data(ctx: RunContext, *, data, tokenizer: dict, canary_repeats: list[int], canary_seed: int, canary_key_length: int) -> None:
+    """D and validation (and the canaries, whose keys are their first ``canary_key_length`` tokens)."""
+    tokens = ctx.tokenizer(tokenizer)
+    splits = prepare_sequences(data, tokens)
+    write_sequences(ctx.layout.data("validation"), splits.validation)
+    if canary_repeats:
+        canaries = make_canaries(CanaryConfig(repeats=canary_repeats, seed=canary_seed), len(tokens), data.seq_len, canary_key_length, tokens.all_special_ids)
+        write_parquet_atomic(ctx.layout.data("canaries"), canaries)
+    write_sequences(ctx.layout.data("train"), splits.train)
+    logger.info("D: %d training and %d validation sequences of %d tokens", len(splits.train), len(splits.validation), data.seq_len)
+
+
+def _trackers(ctx: RunContext, name: str, tracking: dict | None, batch_size: int | None) -> list[MemorizationTracker]:
+    if not tracking:
+        return []
+    train = ctx.sequences("train")
+    sample = train if tracking["examples"] is None else train.iloc[: tracking["examples"]]
+    return [MemorizationTracker(sample, tracking["prefix_len"], tracking["suffix_len"], tracking["every_epochs"], batch_size, name)]
+
+
+def _trained(ctx: RunContext, name: str, kind: str, seed: int, base: dict, callbacks, train) -> None:
+    """Every process trains (``train(save_to)``); the main process publishes the model."""
+    if ctx.main:  # left by a run killed while saving
+        shutil.rmtree(_saving_dir(ctx.layout.model(name)), ignore_errors=True)
+    train(_saving_dir(ctx.layout.model(name)))
+    if ctx.main:
+        history = callbacks[0].history if callbacks else []
+        info = {"stage": kind, "seed": seed, "base": ctx.base(base), "memorization_over_training": history}
+        _publish_model(ctx.tokenizer(), ctx.layout.model(name), info, ctx.layout.work(name))
+
+
+def train_with_cross_entropy(
+    ctx: RunContext, *, name: str, kind: str, base: dict, training, seed: int, rows: str, tracking: dict | None, batch_size: int | None = None
+) -> dict | None:
+    """The teacher, a baseline or a hard student: next-token cross-entropy on ``rows`` (``train``:
+    D and canaries; ``hard``: the teacher's continuations; ``hard-kept``: those of the examples
+    the filtering kept)."""
+    if rows == "hard-kept":
+        if ctx.flagged() is None:
+            return {"skipped": "the filtering was skipped (filtering.json says why)"}
+        data = ctx.sequences("hard")
+        data = data[~data["example_id"].isin(ctx.flagged())]
+    else:
+        data = ctx.training_rows() if rows == "train" else ctx.sequences(rows)
+    callbacks = _trackers(ctx, name, tracking, batch_size)
+    _trained(ctx, name, kind, seed, base, callbacks,
+             lambda save_to: fine_tune(ctx.load_base(base), data, training, ctx.layout.work(name), seed, callbacks, save_to=save_to))
+    return None
+
+
+def build_cache(
+    ctx: RunContext, *, rows: str, student: dict, kind: str, top_k: int, tail_samples: int, tail_draws: int, temperatures: list[float],
+    dtype: str, batch_size: int | None = None,
+) -> dict | None:
+    """The teacher cache over ``rows`` (``train``, or ``kept``: the examples the filtering kept),
+    read by every soft student of those rows."""
+    kept = rows == "kept"
+    if kept and ctx.flagged() is None:
+        return {"skipped": "the filtering was skipped (filtering.json says why)"}
+    data = ctx.training_rows(without_flagged=kept)
+    root = ctx.layout.teacher_cache(rows)
+    settings = {"kind": kind, "top_k": top_k, "tail_samples": tail_samples, "tail_draws": tail_draws, "temperatures": temperatures}
+    if complete_teacher_cache(root, data, teacher_id=ctx.teacher_id, **settings) is None:  # else never load the teacher
+        teacher = ctx.teacher(dtype)
+        shared_vocabulary = min(teacher.config.get_text_config().vocab_size, model_vocab_size(ctx.base(student), _spec(student)))
+        build_teacher_cache(teacher, data, root, teacher_id=ctx.teacher_id, vocab_size=shared_vocabulary, batch_size=batch_size or 32, **settings)
+    return None
+
+
+def distill_softly(
+    ctx: RunContext, *, name: str, student: dict, kind: str, temperature: float, jsd_beta: float, ce_weight: float, training, seed: int,
+    rows: str, cached: bool, teacher_dtype: str, tracking: dict | None, batch_size: int | None = None,
+) -> dict | None:
+    """A soft student: the divergence from the teacher's softened distributions over ``rows``
+    (``train``, or ``kept``), read from the teacher cache when ``cached``, else from the teacher."""
+    kept = rows == "kept"
+    if kept and ctx.flagged() is None:
+        return {"skipped": "the filtering was skipped (filtering.json says why)"}
+    data = ctx.training_rows(without_flagged=kept)
+    soft = SoftDistillConfig(kind=kind, temperature=temperature, jsd_beta=jsd_beta, ce_weight=ce_weight, training=training)
+    cache = TeacherLogitCache(ctx.layout.teacher_cache(rows)) if cached else None
+    teacher = None if cached else ctx.teacher(teacher_dtype)
+    callbacks = _trackers(ctx, name, tracking, batch_size)
+    _trained(ctx, name, "soft", seed, student, callbacks,
+             lambda save_to: distill(ctx.load_base(student), teacher, data, soft, ctx.layout.work(name), seed, callbacks, cache=cache, save_to=save_to))
+    return {"temperature": temperature}
+
+
+def generate_hard_data(ctx: RunContext, *, prefix_len: int, seq_len: int, student: dict, dtype: str, generation_batch_size: int) -> None:
+    """The teacher's greedy continuation of every training row, for the hard students. The
+    teacher writes only ids the student can read (the smaller embedding matrix)."""
+    teacher = ctx.teacher(dtype)
+    shared_vocabulary = min(teacher.config.get_text_config().vocab_size, model_vocab_size(ctx.base(student), _spec(student)))
+
+    def generate(share: pd.DataFrame, offset: int) -> pd.DataFrame:
+        generated = greedy_continuations(teacher, as_tensor(share), prefix_len, seq_len, generation_batch_size, desc="hard data", vocab_size=shared_vocabulary)
+        return pd.DataFrame({"example_id": share["example_id"].to_numpy(), "input_ids": list(generated.numpy().astype("int32"))})
+
+    hard = split_across_processes(ctx.training_rows(), generate, ctx.layout.work("parts-hard-data"), ctx.state)
+    if ctx.main:
+        write_sequences(ctx.layout.data("hard"), hard)
+
+
+def _skipped(ctx: RunContext, name: str) -> dict | None:
+    marker = read_marker(ctx.layout.root, name)
+    return {"skipped": f"{name} was not trained: {marker['skipped']}"} if marker and "skipped" in marker else None
+
+
+def extract(ctx: RunContext, *, name: str, extraction: dict, dtype: str, batch_size: int | None = None) -> dict:
+    """Discoverable memorization of every example of D under model ``name`` (exact, and
+    approximate on a sample): ``memorization/NAME.parquet``."""
+    if skipped := _skipped(ctx, name):
+        return skipped
+    ext = ExtractionConfig(**extraction, batch_size=batch_size)
+    model = load_model(str(ctx.layout.model(name)), device=ctx.state.device, dtype=dtype)
+    train = ctx.sequences("train")
     sample = sample_positions(len(train), ext.approximate_sample, ext.seed)
 
-    def extract(share: pd.DataFrame, offset: int) -> pd.DataFrame:
+    def share_verdicts(share: pd.DataFrame, offset: int) -> pd.DataFrame:
         positions = [p - offset for p in sample if offset <= p < offset + len(share)]
         return measure_memorization(model, share, ext, positions, desc=f"extract {name}")
 
-    verdicts = split_across_processes(train, extract, layout.work(f"parts-extract-{name}"), state)
-    if main:
-        write_parquet_atomic(layout.memorization(name), verdicts)
-    batch_size = verdicts.attrs["batch_size"]
-    loss = validation_loss(model, validation, batch_size=batch_size)
+    verdicts = split_across_processes(train, share_verdicts, ctx.layout.work(f"parts-extract-{name}"), ctx.state)
+    if ctx.main:
+        write_parquet_atomic(ctx.layout.memorization(name), verdicts)
+    return {"batch_size": verdicts.attrs["batch_size"]}  # what scoring the model batches by
+
+
+def score(
+    ctx: RunContext, *, name: str, base: dict, membership, canary_candidates: int, canary_seed: int, prefix_len: int, suffix_len: int,
+    prefix_lens: list[int], dtype: str,
+) -> dict | None:
+    """The rest of what kdmem measures of model ``name``: validation loss, membership inference
+    (``membership/NAME.parquet``), canary exposure (``canaries/NAME.parquet``); its row of the
+    summary (``evaluation/NAME.json``). Each process scores its share of D; the main one writes."""
+    extracted = read_marker(ctx.layout.root, f"extract:{name}")
+    if "skipped" in extracted:
+        return {"skipped": extracted["skipped"]}
+    model = load_model(str(ctx.layout.model(name)), device=ctx.state.device, dtype=dtype)
+    verdicts = pd.read_parquet(ctx.layout.memorization(name))
+    batch_size = extracted["batch_size"]
+    loss = validation_loss(model, ctx.sequences("validation"), batch_size=batch_size)
     memorized = int(verdicts["memorized"].sum())
     row = {
         "memorized": memorized,
@@ -208,42 +336,236 @@ def evaluate_model(
         "val_loss": loss,
         "val_ppl": math.exp(loss),
         "rechecked": int(verdicts["rechecked"].sum()),
-        **{f"rate_p{length}": float(verdicts[f"memorized_p{length}"].mean()) for length in ext.prefix_lens},
+        **{f"rate_p{length}": float(verdicts[f"memorized_p{length}"].mean()) for length in prefix_lens},
         **approximate_summary(verdicts),
     }
-    if config.membership.enabled:
-        spec = config.teacher if name == "teacher" else config.student  # the base's own revision and code setting
+    tokenizer = ctx.tokenizer()
+    if membership.enabled:
+        device = ctx.state.device
         reference = (
-            load_model(base, revision=spec.revision, trust_remote_code=spec.trust_remote_code, device=device, dtype=config.inference_dtype)
-            if config.membership.reference
+            load_model(ctx.base(base), revision=base["revision"], trust_remote_code=base["trust_remote_code"], device=device, dtype=dtype)
+            if membership.reference
             else None
         )
+        train, validation = ctx.sequences("train"), ctx.sequences("validation")
         both = pd.concat([train.assign(split="train"), validation.assign(split="validation")], ignore_index=True)
 
-        def score(share: pd.DataFrame, offset: int) -> pd.DataFrame:
-            return split_scores(model, share, tokenizer, reference, batch_size, config.membership.min_k)
+        def share_scores(share: pd.DataFrame, offset: int) -> pd.DataFrame:
+            return split_scores(model, share, tokenizer, reference, batch_size, membership.min_k)
 
-        scores = split_across_processes(both, score, layout.work(f"parts-membership-{name}"), state)
+        scores = split_across_processes(both, share_scores, ctx.layout.work(f"parts-membership-{name}"), ctx.state)
         metrics = membership_metrics(scores[scores["split"] == "train"], scores[scores["split"] == "validation"])
-        if main:
-            write_membership(layout.membership(name), scores, metrics, config.membership.min_k)
+        if ctx.main:
+            write_membership(ctx.layout.membership(name), scores, metrics, membership.min_k)
         row["membership"] = metrics
+    canaries = ctx.canaries()
     if canaries is not None:  # a handful of sequences: every process scores them, the main one writes
         exposure = canary_exposure(
-            model,
-            canaries,
-            ext.prefix_len,
-            ext.suffix_len,
-            vocab_size=len(tokenizer),
-            excluded_token_ids=tokenizer.all_special_ids,
-            num_candidates=config.canaries.num_candidates,
-            seed=config.canaries.seed,
-            batch_size=batch_size,
+            model, canaries, prefix_len, suffix_len, vocab_size=len(tokenizer), excluded_token_ids=tokenizer.all_special_ids,
+            num_candidates=canary_candidates, seed=canary_seed, batch_size=batch_size,
         )
-        if main:
-            write_parquet_atomic(layout.canaries(name), exposure)
+        if ctx.main:
+            write_parquet_atomic(ctx.layout.canaries(name), exposure)
         row["canaries"] = exposure[["canary_id", "repeats", "exposure", "extractable"]].to_dict("records")
-    return row
+    if ctx.main:
+        write_json_atomic(ctx.layout.evaluation(name), row)
+    return None
+
+
+def compute_features(ctx: RunContext, *, last_k: int, suffix_span: list[int], dtype: str, batch_size: int | None = None) -> None:
+    """``features.parquet``: per example of D, what the first seed's models make of it (zlib,
+    perplexities, the teacher-baseline KL, entropies over the spans)."""
+    model_feature_table(ctx.layout, ctx.sequences("train"), ctx.state, dtype=dtype, batch_size=batch_size, last_k=last_k, suffix_span=tuple(suffix_span))
+
+
+def flag_for_filtering(ctx: RunContext, *, student: str, students: list[str], filtering, seed: int) -> None:
+    """``filtering.json``: the examples the predictor flags as what ``student`` memorizes (the
+    union over its seeds' models ``students``), to be removed before it is distilled again."""
+    features = pd.read_parquet(ctx.layout.features)
+    target = set().union(*(memorized_ids(pd.read_parquet(ctx.layout.memorization(name))) for name in students))
+    stand_in = {}
+    if len(target) < MIN_MEMORIZED_TO_FILTER and filtering.stand_in_examples:
+        target = stand_in_memorized(pd.read_parquet(ctx.layout.memorization(students[0])), filtering.stand_in_examples)
+        stand_in = {"stand_in": f"a rehearsal: the {len(target)} examples the {student} student came closest to reproducing stand in for its memorized set"}
+    try:
+        removed, info = flag_examples(features, features["example_id"].isin(target).to_numpy(), filtering.target_recall, seed)
+        info |= stand_in
+    except ValueError as error:
+        # What the students memorized decides this, not the config alone: the run goes on,
+        # and the report says why there is no filtered student.
+        info, removed = {"skipped": f"{error}; or set filtering.student to the other student"}, set()
+        logger.warning("filtering of the %s student skipped: %s", student, info["skipped"])
+    write_json_atomic(ctx.layout.filtering, info | {"removed_ids": sorted(removed)})
+
+
+def summarize(ctx: RunContext, *, models: list[str], prefix_len: int, suffix_len: int, seq_len: int, graph_names: list[str]) -> None:
+    """``summary.json``: every evaluated model's row, its memorization over training, the stage times."""
+    layout = ctx.layout
+    trained = [name for name in models if layout.evaluation(name).exists()]
+    summary = {
+        "name": ctx.run_name,
+        "models": {name: json.loads(layout.evaluation(name).read_text()) for name in trained},
+        "extraction": {"prefix_len": prefix_len, "suffix_len": suffix_len},
+        "memorization_over_training": {name: json.loads(layout.model_done(name).read_text())["memorization_over_training"] for name in trained},
+        "data": {"train_examples": len(ctx.sequences("train")), "validation_examples": len(ctx.sequences("validation")), "seq_len": seq_len},
+        "stage_seconds": {name: marker["seconds"] for name in graph_names if (marker := read_marker(layout.root, name))},
+    }
+    if layout.work_root.exists() and not any(layout.work_root.iterdir()):
+        layout.work_root.rmdir()
+    write_json_atomic(layout.summary, summary)
+
+
+def run_analysis(ctx: RunContext) -> None:
+    """``analysis.json`` and the figures: every analysis of the paper on the finished run."""
+    analyze(ctx.layout.root)
+
+
+def render_report(ctx: RunContext) -> None:
+    """``report.html`` and ``report.md``."""
+    write_report(ctx.layout.root)
+
+
+def _spec(base: dict):
+    """A model spec (``model``, ``revision``, ``trust_remote_code``) as the loading helpers take it."""
+    from kdmem.config import ModelConfig
+
+    return ModelConfig(model=base["model"], revision=base["revision"], trust_remote_code=base["trust_remote_code"])
+
+
+# --- The recipe ----------------------------------------------------------------------------------
+
+
+def model_spec(model) -> dict:
+    """What a stage reads of a ``ModelConfig`` to load its base."""
+    return {"model": model.model, "revision": model.revision, "trust_remote_code": model.trust_remote_code}
+
+
+def run_context(config: ExperimentConfig, layout: RunLayout) -> RunContext:
+    """The context the stages of ``config`` run in, over the run folder ``layout``."""
+    graph = stage_graph(config, layout)
+    # The cache knows its teacher by the teacher stage's fingerprint (its settings and data), not
+    # by a path, which changes with the working directory or an --output spelled another way.
+    teacher_id = f"kdmem teacher stage {fingerprints(graph)['teacher']}"
+    return RunContext(layout, process_state(), config.embedded, model_spec(config.teacher), config.canaries.seed, run_name=config.name, teacher_id=teacher_id)
+
+
+def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> list[Stage]:
+    """Every stage of ``kdmem run`` for ``config``, in order: the one place that loops over seeds,
+    temperatures and the filtering. Nothing is loaded; ``--dry-run`` plans from it."""
+    layout = layout or RunLayout(Path("runs") / config.name)
+    ext, soft, dtype = config.extraction, config.soft, config.inference_dtype
+    graph: list[Stage] = []
+
+    teacher_spec, student_spec = model_spec(config.teacher), model_spec(config.student)
+    # Memorization over training is part of a training stage's output: what it measures shapes it.
+    tracking = None
+    if ext.track_every_epochs:
+        tracking = {"every_epochs": ext.track_every_epochs, "examples": ext.track_examples, "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len}
+    speed = {"batch_size": ext.batch_size}
+
+    def model_outputs(name: str) -> tuple[Path, ...]:
+        return (layout.model(name), layout.work(name))
+
+    # Compute, for --dry-run: 2N FLOPs a token for a forward pass, 6N for a training step.
+    def size(name: str) -> str:
+        return "teacher" if name == "teacher" else "student"
+
+    def cross_entropy(name: str, kind: str, base: dict, training, seed: int, rows: str, needs: tuple[str, ...]) -> None:
+        settings = {"name": name, "kind": kind, "base": base, "training": training, "seed": seed, "rows": rows, "tracking": tracking}
+        cost = lambda z: per_token(z.tokens, (6 * training.epochs, getattr(z, size(name))))  # noqa: E731
+        graph.append(Stage(name, train_with_cross_entropy, settings, needs, model_outputs(name), distributed=True, speed=speed, flops=cost))
+
+    def soft_student(name: str, temperature: float, seed: int, rows: str, needs: tuple[str, ...], tracked: bool = True) -> None:
+        settings = {
+            "name": name, "student": student_spec, "kind": soft.kind, "temperature": temperature, "jsd_beta": soft.jsd_beta,
+            "ce_weight": soft.ce_weight, "training": soft.training, "seed": seed, "rows": rows, "cached": soft.teacher_cache,
+            "teacher_dtype": dtype, "tracking": tracking if tracked else None,
+        }
+        epochs = soft.training.epochs
+
+        def cost(z):  # the student's steps, and the teacher's forward passes (live) or output layer (a hidden-state cache)
+            if not soft.teacher_cache:
+                return per_token(z.tokens, (6 * epochs, z.student), (2 * epochs, z.teacher))
+            return per_token(z.tokens, (6 * epochs, z.student), *([(2 * epochs, z.head)] if soft.cache_kind == "hidden" and z.head is not None else []))
+
+        graph.append(Stage(name, distill_softly, settings, needs, model_outputs(name), distributed=True, speed=speed, flops=cost))
+
+    def teacher_cache(rows: str, needs: tuple[str, ...]) -> str:
+        settings = {"rows": rows, "student": student_spec, "kind": soft.cache_kind, "dtype": dtype, "top_k": 0, "tail_samples": 0, "tail_draws": 1,
+                    "temperatures": []}
+        if soft.cache_kind == "sampled":  # its samples, and the temperatures it serves
+            settings |= {"top_k": soft.cache_top_k, "tail_samples": soft.cache_tail_samples, "tail_draws": soft.cache_draws,
+                         "temperatures": list(soft.cache_temperatures)}
+        graph.append(Stage(f"cache:{rows}", build_cache, settings, needs, (layout.teacher_cache(rows),), distributed=True, speed=speed,
+                           flops=lambda z: per_token(z.tokens, (2, z.teacher))))
+        return f"cache:{rows}"
+
+    def evaluated(name: str, base: dict) -> None:
+        verdicts = {k: v for k, v in dataclasses.asdict(ext).items() if k not in ("batch_size", "track_every_epochs", "track_examples")}
+        graph.append(Stage(f"extract:{name}", extract, {"name": name, "extraction": verdicts, "dtype": dtype}, (name, "data"),
+                           (layout.memorization(name),), distributed=True, speed=speed, flops=lambda z: per_token(z.tokens, (2, getattr(z, size(name))))))
+        scoring = {"name": name, "base": base, "membership": config.membership, "canary_candidates": config.canaries.num_candidates,
+                   "canary_seed": config.canaries.seed, "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len, "prefix_lens": ext.prefix_lens,
+                   "dtype": dtype}
+        # membership scores D under the model and, with a reference, its base
+        passes = (1 + config.membership.reference) * config.membership.enabled
+        graph.append(Stage(f"evaluate:{name}", score, scoring, (f"extract:{name}",),
+                           (layout.evaluation(name), layout.membership(name), layout.canaries(name)), distributed=True,
+                           flops=lambda z: per_token(z.tokens, (2 * passes, getattr(z, size(name))))))
+
+    # Data: D, validation and canaries, tokenized by the teacher base's tokenizer.
+    graph.append(Stage("data", prepare_data, {
+        "data": config.data, "tokenizer": teacher_spec | {"embedded": config.embedded}, "canary_repeats": config.canaries.repeats,
+        "canary_seed": config.canaries.seed, "canary_key_length": ext.prefix_len if config.canaries.repeats else 0,
+    }, (), (layout.data("train"), layout.data("validation"), layout.data("canaries"))))
+    # The teacher, fine-tuned on D with cross-entropy.
+    cross_entropy("teacher", "teacher", teacher_spec, config.teacher.training, config.seeds[0], "train", ("data",))
+    # The soft students read the teacher through its cache, when there is one.
+    soft_source = teacher_cache("train", ("teacher",)) if soft.teacher_cache else "teacher"
+    graph.append(Stage("hard_data", generate_hard_data, {
+        "prefix_len": config.hard.prefix_len, "seq_len": config.data.seq_len, "student": student_spec, "dtype": dtype,
+        "generation_batch_size": config.hard.generation_batch_size,
+    }, ("teacher",), (layout.data("hard"),), distributed=True, flops=lambda z: per_token(z.tokens, (2, z.teacher))))
+    # Per seed: the baseline (cross-entropy, the student's size), the soft and the hard student.
+    for seed in config.seeds:
+        suffix = seed_suffix(seed, config)
+        cross_entropy("baseline" + suffix, "baseline", student_spec, config.student.training, seed, "train", ("data",))
+        soft_student("soft" + suffix, soft.temperature, seed, "train", (soft_source,))
+        cross_entropy("hard" + suffix, "hard", student_spec, config.hard.training, seed, "hard", ("hard_data",))
+    # The temperature sweep: one more soft student per temperature (first seed).
+    for temperature, name in temperature_sweep(config).items():
+        if name != "soft":
+            soft_student(name, temperature, config.seeds[0], "train", (soft_source,), tracked=False)  # the sweep's extra students are not tracked
+    # Every trained model: extraction, then scoring.
+    filtered = filtered_name(config)
+    for name in model_names(config):
+        if name != filtered or not config.filtering.enabled:
+            evaluated(name, teacher_spec if name == "teacher" else student_spec)
+    graph.append(Stage("features", compute_features, {"last_k": ext.suffix_len, "suffix_span": [ext.prefix_len, ext.suffix_len], "dtype": dtype},
+                       FIRST_SEED_MODELS + ("data",), (layout.features,), distributed=True, speed=speed,
+                       flops=lambda z: per_token(z.tokens, (2, z.teacher), (6, z.student))))  # the first seed's four models
+    # Filtering: remove what the predictor flags, distill the student again (first seed).
+    if config.filtering.enabled:
+        kind = config.filtering.student
+        students = [kind + seed_suffix(seed, config) for seed in config.seeds]
+        graph.append(Stage("filtering", flag_for_filtering, {"student": kind, "students": students, "filtering": config.filtering, "seed": config.seeds[0]},
+                           ("features", *(f"extract:{name}" for name in students)), (layout.filtering,)))
+        if kind == "soft":
+            source = teacher_cache("kept", ("teacher", "filtering")) if soft.teacher_cache else "teacher"
+            soft_student(filtered, soft.temperature, config.seeds[0], "kept", ("filtering", source))
+        else:  # the teacher's continuations of the kept examples (and of the canaries' copies)
+            cross_entropy(filtered, "hard", student_spec, config.hard.training, config.seeds[0], "hard-kept", ("filtering", "hard_data"))
+        evaluated(filtered, student_spec)
+    evaluations = tuple(stage.name for stage in graph if stage.name.startswith("evaluate:"))
+    names = [stage.name for stage in graph]
+    graph.append(Stage("summary", summarize, {
+        "models": model_names(config), "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len, "seq_len": config.data.seq_len,
+        "graph_names": names,
+    }, evaluations, (layout.summary,), rebuilt_freely=True))
+    read = ("summary", "features", *(("filtering",) if config.filtering.enabled else ()))
+    graph.append(Stage("analysis", run_analysis, {}, read, (layout.analysis, layout.figures), rebuilt_freely=True))
+    graph.append(Stage("report", render_report, {}, ("analysis",), (layout.report_html, layout.report_markdown), rebuilt_freely=True))
+    return graph
 
 
 def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite: bool = False) -> dict:
@@ -251,251 +573,32 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
 
     Under ``accelerate launch`` with N processes, training stages are one ``Trainer`` run across
     all of them (DDP, FSDP or DeepSpeed, as accelerate is configured); extraction, membership,
-    features and the hard-KD generation split D between the processes; the rest (data
-    preparation, filtering, analysis, report) runs on the main process while the others wait.
-    Only the main process writes.
+    features, the teacher cache and the hard-KD generation split D between the processes; the
+    rest (data preparation, filtering, summary, analysis, report) runs on the main process while
+    the others wait. Only the main process writes.
     """
     config.validate()
     state = process_state()
-    main = state.is_main_process
     layout = RunLayout(Path(output) if output else Path("runs") / config.name)
+    graph = stage_graph(config, layout)
+    earlier_kdmem = layout.config.exists() and not (layout.root / "stages").exists()
+    state.wait_for_everyone()  # every process has looked before the main one writes
     with state.main_process_first():  # the main process checks (or clears) the folder first
-        _check_output(layout, config, overwrite and main)
-        if main:
-            layout.root.mkdir(parents=True, exist_ok=True)
+        if earlier_kdmem and not overwrite:
+            raise ConfigError(f"{layout.root} holds a run of an earlier kdmem (no stages/ markers). Use another --output, or pass --overwrite to discard it.")
+        if earlier_kdmem and state.is_main_process:
+            shutil.rmtree(layout.root)
+        check_markers(graph, layout.root, overwrite and state.is_main_process)
+        if state.is_main_process:
+            (layout.root / "stages").mkdir(parents=True, exist_ok=True)  # before the config: a folder of this kdmem from its start
             _remove_leftovers(layout.root)
             save_config(config, layout.config)
-    clock = StageClock(layout.provenance)
-
-    def stage(name: str, done_marker: Path, action, distributed: bool = False) -> None:
-        """``action`` unless ``done_marker`` exists: on every process when ``distributed``, else on
-        the main process alone (the others find the marker once it is done)."""
-        state.wait_for_everyone()
-        with contextlib.nullcontext() if distributed else state.main_process_first():
-            if done_marker.exists():
-                if main:
-                    logger.info("[%s] done already: %s", name, done_marker)
-                return
-            if not (distributed or main):
-                raise RuntimeError(f"stage {name} finished on the main process without writing {done_marker}")
-            logger.info("[%s] running", name)
-            start = time.perf_counter()
-            try:
-                action()
-            except Exception as error:  # the rehearsal and the logs name the stage that failed
-                if hasattr(error, "add_note"):  # Python 3.11+
-                    error.add_note(f"kdmem stage: {name}")
-                raise
-            if distributed:
-                state.wait_for_everyone()
-            if main:
-                clock.record(name, time.perf_counter() - start)
-                write_json_atomic(layout.provenance, _provenance(config, clock))
-
-    # Bases: hub names pass through; builtin names are built (once, cached) here.
-    start = time.perf_counter()
-    teacher_base = resolve_model_name(config.teacher.model, config.embedded)
-    student_base = resolve_model_name(config.student.model, config.embedded)
-    clock.seconds.setdefault("bases", round(time.perf_counter() - start, 2))
-    device = state.device
-    tokenizer = load_tokenizer(teacher_base, revision=config.teacher.revision, trust_remote_code=config.teacher.trust_remote_code)
-    student_tokenizer = load_tokenizer(student_base, revision=config.student.revision, trust_remote_code=config.student.trust_remote_code)
-    check_same_vocabulary(tokenizer, student_tokenizer)
-
-    def make_data():
-        splits = prepare_sequences(config.data, tokenizer)
-        write_sequences(layout.data("validation"), splits.validation)
-        if config.canaries.repeats:
-            canaries = make_canaries(
-                config.canaries, len(tokenizer), config.data.seq_len, config.extraction.prefix_len, tokenizer.all_special_ids
-            )
-            write_parquet_atomic(layout.data("canaries"), canaries)
-        write_sequences(layout.data("train"), splits.train)  # written last: its presence marks the stage done
-
-    stage("data", layout.data("train"), make_data)
-    train = read_sequences(layout.data("train"))
-    validation = read_sequences(layout.data("validation"))
-    canaries = pd.read_parquet(layout.data("canaries")) if config.canaries.repeats else None
-    # What training sees: D, plus each canary's copies when canaries are planted (D stays the audited set).
-    training_rows = train if canaries is None else inject_canaries(train, canaries, config.canaries.seed)
-    logger.info("D: %d training and %d validation sequences of %d tokens", len(train), len(validation), config.data.seq_len)
-
-    def load_base(spec, base):
-        return load_model(base, revision=spec.revision, trust_remote_code=spec.trust_remote_code, device=device)
-
-    ext = config.extraction
-
-    def trackers(name: str) -> list[MemorizationTracker]:
-        if not ext.track_every_epochs:
-            return []
-        sample = train if ext.track_examples is None else train.iloc[: ext.track_examples]
-        return [MemorizationTracker(sample, ext.prefix_len, ext.suffix_len, ext.track_every_epochs, ext.batch_size, name)]
-
-    def stage_info(kind: str, seed: int, base: str, callbacks: list[MemorizationTracker]) -> dict:
-        history = callbacks[0].history if callbacks else []
-        return {"stage": kind, "seed": seed, "base": base, "memorization_over_training": history}
-
-    def train_ce(name: str, spec_base, base: str, training, data: pd.DataFrame, seed: int, stage_kind: str):
-        def action():
-            callbacks = trackers(name)
-            if main:  # left by a run killed while saving
-                shutil.rmtree(_saving_dir(layout.model(name)), ignore_errors=True)
-            fine_tune(load_base(spec_base, base), data, training, layout.work(name), seed, callbacks, save_to=_saving_dir(layout.model(name)))
-            if main:
-                _publish_model(tokenizer, layout.model(name), stage_info(stage_kind, seed, base, callbacks), layout.work(name))
-
-        stage(name, layout.model_done(name), action, distributed=True)
-
-    train_ce("teacher", config.teacher, teacher_base, config.teacher.training, training_rows, config.seeds[0], "teacher")
-    loaded_teacher: dict = {}
-    # The cache knows its teacher by the teacher stage's fingerprint (its settings and data), not
-    # by a path, which changes with the working directory or an --output spelled another way.
-    teacher_id = f"kdmem teacher stage {stage_fingerprints(config)['teacher']}"
-
-    def teacher_model():
-        if "model" not in loaded_teacher:
-            loaded_teacher["model"] = load_model(str(layout.model("teacher")), device=device, dtype=config.inference_dtype)
-        return loaded_teacher["model"]
-
-    # One cache for every soft student, whatever its temperature.
-    cache_settings = {"kind": config.soft.cache_kind, "top_k": config.soft.cache_top_k, "tail_samples": config.soft.cache_tail_samples,
-                      "tail_draws": config.soft.cache_draws, "temperatures": config.soft.cache_temperatures}
-
-    def build_cache(rows: pd.DataFrame, rows_name: str) -> None:
-        """The teacher cache over ``rows``: its own stage, done when every shard is written."""
-        root = layout.teacher_cache(rows_name)
-
-        def action():
-            if complete_teacher_cache(root, rows, teacher_id=teacher_id, **cache_settings) is None:  # else never load the teacher
-                shared_vocabulary = min(teacher_model().config.get_text_config().vocab_size, model_vocab_size(student_base, config.student))
-                build_teacher_cache(
-                    teacher_model(), rows, root, teacher_id=teacher_id, vocab_size=shared_vocabulary, batch_size=ext.batch_size or 32, **cache_settings
-                )
-            if main:
-                write_json_atomic(root / "complete.json", {"teacher": teacher_id, "examples": len(rows)})
-
-        stage(f"cache:{rows_name}", root / "complete.json", action, distributed=True)
-
-    def train_soft(name: str, seed: int, soft, rows: pd.DataFrame = training_rows, track: bool = True, rows_name: str = "train"):
-        def action():
-            callbacks = trackers(name) if track else []
-            if main:  # left by a run killed while saving
-                shutil.rmtree(_saving_dir(layout.model(name)), ignore_errors=True)
-            student = load_base(config.student, student_base)
-            cache = TeacherLogitCache(layout.teacher_cache(rows_name)) if soft.teacher_cache else None
-            distill(
-                student, None if cache else teacher_model(), rows, soft, layout.work(name), seed, callbacks, cache=cache,
-                save_to=_saving_dir(layout.model(name)),
-            )
-            info = stage_info("soft", seed, student_base, callbacks) | {"temperature": soft.temperature}
-            if main:
-                _publish_model(tokenizer, layout.model(name), info, layout.work(name))
-
-        stage(name, layout.model_done(name), action, distributed=True)
-
-    if config.soft.teacher_cache:
-        build_cache(training_rows, "train")
-    for seed in config.seeds:
-        suffix = seed_suffix(seed, config)
-        train_ce("baseline" + suffix, config.student, student_base, config.student.training, training_rows, seed, "baseline")
-        train_soft("soft" + suffix, seed, config.soft)
-
-    for temperature, name in temperature_sweep(config).items():
-        if name != "soft":
-            train_soft(name, config.seeds[0], dataclasses.replace(config.soft, temperature=temperature), track=False)
-
-    def make_hard_data():
-        # The teacher writes only ids the student can read (the smaller embedding matrix).
-        shared_vocabulary = min(teacher_model().config.get_text_config().vocab_size, model_vocab_size(student_base, config.student))
-
-        def generate(share: pd.DataFrame, offset: int) -> pd.DataFrame:
-            generated = greedy_continuations(
-                teacher_model(), as_tensor(share), config.hard.prefix_len, config.data.seq_len, config.hard.generation_batch_size,
-                desc="hard data", vocab_size=shared_vocabulary,
-            )
-            return pd.DataFrame({"example_id": share["example_id"].to_numpy(), "input_ids": list(generated.numpy().astype("int32"))})
-
-        hard = split_across_processes(training_rows, generate, layout.work("parts-hard-data"), state)
-        if main:
-            write_sequences(layout.data("hard"), hard)
-
-    stage("hard_data", layout.data("hard"), make_hard_data, distributed=True)
-    hard_train = read_sequences(layout.data("hard"))
-    for seed in config.seeds:
-        suffix = seed_suffix(seed, config)
-        train_ce("hard" + suffix, config.student, student_base, config.hard.training, hard_train, seed, "hard")
-
-    def evaluate(name: str):
-        def action():
-            base = teacher_base if name == "teacher" else student_base
-            row = evaluate_model(name, base, layout, config, train, validation, tokenizer, canaries, state)
-            if main:
-                write_json_atomic(layout.evaluation(name), row)
-
-        stage(f"evaluate:{name}", layout.evaluation(name), action, distributed=True)
-
-    trained = [name for name in model_names(config) if not (config.filtering.enabled and name == filtered_name(config))]
-    for name in trained:
-        evaluate(name)
-    stage("features", layout.features, lambda: model_feature_table(layout, config, train, state), distributed=True)
-
-    if config.filtering.enabled:
-        kind = config.filtering.student
-
-        def flag():
-            features = pd.read_parquet(layout.features)
-            target, stand_in = memorized_over_seeds(layout, config, kind), {}
-            if len(target) < MIN_MEMORIZED_TO_FILTER and config.filtering.stand_in_examples:
-                target = stand_in_memorized(pd.read_parquet(layout.memorization(kind + seed_suffix(config.seeds[0], config))), config.filtering.stand_in_examples)
-                stand_in = {"stand_in": f"a rehearsal: the {len(target)} examples the {kind} student came closest to reproducing stand in for its memorized set"}
-            try:
-                removed, info = flag_examples(features, features["example_id"].isin(target).to_numpy(), config.filtering.target_recall, config.seeds[0])
-                info |= stand_in
-            except ValueError as error:
-                # What the students memorized decides this, not the config alone: the run goes on,
-                # and the report says why there is no filtered student.
-                info, removed = {"skipped": f"{error}; or set filtering.student to the other student"}, set()
-                logger.warning("filtering of the %s student skipped: %s", kind, info["skipped"])
-            write_json_atomic(layout.filtering, info | {"removed_ids": sorted(removed)})
-
-        stage("filtering", layout.filtering, flag)
-        state.wait_for_everyone()
-        flagging = json.loads(layout.filtering.read_text())
-        if "skipped" not in flagging:
-            removed = set(flagging["removed_ids"])
-            if kind == "soft":
-                kept = train[~train["example_id"].isin(removed)]
-                kept_rows = kept if canaries is None else inject_canaries(kept, canaries, config.canaries.seed)
-                if config.soft.teacher_cache:
-                    build_cache(kept_rows, filtered_name(config))
-                train_soft(filtered_name(config), config.seeds[0], config.soft, kept_rows, rows_name=filtered_name(config))
-            else:  # the teacher's continuations of the kept examples (and of the canaries' copies)
-                kept_hard = hard_train[~hard_train["example_id"].isin(removed)]
-                train_ce(filtered_name(config), config.student, student_base, config.hard.training, kept_hard, config.seeds[0], "hard")
-            evaluate(filtered_name(config))
-            trained.append(filtered_name(config))
-    loaded_teacher.clear()
-
-    summary = {
-        "name": config.name,
-        "models": {name: json.loads(layout.evaluation(name).read_text()) for name in trained},
-        "extraction": {"prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len},
-        "memorization_over_training": {
-            name: json.loads(layout.model_done(name).read_text())["memorization_over_training"] for name in trained
-        },
-        "data": {"train_examples": len(train), "validation_examples": len(validation), "seq_len": config.data.seq_len},
-        "stage_seconds": clock.seconds,
-    }
-    state.wait_for_everyone()
-    if main:
-        if layout.work_root.exists() and not any(layout.work_root.iterdir()):
-            layout.work_root.rmdir()
-        write_json_atomic(layout.summary, summary)
-    stage("analysis", layout.analysis, lambda: analyze(layout.root))
-    stage("report", layout.report_html, lambda: write_report(layout.root))
-    state.wait_for_everyone()
-    if main:
-        write_json_atomic(layout.provenance, _provenance(config, clock))
+    context = run_context(config, layout)
+    check_same_vocabulary(context.tokenizer(), context.tokenizer(model_spec(config.student)))
+    execute(graph, context, lambda: _provenance(config.seeds, stage_seconds(layout.root, graph)))
+    context.release_models()
+    summary = json.loads(layout.summary.read_text())
+    if state.is_main_process:
         logger.info("\n%s", headline_table(summary))
         logger.info("report: %s", layout.report_html)
     return summary

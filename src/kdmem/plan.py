@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 
 from kdmem.config import ExperimentConfig
-from kdmem.layout import filtered_name, model_names, seed_suffix, temperature_sweep
+from kdmem.layout import model_names
+from kdmem.stages import Sizes
 from kdmem.train.teacher_cache import cache_bytes_per_token
 
 logger = logging.getLogger(__name__)
@@ -120,36 +121,11 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
         shape = teacher_text.hidden_size, min(teacher_text.vocab_size, student_text.vocab_size)
     examples = config.data.num_examples
     tokens = None if examples is None else examples * config.data.seq_len
-    soft_students = [("soft" + seed_suffix(s, config)) for s in config.seeds]
-    soft_students += [name for name in temperature_sweep(config).values() if name not in soft_students]
-    if config.filtering.enabled and config.filtering.student == "soft":
-        soft_students.append(filtered_name(config))
+    sizes = Sizes(teacher_n, student_n, tokens, None if shape is None else float(shape[0] * shape[1]))
+    # The same graph kdmem run executes: its stages, and each stage's own cost formula.
+    from kdmem.pipeline import stage_graph
 
-    def flops(n: float | None, per_token: float, epochs: float = 1.0) -> float | None:
-        return None if n is None or tokens is None else per_token * n * tokens * epochs
-
-    stages = [("teacher", flops(teacher_n, 6, config.teacher.training.epochs))]
-    for seed in config.seeds:
-        stages.append(("baseline" + seed_suffix(seed, config), flops(student_n, 6, config.student.training.epochs)))
-    if cache:
-        stages.append(("teacher logits (cache)", flops(teacher_n, 2)))
-    for name in soft_students:
-        student = flops(student_n, 6, config.soft.training.epochs)
-        if not cache:
-            teacher = flops(teacher_n, 2, config.soft.training.epochs)
-        elif soft.cache_kind == "hidden" and shape is not None:  # the teacher's output layer, 2 x hidden x vocabulary FLOPs a token
-            teacher = flops(2.0 * shape[0] * shape[1], 1, config.soft.training.epochs)
-        else:
-            teacher = 0.0
-        stages.append((name, None if student is None or teacher is None else student + teacher))
-    stages.append(("hard data (teacher generates)", flops(teacher_n, 2)))
-    hard_students = ["hard" + seed_suffix(s, config) for s in config.seeds]
-    if config.filtering.enabled and config.filtering.student == "hard":
-        hard_students.append(filtered_name(config))
-    stages += [(name, flops(student_n, 6, config.hard.training.epochs)) for name in hard_students]
-    for name in model_names(config):  # extraction, membership, features: about three forward passes
-        stages.append((f"evaluate {name}", flops(teacher_n if name == "teacher" else student_n, 6)))
-
+    stages = [(stage.name, stage.flops(sizes) if stage.flops else 0.0) for stage in stage_graph(config)]
     known = [f for _, f in stages if f is not None]
     total = sum(known) if len(known) == len(stages) else None
     cache_bytes = None

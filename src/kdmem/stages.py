@@ -1,122 +1,192 @@
-"""Which settings each stage of ``kdmem run`` depends on, so a changed config recomputes only
-what it changes.
+"""The machinery of ``kdmem run``'s stage graph: a stage, its fingerprint, its marker, and the one
+loop that runs a graph (``execute``). The graph itself, the paper's recipe, is
+``kdmem.pipeline.stage_graph``.
 
-Every stage gets a fingerprint: a hash of the settings it reads and of the fingerprints of the
-stages whose outputs it reads. Changing the soft student's learning rate changes the
-fingerprints of the soft student, its evaluation, the features and the filtering, and nothing
-upstream: the teacher and the baseline are kept. The summary, analysis and report are always
-rebuilt after a config change; they are cheap and read everything.
+A stage's ``action`` is called with exactly its ``settings`` (and its ``speed`` settings, which
+change how fast a result comes, never the result) as keyword arguments, plus the run context.
+Its fingerprint hashes those settings and the fingerprints of the stages it ``needs``, so what a
+stage reads and what decides whether its output is current are one and the same. Changing the
+soft student's learning rate changes the fingerprints of the soft student and of everything
+that reads it, and nothing upstream: the teacher and the baseline are kept.
+
+Each finished stage leaves one marker, ``OUT/stages/NAME.json``, written last: its fingerprint,
+settings, upstream fingerprints, seconds, versions and git revision, and whatever the action
+reported (a batch size found, why it was skipped). A stage whose marker holds its fingerprint
+(and whose main output is there) is done; one whose marker holds another is stale: ``execute`` refuses to run, or with ``overwrite``
+removes its outputs and recomputes it (and, their fingerprints having changed too, everything
+downstream).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-from kdmem.config import ExperimentConfig, config_to_dict
-from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
+from kdmem.config import ConfigError
+from kdmem.io import write_json_atomic
 
-TRACKING = ("track_every_epochs", "track_examples")
-"""Extraction settings that shape training outputs (memorization over training), not evaluation."""
-SPEED_ONLY = ("batch_size",)
-"""Extraction settings that change how fast a verdict comes, never the verdict (a batch size, or
-the search for one)."""
-CACHE_SETTINGS = ("cache_kind", "cache_top_k", "cache_tail_samples", "cache_tail_draws")
-"""Soft settings the teacher cache reads; a soft student reads them through the cache stage."""
+logger = logging.getLogger(__name__)
 
 
-def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
-    """Stage name (as ``kdmem run`` logs it) -> 16 hex digits.
+@dataclass(frozen=True)
+class Sizes:
+    """What a stage's compute depends on; None where unknown."""
 
-    ``verdicts:NAME`` is the memorization part of ``evaluate:NAME`` (its outputs are among the
-    evaluation's): what the filtering reads, so that rescoring membership or canaries leaves the
-    filtered student alone."""
-    values = config_to_dict(config)
-    extraction = {k: v for k, v in values["extraction"].items() if k not in TRACKING + SPEED_ONLY}
-    tracking = {k: values["extraction"][k] for k in TRACKING}
-    student_base = {k: values["student"][k] for k in ("model", "revision", "trust_remote_code")}
-    # The teacher runs in inference_dtype for the soft students (live or cached) and the hard-KD data.
-    soft = {k: v for k, v in values["soft"].items() if k not in ("sweep_temperatures", *CACHE_SETTINGS)} | {"teacher_dtype": values["inference_dtype"]}
-    cache = {"kind": config.soft.cache_kind, "dtype": values["inference_dtype"]}
-    if config.soft.cache_kind == "sampled":  # its samples, and the temperatures it serves
-        cache |= {"top_k": config.soft.cache_top_k, "tail_samples": config.soft.cache_tail_samples, "tail_draws": config.soft.cache_draws,
-                  "temperatures": config.soft.cache_temperatures}
-    verdicts = {"extraction": extraction, "dtype": values["inference_dtype"]}
-    # Canary exposure draws num_candidates random candidates with the canaries' seed.
-    scoring = {"membership": values["membership"], "canaries": {k: values["canaries"][k] for k in ("num_candidates", "seed")}, "dtype": values["inference_dtype"]}
+    teacher: float | None
+    student: float | None
+    """Parameter counts."""
+    tokens: float | None
+    """Tokens of D."""
+    head: float | None = None
+    """Teacher hidden size x shared vocabulary: the output layer a hidden-state cache recomputes."""
+
+
+def per_token(tokens: float | None, *terms: tuple[float, float | None]) -> float | None:
+    """tokens x sum of factor x size; None when any size is unknown."""
+    if tokens is None or any(size is None for _, size in terms):
+        return None
+    return tokens * sum(factor * size for factor, size in terms)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    action: Callable[..., dict | None]
+    """``action(context, **settings, **speed)``; returns what the marker should also record, or None."""
+    settings: dict[str, Any]
+    needs: tuple[str, ...] = ()
+    """The stages whose outputs the action reads."""
+    outputs: tuple[Path, ...] = ()
+    """What the action writes (removed when the stage is stale and recomputed)."""
+    distributed: bool = False
+    """Run on every process (a ``Trainer`` run, or work split across processes); else the main
+    process runs it while the others wait."""
+    speed: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments that change how fast, never what: not fingerprinted."""
+    flops: Callable[[Sizes], float | None] | None = None
+    """What ``--dry-run`` estimates the stage computes, from the run's ``Sizes`` (None: negligible)."""
+    rebuilt_freely: bool = False
+    """Recomputed without ``overwrite`` when stale: cheap, and reads every other stage (summary,
+    analysis, report)."""
+
+
+def jsonable(value: Any) -> Any:
+    """Settings as JSON: dataclasses as dicts, tuples as lists, paths as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def settings_hash(value: Any) -> str:
+    """16 hex digits of sha256 over ``value`` as sorted JSON: the one hash of settings in kdmem."""
+    return hashlib.sha256(json.dumps(jsonable(value), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprints(graph: list[Stage]) -> dict[str, str]:
+    """Stage name -> its fingerprint; a stage's needs come before it in the graph."""
     prints: dict[str, str] = {}
-
-    def add(stage: str, *upstream: str, **settings) -> None:
-        payload = {"upstream": [prints[name] for name in upstream], **settings}
-        prints[stage] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    # The tokenizer is the teacher base's, and canaries are planted in the training rows; their
-    # key is the first extraction.prefix_len tokens of each.
-    canaries = {k: v for k, v in values["canaries"].items() if k != "num_candidates"}
-    if config.canaries.repeats:
-        canaries["key_length"] = config.extraction.prefix_len
-    add("data", data=values["data"], canaries=canaries, embedded=values["embedded"], tokenizer=values["teacher"]["model"])
-    add("teacher", "data", teacher=values["teacher"], seed=config.seeds[0], tracking=tracking)
-    # The soft students read the teacher through its logit cache, when there is one.
-    teacher_for_soft = "teacher"
-    if config.soft.teacher_cache:
-        add("cache:train", "teacher", **cache)
-        teacher_for_soft = "cache:train"
-    add("hard_data", "teacher", prefix_len=values["hard"]["prefix_len"], batch=values["hard"]["generation_batch_size"], dtype=values["inference_dtype"])
-    for seed in config.seeds:
-        suffix = seed_suffix(seed, config)
-        add("baseline" + suffix, "data", student=values["student"], seed=seed, tracking=tracking)
-        add("soft" + suffix, teacher_for_soft, student=student_base, soft=soft, seed=seed, tracking=tracking)
-        add("hard" + suffix, "hard_data", student=student_base, training=values["hard"]["training"], seed=seed, tracking=tracking)
-    for temperature, name in temperature_sweep(config).items():
-        if name != "soft":
-            add(name, teacher_for_soft, student=student_base, soft=soft | {"temperature": temperature}, seed=config.seeds[0])
-
-    def evaluated(name: str) -> None:
-        add(f"verdicts:{name}", name, **verdicts)
-        add(f"evaluate:{name}", f"verdicts:{name}", **scoring)
-
-    trained = [name for name in model_names(config) if not (config.filtering.enabled and name == filtered_name(config))]
-    for name in trained:
-        evaluated(name)
-    # Features score D under the first seed's models (entropy over the suffix spans, in inference_dtype).
-    add("features", "teacher", "baseline", "soft", "hard", spans=[extraction["prefix_len"], extraction["suffix_len"]], dtype=values["inference_dtype"])
-    if config.filtering.enabled:
-        kind = config.filtering.student
-        add("filtering", "features", *(f"verdicts:{kind}{seed_suffix(s, config)}" for s in config.seeds), filtering=values["filtering"])
-        training = soft if kind == "soft" else values["hard"]["training"]
-        upstream = "hard_data"
-        if kind == "soft":
-            upstream = "teacher"
-            if config.soft.teacher_cache:  # over the kept examples
-                upstream = f"cache:{filtered_name(config)}"
-                add(upstream, "teacher", "filtering", **cache)
-        add(filtered_name(config), "filtering", upstream, student=student_base, training=training, seed=config.seeds[0], tracking=tracking)
-        evaluated(filtered_name(config))
+    for stage in graph:
+        missing = [name for name in stage.needs if name not in prints]
+        if missing:
+            raise ValueError(f"stage {stage.name} needs {', '.join(missing)}, which no earlier stage of the graph is")
+        prints[stage.name] = settings_hash({"settings": stage.settings, "upstream": [prints[name] for name in stage.needs]})
     return prints
 
 
-def stage_outputs(layout: RunLayout, stage: str) -> list[Path]:
-    """What ``stage`` writes under the run folder (existing or not)."""
-    if stage == "data":
-        return [layout.data("train"), layout.data("validation"), layout.data("canaries")]
-    if stage == "hard_data":
-        return [layout.data("hard")]
-    if stage == "features":
-        return [layout.features]
-    if stage == "filtering":
-        return [layout.filtering]
-    if stage.startswith("cache:"):
-        return [layout.teacher_cache(stage.split(":", 1)[1])]
-    if stage.startswith("verdicts:"):
-        return [layout.memorization(stage.split(":", 1)[1])]
-    if stage.startswith("evaluate:"):
-        name = stage.split(":", 1)[1]
-        return [layout.evaluation(name), layout.memorization(name), layout.membership(name), layout.canaries(name)]
-    return [layout.model(stage), layout.work(stage)]  # a model
+def marker_path(root: Path, name: str) -> Path:
+    return Path(root) / "stages" / f"{name.replace(':', '.')}.json"
 
 
-def derived_outputs(layout: RunLayout) -> list[Path]:
-    """Rebuilt after any config change: they read every stage."""
-    return [layout.summary, layout.analysis, layout.report_html, layout.report_markdown, layout.figures]
+def read_marker(root: Path, name: str) -> dict | None:
+    path = marker_path(root, name)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_markers(graph: list[Stage], root: Path, overwrite: bool) -> None:
+    """Refuse a folder whose finished stages this graph would compute otherwise, unless
+    ``overwrite``: then remove just those stages' outputs and markers."""
+    prints = fingerprints(graph)
+    markers = {stage.name: read_marker(root, stage.name) for stage in graph}
+    stale = [stage for stage in graph if markers[stage.name] and markers[stage.name]["fingerprint"] != prints[stage.name]]
+    if any(not stage.rebuilt_freely for stage in stale) and not overwrite:
+        kept = sorted(name for name, marker in markers.items() if marker and marker["fingerprint"] == prints[name])
+        raise ConfigError(
+            f"{root} holds a run with a different config, which changes the finished stages "
+            f"{', '.join(s.name for s in stale if not s.rebuilt_freely)} "
+            f"(kept as they are: {', '.join(kept) or 'none'}). Pass --overwrite to recompute just those stages, "
+            "or use another --output."
+        )
+    for stage in stale:
+        logger.info("config changed: recomputing %s", stage.name)
+        for path in stage.outputs:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        marker_path(root, stage.name).unlink()
+
+
+def is_done(stage: Stage, marker: dict | None, fingerprint: str) -> bool:
+    """Its marker holds its fingerprint, and its main output (the first) is there, unless it was
+    skipped: an output deleted by hand is made again."""
+    if not marker or marker["fingerprint"] != fingerprint:
+        return False
+    return "skipped" in marker or not stage.outputs or stage.outputs[0].exists()
+
+
+def execute(graph: list[Stage], context, provenance: Callable[[], dict]) -> dict[str, dict]:
+    """Run every stage of ``graph`` whose marker does not hold its fingerprint, in order; return
+    every stage's marker. ``context`` (with ``state`` and ``layout``) goes to each action; after
+    each stage the main process writes ``provenance()`` (versions, hardware, stage seconds)."""
+    state, root = context.state, context.layout.root
+    prints = fingerprints(graph)
+    for stage in graph:
+        state.wait_for_everyone()
+        with contextlib.nullcontext() if stage.distributed else state.main_process_first():
+            if is_done(stage, read_marker(root, stage.name), prints[stage.name]):
+                if state.is_main_process:
+                    logger.info("[%s] done already", stage.name)
+                continue
+            if not (stage.distributed or state.is_main_process):
+                raise RuntimeError(f"stage {stage.name} finished on the main process without writing its marker")
+            logger.info("[%s] running", stage.name)
+            start = time.perf_counter()
+            try:
+                reported = stage.action(context, **stage.settings, **stage.speed) or {}
+            except Exception as error:  # the rehearsal and the logs name the stage that failed
+                if hasattr(error, "add_note"):  # Python 3.11+
+                    error.add_note(f"kdmem stage: {stage.name}")
+                raise
+            if stage.distributed:
+                state.wait_for_everyone()
+            if state.is_main_process:
+                versions = provenance()
+                write_json_atomic(marker_path(root, stage.name), {
+                    "stage": stage.name,
+                    "fingerprint": prints[stage.name],
+                    "settings": jsonable(stage.settings),
+                    "upstream": {name: prints[name] for name in stage.needs},
+                    "seconds": round(time.perf_counter() - start, 2),
+                    "versions": versions["versions"],
+                    "git_revision": versions["git_revision"],
+                    **reported,
+                })
+                write_json_atomic(context.layout.provenance, provenance())
+    state.wait_for_everyone()
+    return {stage.name: read_marker(root, stage.name) for stage in graph}
+
+
+def stage_seconds(root: Path, graph: list[Stage]) -> dict[str, float]:
+    """Wall seconds of every finished stage, from its marker (kept across reruns)."""
+    return {stage.name: marker["seconds"] for stage in graph if (marker := read_marker(root, stage.name))}

@@ -42,14 +42,17 @@ def feature_spans(config) -> dict:
     return {"last_k": config.extraction.suffix_len, "suffix_span": (config.extraction.prefix_len, config.extraction.suffix_len)}
 
 
-def model_feature_table(layout: RunLayout, config, train: pd.DataFrame, state=None) -> pd.DataFrame:
+def model_feature_table(
+    layout: RunLayout, train: pd.DataFrame, state=None, *, dtype: str, batch_size: int | None, last_k: int, suffix_span: tuple[int, int]
+) -> pd.DataFrame:
     """``model_features`` of D under teacher, baseline and the first seed's students, computed once
     and kept in ``features.parquet`` (later columns added by ``analyze`` are dropped on reading).
     Given the ``state`` of several processes, each computes its share of D and the main process
-    writes; without one, this process computes it all.
+    writes; without one, this process computes it all. ``batch_size`` None: the largest that
+    fits, as extraction finds it.
 
-    The entropy feature averages over the last K = ``extraction.suffix_len`` tokens, the span
-    memorization is judged on (paper: K = 50 = its suffix length).
+    The entropy features average over the last ``last_k`` tokens (the paper: K = 50, its suffix
+    length) and over ``suffix_span`` (prefix length, suffix length), the span extraction judges.
     """
     if layout.features.exists():
         features = pd.read_parquet(layout.features)
@@ -57,13 +60,10 @@ def model_feature_table(layout: RunLayout, config, train: pd.DataFrame, state=No
             return features[[c for c in features.columns if not c.startswith(("memorized_", "category_"))]]
     tokenizer = load_tokenizer(str(layout.model("teacher")))
     device = state.device if state else None
-    models = {
-        name: load_model(str(layout.model(name)), device=device, dtype=config.inference_dtype) for name in ["teacher", "baseline", *STUDENT_KINDS]
-    }
-    batch_size = config.extraction.batch_size  # None: the largest that fits, as extraction finds it
+    models = {name: load_model(str(layout.model(name)), device=device, dtype=dtype) for name in ["teacher", "baseline", *STUDENT_KINDS]}
     features = split_across_processes(
         train,
-        lambda share, offset: model_features(models, share, tokenizer, batch_size=batch_size, **feature_spans(config)),
+        lambda share, offset: model_features(models, share, tokenizer, batch_size=batch_size, last_k=last_k, suffix_span=suffix_span),
         layout.work("parts-features"),
         state,
     )
@@ -116,7 +116,7 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
         result["seed_consistency"] = {"skipped": "one seed only; set seeds=[0,1,2] for the heatmap"}
 
     # 3. Per-example features under teacher, baseline and the first seed's students.
-    features = model_feature_table(layout, config, train)
+    features = model_feature_table(layout, train, dtype=config.inference_dtype, batch_size=config.extraction.batch_size, **feature_spans(config))
     for name in ["teacher", "baseline", *STUDENT_KINDS]:
         features[f"memorized_{name}"] = features["example_id"].isin(memorized[name])
     for kind in STUDENT_KINDS:
