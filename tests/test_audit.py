@@ -129,7 +129,7 @@ def test_resuming_with_other_settings_is_refused(saved_case, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         audit(audit_config(saved_case), output)
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="other settings \\(extraction\\).*delete that folder"):
+    with pytest.raises(ValueError, match="unfinished audit with other extraction; .*delete that folder"):
         audit(audit_config(saved_case, suffix_len=8), output)
     # the batch size changes no verdict: resuming with another one is allowed
     assert len(audit(audit_config(saved_case, batch_size=16), output)) == 48

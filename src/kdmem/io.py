@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -87,6 +89,41 @@ def write_parquet_atomic(path: Path, frame: pd.DataFrame, **options) -> None:
 PROCESS_GROUP_TIMEOUT = timedelta(hours=3)
 """How long a process waits at a barrier. Some stages (tokenizing D, the analysis) run on the
 main process alone while the others wait; at 1M sequences that takes longer than torch's default."""
+
+
+def jsonable(value: Any) -> Any:
+    """Settings as JSON: dataclasses as dicts, tuples as lists, paths as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def settings_hash(value: Any) -> str:
+    """16 hex digits of sha256 over ``value`` as sorted JSON: the one hash of settings in kdmem
+    (stage fingerprints, and the keys of cached bases and look-alikes)."""
+    return hashlib.sha256(json.dumps(jsonable(value), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def claim_folder(marker: Path, settings: Any, *, holds: str, fix: str) -> bool:
+    """Claim ``marker``'s folder for ``settings``: write them to ``marker`` (True), find the same
+    ones there (False), or refuse a folder that holds other ones, naming the keys that differ,
+    so that two runs' partial results are never mixed. Call it on the main process."""
+    expected = json.loads(json.dumps(jsonable(settings), default=str))
+    if marker.exists():
+        found = json.loads(marker.read_text())
+        if found != expected:
+            differs = sorted(key for key in found.keys() | expected.keys() if found.get(key) != expected.get(key))
+            raise ValueError(f"{marker.parent} holds {holds} with other {', '.join(differs)}; {fix}")
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, expected)
+    return True
 
 
 def process_state() -> PartialState:

@@ -16,7 +16,6 @@ prints what it checked.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import time
@@ -27,7 +26,7 @@ import pandas as pd
 from kdmem.analysis.filtering import MIN_MEMORIZED_TO_FILTER
 from kdmem.config import ExperimentConfig, TinySizeConfig
 from kdmem.data.sources import is_local
-from kdmem.io import cache_dir, write_json_atomic
+from kdmem.io import cache_dir, settings_hash, write_json_atomic
 from kdmem.layout import RunLayout, model_names
 from kdmem.models.lookalike import STUDENT_SIZE, TEACHER_SIZE, build_lookalike, materialized_fixture, offline_fixture
 from kdmem.plan import hub_reachable
@@ -133,7 +132,7 @@ def _lookalike_folder(role: str, source: str, revision: str | None, size: TinySi
     """One folder per source, size and seed, so a look-alike made from other files is never reused,
     and one that is the same is built once for every rehearsal folder."""
     files = {name: (Path(source) / name).read_text() for name in ("config.json", "tokenizer_config.json") if (Path(source) / name).is_file()}
-    key = hashlib.sha256(json.dumps([source, revision, files, size.__dict__, seed], sort_keys=True).encode()).hexdigest()[:16]
+    key = settings_hash([source, revision, files, size.__dict__, seed])
     return cache_dir() / "lookalikes" / f"{role}-{key}"
 
 

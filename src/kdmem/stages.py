@@ -20,8 +20,6 @@ downstream).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdmem.config import ConfigError
-from kdmem.io import write_json_atomic
+from kdmem.io import jsonable, settings_hash, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -76,24 +74,6 @@ class Stage:
     rebuilt_freely: bool = False
     """Recomputed without ``overwrite`` when stale: cheap, and reads every other stage (summary,
     analysis, report)."""
-
-
-def jsonable(value: Any) -> Any:
-    """Settings as JSON: dataclasses as dicts, tuples as lists, paths as strings."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def settings_hash(value: Any) -> str:
-    """16 hex digits of sha256 over ``value`` as sorted JSON: the one hash of settings in kdmem."""
-    return hashlib.sha256(json.dumps(jsonable(value), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def fingerprints(graph: list[Stage]) -> dict[str, str]:

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from kdmem.config import DataConfig, ExtractionConfig
 from kdmem.data import count_sequences, read_sequence_rows, sequence_file
-from kdmem.io import atomic_path, process_state, write_json_atomic, write_parquet_atomic
+from kdmem.io import atomic_path, claim_folder, process_state, write_parquet_atomic
 from kdmem.memorization.approximate import add_approximate, approximate_memorization, sample_positions
 from kdmem.memorization.extraction import extract_memorized
 from kdmem.models import load_model, load_tokenizer
@@ -133,19 +133,9 @@ def _warn_about_missing_ids(verdicts: pd.DataFrame, listed: set[str]) -> None:
 
 def _claim_shard_folder(shards: Path, settings: dict, state: PartialState) -> None:
     """Resume only shards written with the same settings; refuse to mix verdicts of two audits."""
-    marker = shards / "settings.json"
     if state.is_main_process:
-        if marker.exists():
-            previous = json.loads(marker.read_text())
-            if previous != json.loads(json.dumps(settings)):
-                changed = sorted(k for k in settings if previous.get(k) != settings[k])
-                raise ValueError(
-                    f"{shards} holds shards of an unfinished audit with other settings ({', '.join(changed)}). "
-                    "Rerun with the same settings to resume it, or delete that folder to start over."
-                )
-        else:
-            shards.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(marker, settings)
+        claim_folder(shards / "settings.json", settings, holds="shards of an unfinished audit",
+                     fix="rerun with the same settings to resume it, or delete that folder to start over.")
     state.wait_for_everyone()
 
 

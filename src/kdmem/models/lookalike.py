@@ -10,7 +10,6 @@ embeddings, positional settings and special-token ids; only width and depth shri
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -20,7 +19,7 @@ from tokenizers import AddedToken, ByteLevelBPETokenizer, Tokenizer, decoders, m
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from kdmem.config import TinySizeConfig
-from kdmem.io import atomic_dir, cache_dir
+from kdmem.io import atomic_dir, cache_dir, settings_hash
 
 LEARNED_TOKENS = 8192
 """Tokens a look-alike tokenizer learns from the public corpus; the rest of its length is filler."""
@@ -76,7 +75,7 @@ def materialized_fixture(name: str) -> Path:
     if fixture is None:
         raise ValueError(f"kdmem has no offline look-alike of {name}; it has {', '.join(offline_fixture_names())}.")
     files = {f: (fixture / f).read_text(encoding="utf-8") for f in ("config.json", "tokenizer_spec.json")}
-    key = hashlib.sha256(json.dumps([files, LEARNED_TOKENS]).encode()).hexdigest()[:16]
+    key = settings_hash([files, LEARNED_TOKENS])
     folder = cache_dir() / "lookalikes" / f"{name.replace('/', '--')}-{key}"
     if not (folder / "tokenizer.json").exists():
         with atomic_dir(folder) as tmp:

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerFast, set_seed
 
 from kdmem.config import EmbeddedModelsConfig
 from kdmem.data import pack_sequences, python_docs
-from kdmem.io import atomic_dir, cache_dir
+from kdmem.io import atomic_dir, cache_dir, settings_hash
 from kdmem.models import build_model, train_tokenizer
 from kdmem.train.trainers import fine_tune
 
@@ -27,7 +27,7 @@ BUILTIN_MODELS = ("builtin:tiny-teacher", "builtin:tiny-student")
 
 
 def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return settings_hash(parts)
 
 
 def _embedded_tokenizer(cfg: EmbeddedModelsConfig, public: list[str]) -> tuple[Path, str]:

@@ -53,7 +53,7 @@ from transformers import PreTrainedModel
 
 from kdmem.config import CACHE_KINDS, PAPER_TEMPERATURES
 from kdmem.data import as_tensor
-from kdmem.io import atomic_path, process_state, write_json_atomic
+from kdmem.io import atomic_path, claim_folder, process_state
 from kdmem.losses import importance_sampled_teacher
 
 
@@ -261,19 +261,12 @@ def build_teacher_cache(
         hidden_dtype="" if head is None else str(head["weight"].dtype).removeprefix("torch."),
     )
     spec_path = root / "spec.json"
-    expected = json.loads(json.dumps(asdict(spec)))  # as JSON reads it back: tuples become lists
     state = process_state()
     with state.main_process_first():  # the main process writes the spec; the others then check it
-        if spec_path.exists():
-            found = json.loads(spec_path.read_text())
-            if found != expected:
-                differs = sorted(k for k in found if found[k] != expected.get(k))
-                raise ValueError(f"{root} holds a teacher-logit cache with other {', '.join(differs)}; delete it or choose another folder.")
-        else:
-            if head is not None:
-                with atomic_path(root / HEAD_FILE) as tmp:
-                    save_file({name: value.cpu() for name, value in head.items()}, str(tmp))
-            write_json_atomic(spec_path, asdict(spec))  # last: a spec means the head is whole
+        if head is not None and not spec_path.exists():  # the head first: a spec means the head is whole
+            with atomic_path(root / HEAD_FILE) as tmp:
+                save_file({name: value.cpu() for name, value in head.items()}, str(tmp))
+        claim_folder(spec_path, asdict(spec), holds="a teacher cache", fix="delete it or choose another folder.")
     teacher.eval()
     # Shard i belongs to process i mod N whatever is on disk: a list of the missing shards, taken
     # by each process at its own moment, would differ once another process had written one.
