@@ -75,11 +75,13 @@ def test_features_and_categories(hand_run):
     out, ids, sets = hand_run
     analyze(out, repeats=5)
     features = pd.read_parquet(out / "features.parquet")
-    assert list(features["example_id"]) == ids
-    category = dict(zip(features["example_id"], features["category_soft"]))
+    assert list(features["example_id"]) == ids and not any(c.startswith(("memorized_", "category_")) for c in features)  # never rewritten
+    labels = pd.read_parquet(out / "categories.parquet")
+    assert list(labels["example_id"]) == ids
+    category = dict(zip(labels["example_id"], labels["category_soft"]))
     assert category[ids[0]] == "inherited" and category[ids[12]] == "t_b_s" and category[ids[10]] == "suppressed"
     assert category[ids[25]] == "baseline_only" and category[ids[45]] == "none"
-    assert features["memorized_hard"].sum() == 18
+    assert labels["memorized_hard"].sum() == 18
     tokenizer = load_tokenizer(str(out / "models" / "teacher"))
     train = pd.read_parquet(out / "data" / "train.parquet")
     assert features["zlib_entropy"][3] == zlib_entropy(tokenizer.decode(list(train["input_ids"][3])))

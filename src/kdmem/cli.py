@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser(
         "analyze",
         help="explain a finished run's memorization: overlaps, features, predictor, mechanism, sweeps",
-        description="Writes OUT/analysis.json, OUT/features.parquet and OUT/figures/ (PNG and SVG).",
+        description="Writes OUT/analysis.json, OUT/features.parquet (if missing), OUT/categories.parquet and OUT/figures/ (PNG and SVG).",
     )
     analyze.add_argument("output", help="a run folder written by `kdmem run`")
     analyze.add_argument("--repeats", type=int, default=100, help="repetitions of the predictor's 1:3 protocol (paper: 100)")

@@ -31,6 +31,11 @@ class RunLayout:
         return self.root / "features.parquet"
 
     @property
+    def categories(self) -> Path:
+        """The analysis's per-example labels: who memorized it, and its Venn category per student."""
+        return self.root / "categories.parquet"
+
+    @property
     def filtering(self) -> Path:
         """What the filtering intervention removed from D, and how its threshold was set."""
         return self.root / "filtering.json"

@@ -416,7 +416,7 @@ def summarize(ctx: RunContext, *, models: list[str], prefix_len: int, suffix_len
 
 
 def run_analysis(ctx: RunContext) -> None:
-    """``analysis.json`` and the figures: every analysis of the paper on the finished run."""
+    """``analysis.json``, ``categories.parquet`` and the figures: every analysis of the paper on the finished run."""
     analyze(ctx.layout.root)
 
 
@@ -563,7 +563,7 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
         "graph_names": names,
     }, evaluations, (layout.summary,), rebuilt_freely=True))
     read = ("summary", "features", *(("filtering",) if config.filtering.enabled else ()))
-    graph.append(Stage("analysis", run_analysis, {}, read, (layout.analysis, layout.figures), rebuilt_freely=True))
+    graph.append(Stage("analysis", run_analysis, {}, read, (layout.analysis, layout.figures, layout.categories), rebuilt_freely=True))
     graph.append(Stage("report", render_report, {}, ("analysis",), (layout.report_html, layout.report_markdown), rebuilt_freely=True))
     return graph
 

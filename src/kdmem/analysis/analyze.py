@@ -46,7 +46,7 @@ def model_feature_table(
     layout: RunLayout, train: pd.DataFrame, state=None, *, dtype: str, batch_size: int | None, last_k: int, suffix_span: tuple[int, int]
 ) -> pd.DataFrame:
     """``model_features`` of D under teacher, baseline and the first seed's students, computed once
-    and kept in ``features.parquet`` (later columns added by ``analyze`` are dropped on reading).
+    and kept in ``features.parquet``.
     Given the ``state`` of several processes, each computes its share of D and the main process
     writes; without one, this process computes it all. ``batch_size`` None: the largest that
     fits, as extraction finds it.
@@ -57,7 +57,7 @@ def model_feature_table(
     if layout.features.exists():
         features = pd.read_parquet(layout.features)
         if list(features["example_id"]) == list(train["example_id"]):
-            return features[[c for c in features.columns if not c.startswith(("memorized_", "category_"))]]
+            return features
     tokenizer = load_tokenizer(str(layout.model("teacher")))
     device = state.device if state else None
     models = {name: load_model(str(layout.model(name)), device=device, dtype=dtype) for name in ["teacher", "baseline", *STUDENT_KINDS]}
@@ -117,11 +117,13 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
 
     # 3. Per-example features under teacher, baseline and the first seed's students.
     features = model_feature_table(layout, train, dtype=config.inference_dtype, batch_size=config.extraction.batch_size, **feature_spans(config))
+    # The analysis's own per-example table: the features stage's output is never rewritten.
+    labels = pd.DataFrame({"example_id": features["example_id"]})
     for name in ["teacher", "baseline", *STUDENT_KINDS]:
-        features[f"memorized_{name}"] = features["example_id"].isin(memorized[name])
+        labels[f"memorized_{name}"] = features["example_id"].isin(memorized[name])
     for kind in STUDENT_KINDS:
-        features[f"category_{kind}"] = categories(features["example_id"], teacher, memorized["baseline"], memorized[kind]).to_numpy()
-    write_parquet_atomic(layout.features, features)
+        labels[f"category_{kind}"] = categories(features["example_id"], teacher, memorized["baseline"], memorized[kind]).to_numpy()
+    write_parquet_atomic(layout.categories, labels)
     easy = features["example_id"].isin(teacher & memorized["baseline"]).to_numpy()
     figures.zlib_vs_perplexity(features, easy, figure_dir / "zlib_vs_baseline_ppl")
     result["features"] = {
@@ -150,7 +152,7 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
     # 5. Mechanism: what the suppressed examples look like to each model.
     result["mechanism"] = {}
     for kind in STUDENT_KINDS:
-        suppressed = (features[f"category_{kind}"] == "suppressed").to_numpy()
+        suppressed = (labels[f"category_{kind}"] == "suppressed").to_numpy()
         result["mechanism"][kind] = {
             "suppressed": int(suppressed.sum()),
             **{
