@@ -32,7 +32,9 @@ import torch
 from kdmem.analysis.analyze import analyze, model_feature_table
 from kdmem.analysis.overlaps import memorized_ids
 from kdmem.analysis.filtering import MIN_MEMORIZED_TO_FILTER, flag_examples, stand_in_memorized
-from kdmem.config import CanaryConfig, ConfigError, EmbeddedModelsConfig, ExperimentConfig, ExtractionConfig, SoftDistillConfig, save_config
+from kdmem.config import (
+    CanaryConfig, ConfigError, EmbeddedModelsConfig, ExperimentConfig, ExtractionConfig, ModelConfig, SoftDistillConfig, save_config,
+)
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
 from kdmem.io import process_state, split_across_processes, write_json_atomic, write_parquet_atomic
 from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
@@ -111,6 +113,10 @@ class RunContext:
         canaries = self.canaries()
         return rows if canaries is None else inject_canaries(rows, canaries, self.canary_seed)
 
+    def shared_vocabulary(self, teacher, student: dict) -> int:
+        """The ids both models can read: the smaller of the teacher's and the student's embedding rows."""
+        return min(teacher.config.get_text_config().vocab_size, model_vocab_size(self.base(student), _spec(student)))
+
     def teacher(self, dtype: str):
         return self._cached(("teacher", dtype), lambda: load_model(str(self.layout.model("teacher")), device=self.state.device, dtype=dtype))
 
@@ -154,7 +160,8 @@ def _git_revision() -> str | None:
         return None
 
 
-def _provenance(seeds: list[int], seconds: dict[str, float]) -> dict:
+def _versions() -> dict:
+    """What a result was computed with; the same for every stage of one ``kdmem run``."""
     import accelerate
     import datasets
     import transformers
@@ -171,6 +178,11 @@ def _provenance(seeds: list[int], seconds: dict[str, float]) -> dict:
             "datasets": datasets.__version__,
             "accelerate": accelerate.__version__,
         },
+    }
+
+
+def _provenance(versions: dict, seeds: list[int], seconds: dict[str, float]) -> dict:
+    return versions | {
         "hardware": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -250,8 +262,7 @@ def build_cache(
     settings = {"kind": kind, "top_k": top_k, "tail_samples": tail_samples, "tail_draws": tail_draws, "temperatures": temperatures}
     if complete_teacher_cache(root, data, teacher_id=ctx.teacher_id, **settings) is None:  # else never load the teacher
         teacher = ctx.teacher(dtype)
-        shared_vocabulary = min(teacher.config.get_text_config().vocab_size, model_vocab_size(ctx.base(student), _spec(student)))
-        build_teacher_cache(teacher, data, root, teacher_id=ctx.teacher_id, vocab_size=shared_vocabulary, batch_size=batch_size or 32, **settings)
+        build_teacher_cache(teacher, data, root, teacher_id=ctx.teacher_id, vocab_size=ctx.shared_vocabulary(teacher, student), batch_size=batch_size or 32, **settings)
     return None
 
 
@@ -278,7 +289,7 @@ def generate_hard_data(ctx: RunContext, *, prefix_len: int, seq_len: int, studen
     """The teacher's greedy continuation of every training row, for the hard students. The
     teacher writes only ids the student can read (the smaller embedding matrix)."""
     teacher = ctx.teacher(dtype)
-    shared_vocabulary = min(teacher.config.get_text_config().vocab_size, model_vocab_size(ctx.base(student), _spec(student)))
+    shared_vocabulary = ctx.shared_vocabulary(teacher, student)
 
     def generate(share: pd.DataFrame, offset: int) -> pd.DataFrame:
         generated = greedy_continuations(teacher, as_tensor(share), prefix_len, seq_len, generation_batch_size, desc="hard data", vocab_size=shared_vocabulary)
@@ -408,7 +419,7 @@ def summarize(ctx: RunContext, *, models: list[str], prefix_len: int, suffix_len
         "extraction": {"prefix_len": prefix_len, "suffix_len": suffix_len},
         "memorization_over_training": {name: json.loads(layout.model_done(name).read_text())["memorization_over_training"] for name in trained},
         "data": {"train_examples": len(ctx.sequences("train")), "validation_examples": len(ctx.sequences("validation")), "seq_len": seq_len},
-        "stage_seconds": {name: marker["seconds"] for name in graph_names if (marker := read_marker(layout.root, name))},
+        "stage_seconds": stage_seconds(layout.root, graph_names),
     }
     if layout.work_root.exists() and not any(layout.work_root.iterdir()):
         layout.work_root.rmdir()
@@ -425,10 +436,8 @@ def render_report(ctx: RunContext) -> None:
     write_report(ctx.layout.root)
 
 
-def _spec(base: dict):
+def _spec(base: dict) -> ModelConfig:
     """A model spec (``model``, ``revision``, ``trust_remote_code``) as the loading helpers take it."""
-    from kdmem.config import ModelConfig
-
     return ModelConfig(model=base["model"], revision=base["revision"], trust_remote_code=base["trust_remote_code"])
 
 
@@ -440,9 +449,9 @@ def model_spec(model) -> dict:
     return {"model": model.model, "revision": model.revision, "trust_remote_code": model.trust_remote_code}
 
 
-def run_context(config: ExperimentConfig, layout: RunLayout) -> RunContext:
-    """The context the stages of ``config`` run in, over the run folder ``layout``."""
-    graph = stage_graph(config, layout)
+def run_context(config: ExperimentConfig, layout: RunLayout, graph: list[Stage] | None = None) -> RunContext:
+    """The context the stages of ``config`` (its ``graph``, if built already) run in, over the run folder ``layout``."""
+    graph = graph or stage_graph(config, layout)
     # The cache knows its teacher by the teacher stage's fingerprint (its settings and data), not
     # by a path, which changes with the working directory or an --output spelled another way.
     teacher_id = f"kdmem teacher stage {fingerprints(graph)['teacher']}"
@@ -593,9 +602,11 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
             (layout.root / "stages").mkdir(parents=True, exist_ok=True)  # before the config: a folder of this kdmem from its start
             _remove_leftovers(layout.root)
             save_config(config, layout.config)
-    context = run_context(config, layout)
+    context = run_context(config, layout, graph)
     check_same_vocabulary(context.tokenizer(), context.tokenizer(model_spec(config.student)))
-    execute(graph, context, lambda: _provenance(config.seeds, stage_seconds(layout.root, graph)))
+    versions = _versions()
+    names = [stage.name for stage in graph]
+    execute(graph, context, versions, lambda: _provenance(versions, config.seeds, stage_seconds(layout.root, names)))
     context.release_models()
     summary = json.loads(layout.summary.read_text())
     if state.is_main_process:

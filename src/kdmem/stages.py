@@ -125,10 +125,11 @@ def is_done(stage: Stage, marker: dict | None, fingerprint: str) -> bool:
     return "skipped" in marker or not stage.outputs or stage.outputs[0].exists()
 
 
-def execute(graph: list[Stage], context, provenance: Callable[[], dict]) -> dict[str, dict]:
-    """Run every stage of ``graph`` whose marker does not hold its fingerprint, in order; return
-    every stage's marker. ``context`` (with ``state`` and ``layout``) goes to each action; after
-    each stage the main process writes ``provenance()`` (versions, hardware, stage seconds)."""
+def execute(graph: list[Stage], context, versions: dict, provenance: Callable[[], dict]) -> None:
+    """Run every stage of ``graph`` that is not done, in order. ``context`` (with ``state`` and
+    ``layout``) goes to each action; each marker records ``versions`` (``versions`` and
+    ``git_revision``), and after each stage the main process writes ``provenance()`` (versions,
+    hardware, stage seconds)."""
     state, root = context.state, context.layout.root
     prints = fingerprints(graph)
     for stage in graph:
@@ -151,7 +152,6 @@ def execute(graph: list[Stage], context, provenance: Callable[[], dict]) -> dict
             if stage.distributed:
                 state.wait_for_everyone()
             if state.is_main_process:
-                versions = provenance()
                 write_json_atomic(marker_path(root, stage.name), {
                     "stage": stage.name,
                     "fingerprint": prints[stage.name],
@@ -164,9 +164,8 @@ def execute(graph: list[Stage], context, provenance: Callable[[], dict]) -> dict
                 })
                 write_json_atomic(context.layout.provenance, provenance())
     state.wait_for_everyone()
-    return {stage.name: read_marker(root, stage.name) for stage in graph}
 
 
-def stage_seconds(root: Path, graph: list[Stage]) -> dict[str, float]:
-    """Wall seconds of every finished stage, from its marker (kept across reruns)."""
-    return {stage.name: marker["seconds"] for stage in graph if (marker := read_marker(root, stage.name))}
+def stage_seconds(root: Path, names: list[str]) -> dict[str, float]:
+    """Wall seconds of every finished stage of ``names``, from its marker (kept across reruns)."""
+    return {name: marker["seconds"] for name in names if (marker := read_marker(root, name))}
