@@ -108,8 +108,9 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    groups = {"training": [s for s in stages if not s.startswith(("extract", "evaluate", "features", "analysis", "report", "summary", "data", "hard_data", "filtering", "cache"))]}
-    groups["evaluation"] = [s for s in stages if s.startswith(("extract", "evaluate"))]
+    scoring = ("extract:", "validation:", "membership:", "canaries:")
+    groups = {"training": [s for s in stages if not s.startswith((*scoring, "features", "analysis", "report", "summary", "data", "hard_data", "filtering", "cache"))]}
+    groups["evaluation"] = [s for s in stages if s.startswith(scoring)]
     groups["hard data"] = ["hard_data"]
     groups["data, features, filtering, analysis, report"] = [s for s in stages if s in ("data", "features", "filtering", "analysis", "report")]
     for label, members in groups.items():

@@ -65,3 +65,49 @@ def test_defaults_survive_a_yaml_round_trip_with_their_types(tmp_path):
     save_config(config, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml", overrides=["embedded.student.layers=4"])
     assert json.dumps(dataclasses.asdict(again), sort_keys=True) == json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def test_sections_check_themselves_however_they_are_made():
+    """A section built directly in Python (as ``kdmem extract`` builds its ExtractionConfig) is
+    checked as one loaded from YAML is; through load_config the error names the full key."""
+    from kdmem.config import ExtractionConfig, TrainingConfig
+    from kdmem.memorization.audit import AuditConfig
+    from kdmem.config import DataConfig
+
+    with pytest.raises(ConfigError, match=r"^extraction.prefix_len must be at least 1, got 0"):
+        ExtractionConfig(prefix_len=0)
+    with pytest.raises(ConfigError, match=r"^extraction.prefix_len must be an integer, got '32'"):
+        ExtractionConfig(prefix_len="32")
+    with pytest.raises(ConfigError, match="prefix_lens needs extraction.full=true"):
+        ExtractionConfig(prefix_lens=[8])
+    assert isinstance(TrainingConfig(learning_rate=1).learning_rate, float)  # converted where nothing is lost
+    # The same section, in its place in a config: named by where it sits.
+    with pytest.raises(ConfigError, match=r"^teacher.training.epochs must be positive, got 0.0"):
+        load_config(overrides=["teacher.training.epochs=0"])
+    with pytest.raises(ConfigError, match=r"^soft.training.batch_size must be at least 1"):
+        load_config(overrides=["soft.training.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"^embedded.student.hidden and heads"):
+        load_config(overrides=["embedded.student.heads=5"])
+    with pytest.raises(ConfigError, match=r"^filtering.target_recall must be in \(0, 1\]"):
+        load_config(overrides=["filtering.target_recall=1.5"])
+    with pytest.raises(ConfigError, match=r"^soft.kind = 'kl' is unknown; use forward_kl, reverse_kl, jsd or tvd"):
+        load_config(overrides=["soft.kind=kl"])
+    # A whole config made in Python, and the audit's.
+    with pytest.raises(ConfigError, match="inference_dtype must be one of"):
+        ExperimentConfig(inference_dtype="int8")
+    data = DataConfig(source="x.txt", seq_len=16, validation_examples=0)
+    with pytest.raises(ConfigError, match=r"longer than the sequence length \(--seq-len\) = 16"):
+        AuditConfig(model="m", data=data, extraction=ExtractionConfig(prefix_len=10, suffix_len=10))
+    with pytest.raises(ConfigError, match=r"^audit.dtype must be one of float32, bfloat16, float16; got 'fp8'"):
+        AuditConfig(model="m", data=data, extraction=ExtractionConfig(prefix_len=8, suffix_len=8), dtype="fp8")
+
+
+def test_validate_checks_again_what_was_changed_in_place():
+    config = load_config()
+    config.soft.training.gradient_accumulation_steps = 0
+    with pytest.raises(ConfigError, match=r"^soft.training.gradient_accumulation_steps must be at least 1, got 0"):
+        config.validate()
+    config = load_config()
+    config.data.seq_len = 16
+    with pytest.raises(ConfigError, match="longer than data.seq_len = 16"):
+        config.validate()

@@ -57,7 +57,7 @@ def test_layout_and_summary(finished_run):
     assert not (out / "work").exists()  # Trainer scratch space is removed once each model is saved
     provenance = json.loads((out / "run.json").read_text())
     assert {"versions", "hardware", "seeds", "stage_seconds"} <= set(provenance)
-    assert "teacher" in provenance["stage_seconds"] and "evaluate:hard-seed1" in provenance["stage_seconds"]
+    assert "teacher" in provenance["stage_seconds"] and "membership:hard-seed1" in provenance["stage_seconds"]
 
 
 def test_rerun_skips_finished_stages(finished_run):
@@ -110,7 +110,7 @@ def test_rescoring_settings_retrain_nothing_and_end_where_a_fresh_run_ends(tiny_
     weights = {path: path.stat().st_mtime_ns for path in (out / "models").rglob("model.safetensors")}
     assert (out / "models" / "hard-filtered" / "model.safetensors") in weights
     changed = load_config(preset="smoke", overrides=base + ["membership.min_k=0.1", "canaries.num_candidates=60", "extraction.batch_size=8"])
-    with pytest.raises(ConfigError, match=r"finished stages evaluate:teacher, .*evaluate:hard-filtered \(kept as they are: .*extract:soft.*hard-filtered"):
+    with pytest.raises(ConfigError, match=r"finished stages membership:teacher, canaries:teacher, .*canaries:hard-filtered \(kept as they are: .*extract:soft.*hard-filtered.*validation:teacher"):
         run(changed, out)
     reused = run(changed, out, overwrite=True)
     assert {path: path.stat().st_mtime_ns for path in weights} == weights
@@ -124,6 +124,9 @@ def test_rescoring_settings_retrain_nothing_and_end_where_a_fresh_run_ends(tiny_
         for part in ("membership", "canaries"):
             pd.testing.assert_frame_equal(pd.read_parquet(out / part / f"{name}.parquet"), pd.read_parquet(tmp_path / "fresh" / part / f"{name}.parquet"), rtol=1e-5)
     assert json.loads((out / "filtering.json").read_text()) == json.loads((tmp_path / "fresh" / "filtering.json").read_text())
+    # The canaries' key is their first extraction.prefix_len tokens: a new prefix length makes new data (it was reused, stale).
+    with pytest.raises(ConfigError, match=r"finished stages data, teacher, "):
+        run(load_config(preset="smoke", overrides=base + ["extraction.prefix_len=8"]), out)
 
 
 def test_the_teacher_cache_is_known_by_its_teacher_not_by_the_output_path(tiny_bases, tmp_path, monkeypatch):
@@ -204,7 +207,7 @@ def test_cli_extract_on_text_and_bad_arguments(tiny_bases, tmp_path, capsys):
     verdicts = pd.read_parquet(target)
     assert len(verdicts) == 20 and "memorized 0 of 20" in capsys.readouterr().out  # a base has not seen D
     assert cli.main(args[:-2] + ["--output", str(tmp_path / "w.parquet"), "--prefix-lens", "4"]) == 2
-    assert "needs full=True" in capsys.readouterr().err
+    assert "prefix_lens needs extraction.full=true" in capsys.readouterr().err
     assert cli.main(["extract", "--model", str(tmp_path / "nowhere"), "--data", "builtin:python-docs", "-o", str(target)]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -329,12 +332,12 @@ def test_evaluation_in_bfloat16(finished_run, tmp_path):
     shutil.copytree(out, copy)
     layout = RunLayout(copy)
     bf16 = dataclasses.replace(config, inference_dtype="bfloat16")
-    for name in ("extract:teacher", "evaluate:teacher"):
+    for name in ("extract:teacher", "validation:teacher"):
         stage, context = _stage(bf16, layout, name)
         assert stage.settings["dtype"] == "bfloat16"
         stage.action(context, **stage.settings, **stage.speed)
-    row = json.loads(layout.evaluation("teacher").read_text())
-    assert row["examples"] == summary["models"]["teacher"]["examples"]
+    assert len(pd.read_parquet(layout.memorization("teacher"))) == summary["models"]["teacher"]["examples"]
+    row = json.loads(layout.validation("teacher").read_text())
     assert row["val_loss"] == pytest.approx(summary["models"]["teacher"]["val_loss"], abs=0.05)
     assert row["val_loss"] != summary["models"]["teacher"]["val_loss"]  # it did run in bf16
 
@@ -359,7 +362,7 @@ def test_membership_reference_loads_with_the_bases_settings(finished_run, tmp_pa
         return real(name, **options)
 
     monkeypatch.setattr(pipeline, "load_model", recording)
-    stage, context = _stage(pinned, layout, "evaluate:soft")
+    stage, context = _stage(pinned, layout, "membership:soft")
     stage.action(context, **stage.settings, **stage.speed)
     reference = [options for name, options in loads if name == base]
     assert reference and reference[0]["revision"] == "main" and reference[0]["trust_remote_code"] is False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -24,6 +25,52 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and the fix."""
 
 
+class FieldError(ConfigError):
+    """A field of one section that cannot be used, named ``section.field``; where the section sits
+    in a whole config, ``at`` names it by its full key (``teacher.training.epochs``)."""
+
+    def __init__(self, section: str, field_name: str, problem: str):
+        self.field_name, self.problem = field_name, problem
+        super().__init__(f"{section}.{field_name} {problem}")
+
+    def at(self, prefix: str) -> ConfigError:
+        return ConfigError(f"{prefix}{self.field_name} {self.problem}")
+
+
+class Section:
+    """A config section. However it is made (from YAML, with ``key=value`` overrides, or
+    directly in Python, as ``kdmem extract`` makes its ``ExtractionConfig``), it checks its own
+    fields as it is made, as TRL's configs do in ``__post_init__``: their types, then ``check``."""
+
+    section: typing.ClassVar[str] = ""
+    """The section's usual key, naming its fields in errors when it is made on its own."""
+
+    def __post_init__(self) -> None:
+        for name, annotation in _field_types(type(self)).items():
+            object.__setattr__(self, name, _coerce(getattr(self, name), annotation, f"{self.section}.{name}"))
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``FieldError`` (through ``fail``) for a field that cannot be used."""
+
+    def fail(self, field_name: str, problem: str) -> typing.NoReturn:
+        raise FieldError(self.section, field_name, problem)
+
+    def validate(self, prefix: str = "") -> None:
+        """Check this section and every section in it again (after fields were changed in place)."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Section):
+                value.validate(f"{prefix}{item.name}.")
+        try:
+            self.check()
+        except FieldError as error:
+            raise error.at(prefix) from None
+
+
+SOFT_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
+"""The divergences soft distillation can minimise (``kdmem.losses``)."""
+
 PAPER_TEMPERATURES = (1.0, 2.0, 3.0, 4.0)
 """The paper's temperature sweep."""
 
@@ -32,7 +79,7 @@ CACHE_KINDS = ("hidden", "logits", "sampled")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where the private training set D comes from and how it is cut into sequences."""
 
     source: str = "builtin:python-docs"
@@ -60,9 +107,21 @@ class DataConfig:
     with different tokenizers share their examples (``kdmem compare`` of two families). Either
     way validation is split by document: no document feeds both D and validation."""
 
+    section = "data"
+
+    def check(self) -> None:
+        if self.packing not in PACKINGS:
+            self.fail("packing", f"must be one of {', '.join(PACKINGS)}; got {self.packing!r}.")
+        if self.num_examples is not None and self.num_examples < 1:
+            self.fail("num_examples", "must be at least 1 (or null for every sequence).")
+        if self.validation_examples < 0:
+            self.fail("validation_examples", f"must be 0 or more, got {self.validation_examples}.")
+        if self.seq_len < 2:
+            self.fail("seq_len", "must be at least 2.")
+
 
 @dataclass
-class TrainingConfig:
+class TrainingConfig(Section):
     """One training stage's optimisation; mapped onto ``transformers.TrainingArguments``."""
 
     epochs: float = 1.0
@@ -80,9 +139,20 @@ class TrainingConfig:
     extra_args: dict[str, Any] = field(default_factory=dict)
     """Passed through to ``TrainingArguments`` unchanged (e.g. ``{"fsdp": "full_shard"}``)."""
 
+    section = "training"
+
+    def check(self) -> None:
+        if not self.epochs > 0:
+            self.fail("epochs", f"must be positive, got {self.epochs}.")
+        if self.learning_rate < 0:
+            self.fail("learning_rate", f"must be 0 or more, got {self.learning_rate}.")
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            field_name = "batch_size" if self.batch_size < 1 else "gradient_accumulation_steps"
+            self.fail(field_name, f"must be at least 1, got {getattr(self, field_name)}.")
+
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """A model to start from, and how the stage that fine-tunes it trains."""
 
     model: str = "builtin:tiny-teacher"
@@ -91,9 +161,11 @@ class ModelConfig:
     trust_remote_code: bool = False
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
+    section = "model"
+
 
 @dataclass
-class SoftDistillConfig:
+class SoftDistillConfig(Section):
     """Soft knowledge distillation: match the teacher's temperature-softened distributions."""
 
     kind: str = "forward_kl"
@@ -133,9 +205,24 @@ class SoftDistillConfig:
         cache), the soft student's own temperature and the run's sweep."""
         return tuple(sorted({*PAPER_TEMPERATURES, float(self.temperature), *map(float, self.sweep_temperatures)}))
 
+    section = "soft"
+
+    def check(self) -> None:
+        if self.kind not in SOFT_KINDS:
+            self.fail("kind", f"= {self.kind!r} is unknown; use {', '.join(SOFT_KINDS[:-1])} or {SOFT_KINDS[-1]}.")
+        if self.temperature <= 0 or any(t <= 0 for t in self.sweep_temperatures):
+            field_name = "temperature" if self.temperature <= 0 else "sweep_temperatures"
+            self.fail(field_name, f"must be positive, got {getattr(self, field_name)}.")
+        if self.cache_kind not in CACHE_KINDS:
+            self.fail("cache_kind", f"must be one of {', '.join(CACHE_KINDS)}, got {self.cache_kind!r}.")
+        if self.teacher_cache and self.cache_kind == "sampled" and self.kind != "forward_kl":
+            self.fail("cache_kind", f"= sampled serves forward_kl only, not {self.kind}; set soft.cache_kind=hidden (exact).")
+        if self.cache_top_k < 1 or self.cache_tail_samples < 0:
+            self.fail("cache_top_k" if self.cache_top_k < 1 else "cache_tail_samples", "must be at least 1 (top_k) and 0 (tail samples).")
+
 
 @dataclass
-class HardDistillConfig:
+class HardDistillConfig(Section):
     """Hard (sequence-level) distillation: cross-entropy on text the teacher generates greedily."""
 
     prefix_len: int = 32
@@ -143,9 +230,17 @@ class HardDistillConfig:
     generation_batch_size: int = 64
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
+    section = "hard"
+
+    def check(self) -> None:
+        if self.prefix_len < 1:
+            self.fail("prefix_len", f"must be at least 1, got {self.prefix_len}.")
+        if self.generation_batch_size < 1:
+            self.fail("generation_batch_size", f"must be at least 1, got {self.generation_batch_size}.")
+
 
 @dataclass
-class ExtractionConfig:
+class ExtractionConfig(Section):
     """Discoverable memorization: greedy decoding from a prefix must reproduce the suffix exactly."""
 
     prefix_len: int = 32
@@ -173,9 +268,36 @@ class ExtractionConfig:
     track_examples: int | None = None
     """Audit only the first this many examples of D while training (None: all of them)."""
 
+    section = "extraction"
+
+    def check(self) -> None:
+        for field_name in ("prefix_len", "suffix_len", "first_stage_tokens"):
+            if getattr(self, field_name) < 1:
+                self.fail(field_name, f"must be at least 1, got {getattr(self, field_name)}.")
+        if self.batch_size is not None and self.batch_size < 1:
+            self.fail("batch_size", f"must be at least 1 (or null: the largest that fits), got {self.batch_size}.")
+        if self.prefix_lens and not self.full:
+            self.fail("prefix_lens", "needs extraction.full=true (the curve comes from the full pass).")
+        if any(length < 1 for length in self.prefix_lens):
+            self.fail("prefix_lens", f"entries must be at least 1, got {self.prefix_lens}.")
+        for field_name in ("approximate_sample", "track_every_epochs"):
+            if getattr(self, field_name) < 0:
+                self.fail(field_name, f"must be 0 or more, got {getattr(self, field_name)}.")
+
+    def check_fits(self, seq_len: int, where: str) -> None:
+        """The prefix and suffix (and each curve prefix) fit sequences of ``seq_len`` tokens (``where`` names that setting)."""
+        if self.prefix_len + self.suffix_len > seq_len:
+            raise ConfigError(
+                f"extraction.prefix_len + extraction.suffix_len = {self.prefix_len + self.suffix_len} is longer than "
+                f"{where} = {seq_len}; lower them or raise {where}."
+            )
+        for length in self.prefix_lens:
+            if length + self.suffix_len > seq_len:
+                raise ConfigError(f"extraction.prefix_lens entry {length} plus suffix_len {self.suffix_len} does not fit {where} = {seq_len}.")
+
 
 @dataclass
-class MembershipConfig:
+class MembershipConfig(Section):
     """Membership inference: do a model's scores tell D's examples from held-out ones?"""
 
     enabled: bool = True
@@ -184,9 +306,15 @@ class MembershipConfig:
     reference: bool = True
     """Also score the reference ratio against the base each model was fine-tuned from."""
 
+    section = "membership"
+
+    def check(self) -> None:
+        if not 0 < self.min_k <= 1:
+            self.fail("min_k", f"must be in (0, 1], got {self.min_k}.")
+
 
 @dataclass
-class FilteringConfig:
+class FilteringConfig(Section):
     """The intervention: remove from D what the predictor flags, distill the student again from the
     same teacher (first seed), and compare what it memorizes."""
 
@@ -203,9 +331,19 @@ class FilteringConfig:
     leading suffix tokens) stand in for its memorized set, so that the filtering and the
     student distilled again still run. Marked in ``filtering.json`` and the report."""
 
+    section = "filtering"
+
+    def check(self) -> None:
+        if self.student not in ("soft", "hard"):
+            self.fail("student", f"must be soft or hard, got {self.student!r}.")
+        if not 0 < self.target_recall <= 1:
+            self.fail("target_recall", f"must be in (0, 1], got {self.target_recall}.")
+        if self.stand_in_examples < 0:
+            self.fail("stand_in_examples", f"must be 0 or more, got {self.stand_in_examples}.")
+
 
 @dataclass
-class CanaryConfig:
+class CanaryConfig(Section):
     """Synthetic secrets planted in D before training (the Secret Sharer's canaries).
 
     Each canary is a random key of ``extraction.prefix_len`` tokens followed by a random secret
@@ -218,16 +356,30 @@ class CanaryConfig:
     """Random alternative secrets each true secret is ranked against to measure its exposure."""
     seed: int = 0
 
+    section = "canaries"
+
+    def check(self) -> None:
+        if any(r < 1 for r in self.repeats):
+            self.fail("repeats", f"must be positive counts, got {self.repeats}.")
+        if self.num_candidates < 1:
+            self.fail("num_candidates", "must be at least 1.")
+
 
 @dataclass
-class TinySizeConfig:
+class TinySizeConfig(Section):
     layers: int = 4
     hidden: int = 192
     heads: int = 4
 
+    section = "size"
+
+    def check(self) -> None:
+        if min(self.layers, self.hidden, self.heads) < 1 or self.hidden % self.heads:
+            self.fail("hidden", f"and heads must be positive, the heads dividing the hidden size; got hidden {self.hidden}, heads {self.heads}, layers {self.layers}.")
+
 
 @dataclass
-class EmbeddedModelsConfig:
+class EmbeddedModelsConfig(Section):
     """The embedded tiny family behind ``builtin:tiny-teacher`` and ``builtin:tiny-student``.
 
     A byte-level BPE tokenizer and two GPT-NeoX (Pythia-architecture) bases, pre-trained on the
@@ -246,13 +398,15 @@ class EmbeddedModelsConfig:
     )
     seed: int = 0
 
+    section = "embedded"
+
 
 INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
 PACKINGS = ("concatenate", "documents")
 
 
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(Section):
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(
@@ -290,56 +444,19 @@ class ExperimentConfig:
     48); verdicts can then differ from float32 on near-ties. Training keeps float32 weights
     (``training.bf16`` is mixed precision)."""
 
-    def validate(self) -> None:
-        if self.data.packing not in PACKINGS:
-            raise ConfigError(f"data.packing must be one of {', '.join(PACKINGS)}; got {self.data.packing!r}.")
+    def check(self) -> None:
+        """What no section can check alone: the settings that must fit one another."""
         if self.inference_dtype not in INFERENCE_DTYPES:
             raise ConfigError(f"inference_dtype must be one of {', '.join(INFERENCE_DTYPES)}; got {self.inference_dtype!r}.")
-        ext = self.extraction
-        if ext.prefix_len < 1 or ext.suffix_len < 1:
-            raise ConfigError("extraction.prefix_len and extraction.suffix_len must be at least 1.")
-        if ext.prefix_len + ext.suffix_len > self.data.seq_len:
-            raise ConfigError(
-                f"extraction.prefix_len + extraction.suffix_len = {ext.prefix_len + ext.suffix_len} is longer than "
-                f"data.seq_len = {self.data.seq_len}; lower them or raise data.seq_len."
-            )
-        if not 1 <= self.hard.prefix_len < self.data.seq_len:
+        self.extraction.check_fits(self.data.seq_len, "data.seq_len")
+        if not self.hard.prefix_len < self.data.seq_len:
             raise ConfigError(
                 f"hard.prefix_len = {self.hard.prefix_len} must be between 1 and data.seq_len - 1 = {self.data.seq_len - 1}."
             )
-        if ext.prefix_lens and not ext.full:
-            raise ConfigError("extraction.prefix_lens needs extraction.full=true (the curve comes from the full pass).")
-        for length in ext.prefix_lens:
-            if length < 1 or length + ext.suffix_len > self.data.seq_len:
-                raise ConfigError(
-                    f"extraction.prefix_lens entry {length} plus suffix_len {ext.suffix_len} does not fit data.seq_len = {self.data.seq_len}."
-                )
-        if self.soft.cache_kind not in CACHE_KINDS:
-            raise ConfigError(f"soft.cache_kind must be one of {', '.join(CACHE_KINDS)}, got {self.soft.cache_kind!r}.")
-        if self.soft.teacher_cache and self.soft.cache_kind == "sampled" and self.soft.kind != "forward_kl":
-            raise ConfigError(f"A sampled teacher cache serves forward_kl only, not {self.soft.kind}; set soft.cache_kind=hidden (exact).")
-        if self.filtering.student not in ("soft", "hard"):
-            raise ConfigError(f"filtering.student must be soft or hard, got {self.filtering.student!r}.")
-        if not 0 < self.membership.min_k <= 1:
-            raise ConfigError(f"membership.min_k must be in (0, 1], got {self.membership.min_k}.")
-        if any(r < 1 for r in self.canaries.repeats):
-            raise ConfigError(f"canaries.repeats must be positive counts, got {self.canaries.repeats}.")
-        if self.canaries.num_candidates < 1:
-            raise ConfigError("canaries.num_candidates must be at least 1.")
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed, e.g. seeds=[0].")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must not repeat: {self.seeds}.")
-        if self.soft.kind not in ("forward_kl", "reverse_kl", "jsd", "tvd"):
-            raise ConfigError(
-                f"soft.kind = {self.soft.kind!r} is unknown; use forward_kl, reverse_kl, jsd or tvd."
-            )
-        if self.soft.temperature <= 0 or any(t <= 0 for t in self.soft.sweep_temperatures):
-            raise ConfigError(f"soft.temperature and soft.sweep_temperatures must be positive, got {self.soft.temperature} and {self.soft.sweep_temperatures}.")
-        if self.data.num_examples is not None and self.data.num_examples < 1:
-            raise ConfigError("data.num_examples must be at least 1 (or null for every sequence).")
-        if self.data.seq_len < 2:
-            raise ConfigError("data.seq_len must be at least 2.")
         uses_embedded = [m.model for m in (self.teacher, self.student) if m.model.startswith("builtin:")]
         if uses_embedded and self.embedded.seq_len < self.data.seq_len:
             raise ConfigError(
@@ -351,8 +468,11 @@ class ExperimentConfig:
 # --- loading -------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """A dataclass's fields and their types (its ``ClassVar`` annotations left out)."""
+    hints = typing.get_type_hints(cls)
+    return {item.name: hints[item.name] for item in dataclasses.fields(cls)}
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -370,6 +490,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 errors.append(str(error))
         raise ConfigError(errors[0])
     if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of {annotation.__name__} fields, got {value!r}.")
         return _from_dict(annotation, value, prefix=key + ".")
@@ -440,7 +562,10 @@ def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             kwargs[key] = _coerce(merged, hints[key], prefix + key)
         else:
             kwargs[key] = _coerce(value, hints[key], prefix + key)
-    return dataclasses.replace(default, **kwargs)
+    try:
+        return dataclasses.replace(default, **kwargs)
+    except FieldError as error:
+        raise error.at(prefix) from None
 
 
 def _deep_update(target: dict, updates: dict) -> None:
@@ -544,9 +669,7 @@ def load_config(
         _set_path(values, key_path, value)
     if preset and "name" not in values:
         values["name"] = preset
-    config = _from_dict(ExperimentConfig, values)
-    config.validate()
-    return config
+    return _from_dict(ExperimentConfig, values)
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:

@@ -79,8 +79,9 @@ class RunLayout:
         """The teacher-logit cache over the named training rows (``train``, or a filtered set)."""
         return self.root / "cache" / f"teacher-logits-{rows}"
 
-    def evaluation(self, name: str) -> Path:
-        return self.root / "evaluation" / f"{name}.json"
+    def validation(self, name: str) -> Path:
+        """The model's loss on the held-out sequences."""
+        return self.root / "validation" / f"{name}.json"
 
     @property
     def work_root(self) -> Path:

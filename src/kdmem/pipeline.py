@@ -1,8 +1,8 @@
 """``kdmem run``: the paper's pipeline as a graph of stages, declared once in ``stage_graph``:
 
     data -> teacher -> [teacher cache] -> per seed: baseline, soft student, hard student
-         -> the temperature sweep -> per model: extraction, then scoring (validation loss,
-            membership, canaries) -> features -> filtering -> the filtered student
+         -> the temperature sweep -> per model: extraction, validation loss, membership
+            inference, canary exposure -> features -> filtering -> the filtered student
          -> summary -> analysis -> report
 
 Each stage's action below is called with exactly the settings ``stage_graph`` gives it (see
@@ -40,7 +40,7 @@ from kdmem.io import process_state, split_across_processes, write_json_atomic, w
 from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
-from kdmem.memorization.membership import membership_metrics, split_scores, write_membership
+from kdmem.memorization.membership import membership_metrics, read_membership_metrics, split_scores, write_membership
 from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.models.decoding import greedy_continuations
 from kdmem.models.loading import model_vocab_size
@@ -120,8 +120,18 @@ class RunContext:
     def teacher(self, dtype: str):
         return self._cached(("teacher", dtype), lambda: load_model(str(self.layout.model("teacher")), device=self.state.device, dtype=dtype))
 
-    def release_models(self) -> None:
-        for key in [key for key in self._loaded if isinstance(key, tuple) and key[0] == "teacher"]:
+    def trained_model(self, name: str, dtype: str):
+        """A model this run trained, for the stages that score it. Only the last one loaded is
+        kept (besides the teacher): a model's scoring stages follow one another."""
+        if name == "teacher":
+            return self.teacher(dtype)
+        key = ("trained", name, dtype)
+        if key not in self._loaded:
+            self.release_models(("trained",))
+        return self._cached(key, lambda: load_model(str(self.layout.model(name)), device=self.state.device, dtype=dtype))
+
+    def release_models(self, kinds: tuple[str, ...] = ("teacher", "trained")) -> None:
+        for key in [key for key in self._loaded if isinstance(key, tuple) and key[0] in kinds]:
             del self._loaded[key]
 
 
@@ -220,6 +230,7 @@ def _trackers(ctx: RunContext, name: str, tracking: dict | None, batch_size: int
 
 def _trained(ctx: RunContext, name: str, kind: str, seed: int, base: dict, callbacks, train) -> None:
     """Every process trains (``train(save_to)``); the main process publishes the model."""
+    ctx.release_models(("trained",))  # the last model scored gives its memory to the one trained
     if ctx.main:  # left by a run killed while saving
         shutil.rmtree(_saving_dir(ctx.layout.model(name)), ignore_errors=True)
     train(_saving_dir(ctx.layout.model(name)))
@@ -311,7 +322,7 @@ def extract(ctx: RunContext, *, name: str, extraction: dict, dtype: str, batch_s
     if skipped := _skipped(ctx, name):
         return skipped
     ext = ExtractionConfig(**extraction, batch_size=batch_size)
-    model = load_model(str(ctx.layout.model(name)), device=ctx.state.device, dtype=dtype)
+    model = ctx.trained_model(name, dtype)
     train = ctx.sequences("train")
     sample = sample_positions(len(train), ext.approximate_sample, ext.seed)
 
@@ -325,62 +336,78 @@ def extract(ctx: RunContext, *, name: str, extraction: dict, dtype: str, batch_s
     return {"batch_size": verdicts.attrs["batch_size"]}  # what scoring the model batches by
 
 
-def score(
-    ctx: RunContext, *, name: str, base: dict, membership, canary_candidates: int, canary_seed: int, prefix_len: int, suffix_len: int,
-    prefix_lens: list[int], dtype: str,
+def _scoring_batch(ctx: RunContext, name: str, batch_size: int | None) -> int:
+    """The configured batch size, else the one the model's extraction found to fit: a speed
+    setting, so read from its marker but never fingerprinted."""
+    return batch_size or read_marker(ctx.layout.root, f"extract:{name}")["batch_size"]
+
+
+def score_validation(ctx: RunContext, *, name: str, dtype: str, batch_size: int | None = None) -> dict | None:
+    """Model ``name``'s loss on the held-out sequences: ``validation/NAME.json``. ``Trainer.evaluate``
+    splits them across the processes."""
+    if skipped := _skipped(ctx, name):
+        return skipped
+    loss = validation_loss(ctx.trained_model(name, dtype), ctx.sequences("validation"), batch_size=_scoring_batch(ctx, name, batch_size))
+    if ctx.main:
+        write_json_atomic(ctx.layout.validation(name), {"val_loss": loss, "val_ppl": math.exp(loss)})
+    return None
+
+
+def score_membership(ctx: RunContext, *, name: str, base: dict, min_k: float, reference: bool, dtype: str, batch_size: int | None = None) -> dict | None:
+    """Membership inference on model ``name``: every score of D (members) and of the held-out
+    sequences (non-members), and how well each separates them: ``membership/NAME.parquet``.
+    Each process scores its share; the main one writes."""
+    if skipped := _skipped(ctx, name):
+        return skipped
+    model, batch_size = ctx.trained_model(name, dtype), _scoring_batch(ctx, name, batch_size)
+    against = load_model(ctx.base(base), revision=base["revision"], trust_remote_code=base["trust_remote_code"], device=ctx.state.device, dtype=dtype) if reference else None
+    train, validation = ctx.sequences("train"), ctx.sequences("validation")
+    both = pd.concat([train.assign(split="train"), validation.assign(split="validation")], ignore_index=True)
+
+    def share_scores(share: pd.DataFrame, offset: int) -> pd.DataFrame:
+        return split_scores(model, share, ctx.tokenizer(), against, batch_size, min_k)
+
+    scores = split_across_processes(both, share_scores, ctx.layout.work(f"parts-membership-{name}"), ctx.state)
+    if ctx.main:
+        metrics = membership_metrics(scores[scores["split"] == "train"], scores[scores["split"] == "validation"])
+        write_membership(ctx.layout.membership(name), scores, metrics, min_k)
+    return None
+
+
+def score_canaries(
+    ctx: RunContext, *, name: str, num_candidates: int, seed: int, prefix_len: int, suffix_len: int, dtype: str, batch_size: int | None = None,
 ) -> dict | None:
-    """The rest of what kdmem measures of model ``name``: validation loss, membership inference
-    (``membership/NAME.parquet``), canary exposure (``canaries/NAME.parquet``); its row of the
-    summary (``evaluation/NAME.json``). Each process scores its share of D; the main one writes."""
-    extracted = read_marker(ctx.layout.root, f"extract:{name}")
-    if "skipped" in extracted:
-        return {"skipped": extracted["skipped"]}
-    model = load_model(str(ctx.layout.model(name)), device=ctx.state.device, dtype=dtype)
-    verdicts = pd.read_parquet(ctx.layout.memorization(name))
-    batch_size = extracted["batch_size"]
-    loss = validation_loss(model, ctx.sequences("validation"), batch_size=batch_size)
+    """The exposure of each canary's secret under model ``name``, and whether its key extracts
+    it: ``canaries/NAME.parquet``."""
+    if skipped := _skipped(ctx, name):
+        return skipped
+    tokenizer = ctx.tokenizer()
+    exposure = canary_exposure(
+        ctx.trained_model(name, dtype), ctx.canaries(), prefix_len, suffix_len, vocab_size=len(tokenizer), excluded_token_ids=tokenizer.all_special_ids,
+        num_candidates=num_candidates, seed=seed, batch_size=_scoring_batch(ctx, name, batch_size),
+    )
+    write_parquet_atomic(ctx.layout.canaries(name), exposure)
+    return None
+
+
+def _evaluation_row(layout: RunLayout, name: str, prefix_lens: list[int], membership: bool, canaries: bool) -> dict:
+    """Model ``name``'s row of the summary, from what its scoring stages wrote."""
+    verdicts = pd.read_parquet(layout.memorization(name))
     memorized = int(verdicts["memorized"].sum())
     row = {
         "memorized": memorized,
         "examples": len(verdicts),
         "rate": memorized / len(verdicts),
-        "val_loss": loss,
-        "val_ppl": math.exp(loss),
+        **json.loads(layout.validation(name).read_text()),
         "rechecked": int(verdicts["rechecked"].sum()),
         **{f"rate_p{length}": float(verdicts[f"memorized_p{length}"].mean()) for length in prefix_lens},
         **approximate_summary(verdicts),
     }
-    tokenizer = ctx.tokenizer()
-    if membership.enabled:
-        device = ctx.state.device
-        reference = (
-            load_model(ctx.base(base), revision=base["revision"], trust_remote_code=base["trust_remote_code"], device=device, dtype=dtype)
-            if membership.reference
-            else None
-        )
-        train, validation = ctx.sequences("train"), ctx.sequences("validation")
-        both = pd.concat([train.assign(split="train"), validation.assign(split="validation")], ignore_index=True)
-
-        def share_scores(share: pd.DataFrame, offset: int) -> pd.DataFrame:
-            return split_scores(model, share, tokenizer, reference, batch_size, membership.min_k)
-
-        scores = split_across_processes(both, share_scores, ctx.layout.work(f"parts-membership-{name}"), ctx.state)
-        metrics = membership_metrics(scores[scores["split"] == "train"], scores[scores["split"] == "validation"])
-        if ctx.main:
-            write_membership(ctx.layout.membership(name), scores, metrics, membership.min_k)
-        row["membership"] = metrics
-    canaries = ctx.canaries()
-    if canaries is not None:  # a handful of sequences: every process scores them, the main one writes
-        exposure = canary_exposure(
-            model, canaries, prefix_len, suffix_len, vocab_size=len(tokenizer), excluded_token_ids=tokenizer.all_special_ids,
-            num_candidates=canary_candidates, seed=canary_seed, batch_size=batch_size,
-        )
-        if ctx.main:
-            write_parquet_atomic(ctx.layout.canaries(name), exposure)
-        row["canaries"] = exposure[["canary_id", "repeats", "exposure", "extractable"]].to_dict("records")
-    if ctx.main:
-        write_json_atomic(ctx.layout.evaluation(name), row)
-    return None
+    if membership:
+        row["membership"] = read_membership_metrics(layout.membership(name))
+    if canaries:
+        row["canaries"] = pd.read_parquet(layout.canaries(name))[["canary_id", "repeats", "exposure", "extractable"]].to_dict("records")
+    return row
 
 
 def compute_features(ctx: RunContext, *, last_k: int, suffix_span: list[int], dtype: str, batch_size: int | None = None) -> None:
@@ -409,13 +436,18 @@ def flag_for_filtering(ctx: RunContext, *, student: str, students: list[str], fi
     write_json_atomic(ctx.layout.filtering, info | {"removed_ids": sorted(removed)})
 
 
-def summarize(ctx: RunContext, *, models: list[str], prefix_len: int, suffix_len: int, seq_len: int, graph_names: list[str]) -> None:
-    """``summary.json``: every evaluated model's row, its memorization over training, the stage times."""
+def summarize(
+    ctx: RunContext, *, models: list[str], prefix_len: int, suffix_len: int, prefix_lens: list[int], seq_len: int, membership: bool, canaries: bool,
+    graph_names: list[str],
+) -> None:
+    """``summary.json``: every trained model's row (what its scoring stages measured), its
+    memorization over training, the stage times."""
     layout = ctx.layout
-    trained = [name for name in models if layout.evaluation(name).exists()]
+    trained = [name for name in models if "skipped" not in read_marker(layout.root, name)]
+    rows = {name: _evaluation_row(layout, name, prefix_lens, membership, canaries) for name in trained}
     summary = {
         "name": ctx.run_name,
-        "models": {name: json.loads(layout.evaluation(name).read_text()) for name in trained},
+        "models": rows,
         "extraction": {"prefix_len": prefix_len, "suffix_len": suffix_len},
         "memorization_over_training": {name: json.loads(layout.model_done(name).read_text())["memorization_over_training"] for name in trained},
         "data": {"train_examples": len(ctx.sequences("train")), "validation_examples": len(ctx.sequences("validation")), "seq_len": seq_len},
@@ -434,6 +466,10 @@ def run_analysis(ctx: RunContext) -> None:
 def render_report(ctx: RunContext) -> None:
     """``report.html`` and ``report.md``."""
     write_report(ctx.layout.root)
+
+
+SCORING_ACTIONS = (extract, score_validation, score_membership, score_canaries)
+"""What a trained model's scoring stages run; the summary reads them all."""
 
 
 def _spec(base: dict) -> ModelConfig:
@@ -510,17 +546,26 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
         return f"cache:{rows}"
 
     def evaluated(name: str, base: dict) -> None:
+        """Model ``name``'s scoring stages: each reads the model and its own settings only, so a
+        scoring setting (membership.min_k) rescores that and nothing else."""
+        n = size(name)
         verdicts = {k: v for k, v in dataclasses.asdict(ext).items() if k not in ("batch_size", "track_every_epochs", "track_examples")}
         graph.append(Stage(f"extract:{name}", extract, {"name": name, "extraction": verdicts, "dtype": dtype}, (name, "data"),
-                           (layout.memorization(name),), distributed=True, speed=speed, flops=lambda z: per_token(z.tokens, (2, getattr(z, size(name))))))
-        scoring = {"name": name, "base": base, "membership": config.membership, "canary_candidates": config.canaries.num_candidates,
-                   "canary_seed": config.canaries.seed, "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len, "prefix_lens": ext.prefix_lens,
-                   "dtype": dtype}
-        # membership scores D under the model and, with a reference, its base
-        passes = (1 + config.membership.reference) * config.membership.enabled
-        graph.append(Stage(f"evaluate:{name}", score, scoring, (f"extract:{name}",),
-                           (layout.evaluation(name), layout.membership(name), layout.canaries(name)), distributed=True,
-                           flops=lambda z: per_token(z.tokens, (2 * passes, getattr(z, size(name))))))
+                           (layout.memorization(name),), distributed=True, speed=speed, flops=lambda z: per_token(z.tokens, (2, getattr(z, n)))))
+        graph.append(Stage(f"validation:{name}", score_validation, {"name": name, "dtype": dtype}, (name, "data"), (layout.validation(name),),
+                           distributed=True, speed=speed, flops=lambda z: per_token(z.held_out_tokens, (2, getattr(z, n)))))
+        if config.membership.enabled:  # D and the held-out sequences under the model and, with a reference, its base
+            membership = config.membership
+            passes = 1 + membership.reference
+            graph.append(Stage(f"membership:{name}", score_membership,
+                               {"name": name, "base": base, "min_k": membership.min_k, "reference": membership.reference, "dtype": dtype},
+                               (name, "data"), (layout.membership(name),), distributed=True, speed=speed,
+                               flops=lambda z: per_token(z.scored_tokens, (2 * passes, getattr(z, n)))))
+        if config.canaries.repeats:
+            graph.append(Stage(f"canaries:{name}", score_canaries, {
+                "name": name, "num_candidates": config.canaries.num_candidates, "seed": config.canaries.seed,
+                "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len, "dtype": dtype,
+            }, (name, "data"), (layout.canaries(name),), speed=speed))
 
     # Data: D, validation and canaries, tokenized by the teacher base's tokenizer.
     graph.append(Stage("data", prepare_data, {
@@ -565,12 +610,12 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
         else:  # the teacher's continuations of the kept examples (and of the canaries' copies)
             cross_entropy(filtered, "hard", student_spec, config.hard.training, config.seeds[0], "hard-kept", ("filtering", "hard_data"))
         evaluated(filtered, student_spec)
-    evaluations = tuple(stage.name for stage in graph if stage.name.startswith("evaluate:"))
+    scored = tuple(stage.name for stage in graph if stage.action in SCORING_ACTIONS)
     names = [stage.name for stage in graph]
     graph.append(Stage("summary", summarize, {
-        "models": model_names(config), "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len, "seq_len": config.data.seq_len,
-        "graph_names": names,
-    }, evaluations, (layout.summary,), rebuilt_freely=True))
+        "models": model_names(config), "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len, "prefix_lens": ext.prefix_lens,
+        "seq_len": config.data.seq_len, "membership": config.membership.enabled, "canaries": bool(config.canaries.repeats), "graph_names": names,
+    }, scored, (layout.summary,), rebuilt_freely=True))
     read = ("summary", "features", *(("filtering",) if config.filtering.enabled else ()))
     graph.append(Stage("analysis", run_analysis, {}, read, (layout.analysis, layout.figures, layout.categories), rebuilt_freely=True))
     graph.append(Stage("report", render_report, {}, ("analysis",), (layout.report_html, layout.report_markdown), rebuilt_freely=True))

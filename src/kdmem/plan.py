@@ -121,7 +121,7 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
         shape = teacher_text.hidden_size, min(teacher_text.vocab_size, student_text.vocab_size)
     examples = config.data.num_examples
     tokens = None if examples is None else examples * config.data.seq_len
-    sizes = Sizes(teacher_n, student_n, tokens, None if shape is None else float(shape[0] * shape[1]))
+    sizes = Sizes(teacher_n, student_n, tokens, None if shape is None else float(shape[0] * shape[1]), config.data.validation_examples * config.data.seq_len)
     # The same graph kdmem run executes: its stages, and each stage's own cost formula.
     from kdmem.pipeline import stage_graph
 

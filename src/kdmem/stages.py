@@ -45,6 +45,13 @@ class Sizes:
     """Tokens of D."""
     head: float | None = None
     """Teacher hidden size x shared vocabulary: the output layer a hidden-state cache recomputes."""
+    held_out_tokens: float | None = None
+    """Tokens of the held-out (validation) sequences."""
+
+    @property
+    def scored_tokens(self) -> float | None:
+        """Tokens of D and of the held-out sequences: what membership inference scores."""
+        return None if self.tokens is None or self.held_out_tokens is None else self.tokens + self.held_out_tokens
 
 
 def per_token(tokens: float | None, *terms: tuple[float, float | None]) -> float | None:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from accelerate import PartialState
 from transformers import PreTrainedModel
 
-from kdmem.config import DataConfig, ExtractionConfig
+from kdmem.config import INFERENCE_DTYPES, DataConfig, ExtractionConfig, Section
 from kdmem.data import count_sequences, read_sequence_rows, sequence_file
 from kdmem.io import atomic_path, claim_folder, process_state, write_parquet_atomic
 from kdmem.memorization.approximate import add_approximate, approximate_memorization, sample_positions
@@ -28,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class AuditConfig:
+class AuditConfig(Section):
     """``kdmem extract``: one model, one data source, the extraction settings, and sharding."""
+
+    section = "audit"
 
     model: str
     data: DataConfig
@@ -40,6 +42,13 @@ class AuditConfig:
     dtype: str = "float32"
     """The dtype the model is loaded and audited in (``bfloat16`` as the paper configs' ``inference_dtype``);
     near ties are rechecked in that dtype's own noise."""
+
+    def check(self) -> None:
+        if self.dtype not in INFERENCE_DTYPES:
+            self.fail("dtype", f"must be one of {', '.join(INFERENCE_DTYPES)}; got {self.dtype!r}.")
+        if self.shard_size < 1:
+            self.fail("shard_size", f"must be at least 1, got {self.shard_size}.")
+        self.extraction.check_fits(self.data.seq_len, "the sequence length (--seq-len)")
 
 
 def measure_memorization(

@@ -180,3 +180,8 @@ def write_membership(path, frame: pd.DataFrame, metrics: dict, min_k: float = 0.
     """Write ``membership_table`` atomically to ``path`` (Parquet)."""
     with atomic_path(path) as tmp:
         pq.write_table(membership_table(frame, metrics, min_k), tmp)
+
+
+def read_membership_metrics(path) -> dict:
+    """The ``membership_metrics`` a Parquet file of ``write_membership`` records, without reading its scores."""
+    return json.loads(pq.read_schema(path).metadata[b"kdmem"])["metrics"]
