@@ -244,3 +244,14 @@ def test_filtering_that_cannot_flag_is_skipped_with_the_reason(hand_run, tmp_pat
     assert "hard-filtered" not in summary["models"] and not (out / "models" / "hard-filtered").exists()
     report = json.loads((out / "analysis.json").read_text())["filtering"]
     assert report["student"] == "hard" and "flags all 48 examples" in report["skipped"]
+
+
+def test_the_roc_chance_line_is_y_equals_x_on_a_log_axis_too():
+    """Drawn before as one segment from (1e-3, 0.001) to (1, 1): on a log FPR axis that bows, and
+    an AUC-0.78 classifier looked worse than chance. Dense points keep it y = x on both axes."""
+    from kdmem.analysis.figures import chance_line
+
+    x, y = chance_line(1e-3)
+    assert np.array_equal(x, y) and x[0] == pytest.approx(1e-3) and x[-1] == 1
+    # evenly spaced in log FPR: no segment long enough to bow visibly on the log axis
+    assert np.allclose(np.diff(np.log10(x)), 3 / (len(x) - 1)) and len(x) >= 100

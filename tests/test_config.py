@@ -111,3 +111,18 @@ def test_validate_checks_again_what_was_changed_in_place():
     config.data.seq_len = 16
     with pytest.raises(ConfigError, match="longer than data.seq_len = 16"):
         config.validate()
+
+
+def test_the_second_family_is_this_config_made_another_family():
+    from kdmem.config import second_family_config
+
+    config = load_config(overrides=["data.packing=documents", "second_family.enabled=true", "seeds=[0,1,2]", "soft.sweep_temperatures=[1,3]"])
+    family = second_family_config(config)
+    assert family.embedded.vocab_size == 3072 and config.embedded.vocab_size == 2048  # a tokenizer of its own
+    assert family.data == config.data and family.soft.training == config.soft.training  # the same documents and recipe
+    assert family.seeds == [0] and family.soft.sweep_temperatures == [] and not family.filtering.enabled and not family.second_family.enabled
+    assert family.name == "default-second-family"
+    with pytest.raises(ConfigError, match="second_family needs data.packing=documents"):
+        load_config(overrides=["second_family.enabled=true"])
+    with pytest.raises(ConfigError, match=r"second_family.overrides: Unknown config key embedded.'vocab_sise'. Did you mean embedded.vocab_size"):
+        load_config(overrides=["data.packing=documents", "second_family.enabled=true", "second_family.overrides=[embedded.vocab_sise=3072]"])

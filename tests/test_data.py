@@ -184,3 +184,54 @@ def test_documents_start_as_the_tokenizer_starts_a_text(tmp_path, tokenizer):
     assert all(ids[0] == bos for ids in documents.train["input_ids"])
     plain = prepare_sequences(DataConfig(source=str(source), seq_len=8, num_examples=30, validation_examples=0), tokenizer)
     assert plain.train["input_ids"].iloc[0][0] != bos
+
+
+def test_folders_written_by_save_to_disk(tmp_path):
+    """A Dataset and a DatasetDict saved with save_to_disk, found by their metadata files and read
+    with load_from_disk (before, their dataset_info.json was read as a JSON data file)."""
+    import datasets
+
+    texts = [f"Saved document {i} holds its own words, {i * 3} of them. " * 3 for i in range(12)]
+    datasets.Dataset.from_dict({"body": texts}).save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts}), "test": datasets.Dataset.from_dict({"text": texts[:2]})}).save_to_disk(
+        str(tmp_path / "dict")
+    )
+    assert list(load_documents(DataConfig(source=str(tmp_path / "one"), text_field="body"))["text"]) == texts
+    assert list(load_documents(DataConfig(source=str(tmp_path / "dict")))["text"]) == texts
+    assert list(load_documents(DataConfig(source=str(tmp_path / "dict"), split="test"))["text"]) == texts[:2]
+    assert [row["text"] for row in load_documents(DataConfig(source=str(tmp_path / "one"), text_field="body", streaming=True))] == texts
+    with pytest.raises(DataError, match=r"is a DatasetDict with splits train, test, not 'validation'. Set data.split"):
+        load_documents(DataConfig(source=str(tmp_path / "dict"), split="validation"))
+
+
+def test_a_folder_of_neither_kind_says_what_it_holds(tmp_path):
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "weights.bin").write_bytes(b"\0" * 8)
+    (tmp_path / "odd" / "notes").mkdir()
+    with pytest.raises(DataError, match=r"is neither a dataset saved with save_to_disk .* nor a folder of .txt, .jsonl or .parquet files; "
+                                        r"it holds notes/, weights.bin\."):
+        load_documents(DataConfig(source=str(tmp_path / "odd")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="it holds nothing"):
+        load_documents(DataConfig(source=str(tmp_path / "empty")))
+
+
+def test_documents_in_memory_become_a_file_named_by_their_content(tmp_path):
+    import datasets
+
+    from kdmem.data import write_documents
+
+    texts = ["first document", "second document"]
+    paths = {
+        write_documents(texts, tmp_path),
+        write_documents(pd.DataFrame({"text": texts, "other": [1, 2]}), tmp_path),
+        write_documents(datasets.Dataset.from_dict({"text": texts}), tmp_path),
+    }
+    assert len(paths) == 1 and list(pd.read_parquet(paths.pop())["text"]) == texts
+    assert write_documents(texts[:1], tmp_path) != write_documents(texts, tmp_path)
+    with pytest.raises(DataError, match=r"no text field 'text'; their columns are \['body'\]"):
+        write_documents(pd.DataFrame({"body": texts}), tmp_path)
+    with pytest.raises(DataError, match="Document 1 is a int, not a string"):
+        write_documents(["a", 3], tmp_path)
+    with pytest.raises(DataError, match="Documents of type dict cannot be read"):
+        write_documents({"text": texts}, tmp_path)

@@ -366,3 +366,87 @@ def test_membership_reference_loads_with_the_bases_settings(finished_run, tmp_pa
     stage.action(context, **stage.settings, **stage.speed)
     reference = [options for name, options in loads if name == base]
     assert reference and reference[0]["revision"] == "main" and reference[0]["trust_remote_code"] is False
+
+
+def test_a_second_family_is_run_inside_the_run_and_compared(tiny_bases, tmp_path):
+    """second_family: the same documents under a tokenizer of 448 tokens (this run's: 512), run in
+    OUT/second-family with its own markers, compared into cross_family.json, and read by the
+    analysis, the report and the findings table; a rerun reuses both runs."""
+    from kdmem.analysis.compare import compare_runs
+    from kdmem.report.findings import paper_findings
+
+    overrides = TINY_OVERRIDES + ["data.packing=documents", "soft.sweep_temperatures=[]", "second_family.enabled=true",
+                                  "second_family.overrides=[embedded.vocab_size=448]"]
+    out = tmp_path / "run"
+    summary = run(load_config(preset="smoke", overrides=overrides), out)
+    family = out / "second-family"
+    assert json.loads((family / "stages" / "teacher.json").read_text())["stage"] == "teacher"
+    assert set(json.loads((family / "summary.json").read_text())["models"]) == {"teacher", "baseline", "soft", "hard"}
+    assert load_config(family / "config.yaml").embedded.vocab_size == 448
+    comparison = json.loads((out / "cross_family.json").read_text())
+    assert comparison == json.loads(json.dumps(compare_runs(out, family)))  # what kdmem compare says of the two folders
+    assert not comparison["same_tokenizer"] and comparison["matched_by"] == "example id" and comparison["zlib_pearson"] is not None
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["cross_family"] == comparison
+    assert paper_findings(summary, analysis)[3].agrees in ("yes", "no")  # finding 4 has its data
+    page = (out / "report.html").read_text()
+    section = page[page.index('<section id="cross-family">'):page.index('<section id="filtering">')]
+    assert "No data for this section" not in section and f"<td>{comparison['overlap']['teacher']['both']}</td>" in section
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    run(load_config(preset="smoke", overrides=overrides), out)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
+
+
+def _documents(count=80):
+    from kdmem.data import python_docs
+
+    return [text for text in python_docs("private") if len(text) > 300][:count]
+
+
+FAST_OVERRIDES = TINY_OVERRIDES + ["soft.sweep_temperatures=[]", "filtering.enabled=false", "membership.enabled=false", "extraction.track_every_epochs=0",
+                                   "extraction.approximate_sample=0"]
+
+
+@pytest.mark.parametrize("form", ["saved Dataset", "saved DatasetDict", "Dataset", "DataFrame", "list"])
+def test_a_smoke_run_on_each_form_of_data(tiny_bases, tmp_path, form):
+    """data.source as a save_to_disk folder of a Dataset or a DatasetDict (data.split picks the
+    split), and documents in memory given to kdmem.run: the same documents, the same D."""
+    import datasets
+
+    texts = _documents()
+    overrides = list(FAST_OVERRIDES)
+    documents = None
+    if form == "saved Dataset":
+        datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "saved"))
+        overrides.append(f"data.source={tmp_path / 'saved'}")
+    elif form == "saved DatasetDict":
+        splits = {"train": datasets.Dataset.from_dict({"text": texts[:3]}), "validation": datasets.Dataset.from_dict({"text": texts})}
+        datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
+        overrides += [f"data.source={tmp_path / 'saved'}", "data.split=validation"]
+    else:
+        documents = {"Dataset": datasets.Dataset.from_dict({"text": texts}), "DataFrame": pd.DataFrame({"text": texts}), "list": texts}[form]
+    summary = run(load_config(preset="smoke", overrides=overrides), tmp_path / "run", documents=documents)
+    assert summary["models"]["teacher"]["examples"] == 48
+    reference = run(load_config(preset="smoke", overrides=FAST_OVERRIDES), tmp_path / "reference", documents=texts) if form == "list" else None
+    if documents is not None:
+        source = load_config(tmp_path / "run" / "config.yaml").data.source
+        assert source.startswith(str((tmp_path / "run" / "source").resolve())) and list(pd.read_parquet(source)["text"]) == texts
+    if reference is not None:  # a rerun from the config it wrote makes the same D
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "data" / "train.parquet"), pd.read_parquet(tmp_path / "reference" / "data" / "train.parquet"))
+
+
+def test_extract_and_predict_read_a_saved_dataset(finished_run, tmp_path, capsys):
+    import datasets
+
+    _, out, summary = finished_run
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": _documents(30)})}).save_to_disk(str(tmp_path / "saved"))
+    target = tmp_path / "verdicts.parquet"
+    args = ["extract", "--model", str(out / "models" / "teacher"), "--data", str(tmp_path / "saved"), "--prefix-len", "8", "--suffix-len", "8",
+            "--output", str(target)]
+    assert cli.main(args) == 0 and len(pd.read_parquet(target)) > 10
+    memorizes = any(summary["models"][name]["memorized"] for name in ("hard", "hard-seed1"))
+    code = cli.main(["predict", str(out), "--data", str(tmp_path / "saved"), "--student", "hard", "-o", str(tmp_path / "risk.parquet")])
+    if memorizes:  # a predictor to fit: every sequence of the saved dataset scored
+        assert code == 0 and len(pd.read_parquet(tmp_path / "risk.parquet")) == len(pd.read_parquet(target))
+    else:
+        assert code == 2 and "nothing to tell apart" in capsys.readouterr().err

@@ -20,3 +20,99 @@ def test_reduction_compares_with_the_baseline_of_the_same_seed():
     hard_line = next(line for line in table.splitlines() if line.startswith("hard"))
     assert "1.00x" in hard_line and hard_line.endswith("0.610")
     assert "4.00x" in next(line for line in table.splitlines() if line.startswith("soft-seed1"))
+
+
+# --- The findings table: verdicts from hand-built summaries and analyses -------------------------
+
+
+def paper_like():
+    """A summary and analysis that agree with the paper on every analysis (3 seeds, a second family)."""
+    summary = {"models": {"teacher": row(30) | {"val_loss": 3.0}, "baseline": row(12) | {"val_loss": 4.0}, "soft": row(3) | {"val_loss": 3.8}}}
+    overlap = {"student": 10, "share_easy": 0.9, "inherited": 1, "teacher_only": 40, "inherited_share_of_teacher_only": 0.025, "suppressed": 7}
+    analysis = {
+        "overlap": {"soft": overlap | {"student": 3}, "soft_union": overlap},
+        # [baseline seeds, student seeds]: what 3 student seeds memorize, 3 baseline seeds do
+        "seed_consistency": {"soft": [[500, 1, 0, 0], [20, 2, 0, 0], [5, 1, 1, 0], [4, 0, 1, 3]]},
+        "cross_family": {"zlib_pearson": 0.97, "overlap": {"baseline": {"jaccard": 0.0}}},
+        "features": {"easy_vs_rest": {"selected": {"zlib_entropy": 120.0, "baseline_ppl": 1.5}, "rest": {"zlib_entropy": 140.0, "baseline_ppl": 2.2}}},
+        "predictor": {"soft": {"paper_protocol": {"auc": {"mean": 0.95, "std": 0.02}, "coefficients": {"zlib_entropy": -1.3, "teacher_ppl": -0.2}}}},
+        "filtering": {"student": "soft", "memorized_before": 10, "memorized_after": 2, "new_after": 2},
+        "mechanism": {"soft": {"suppressed": 7, "teacher": {"entropy_last_k": 1.1, "log_prob": -25.0}, "baseline": {"entropy_last_k": 1.3, "log_prob": -30.0},
+                               "soft": {"entropy_last_k": 2.2, "log_prob": -90.0}}},
+        "soft_vs_hard": {"inherited_hard": 5, "inherited_soft": 1},
+        "temperature_sweep": [{"temperature": t, "memorized": m} for t, m in ((1, 9), (2, 3), (3, 3), (4, 0))],
+    }
+    return summary, analysis
+
+
+def verdicts(summary, analysis):
+    from kdmem.report.findings import paper_findings
+
+    return {f.number: f.agrees for f in paper_findings(summary, analysis)}
+
+
+def test_findings_agree_with_the_paper_where_the_numbers_do():
+    summary, analysis = paper_like()
+    assert verdicts(summary, analysis) == {number: "yes" for number in range(1, 11)}
+
+
+def test_findings_disagree_where_the_numbers_go_the_other_way():
+    import copy
+
+    summary, analysis = paper_like()
+    flip = copy.deepcopy(analysis)
+    changed = copy.deepcopy(summary)
+    changed["models"]["soft"]["val_loss"] = 4.5  # memorizes less, but at a higher loss than the baseline
+    flip["overlap"]["soft_union"]["share_easy"] = 0.4
+    flip["seed_consistency"]["soft"] = [[500, 1, 0, 3], [20, 2, 0, 0], [5, 1, 1, 0], [4, 0, 1, 0]]  # 3 student seeds, no baseline seed
+    flip["cross_family"]["overlap"]["baseline"]["jaccard"] = 0.8
+    flip["features"]["easy_vs_rest"]["selected"]["zlib_entropy"] = 150.0
+    flip["predictor"]["soft"]["paper_protocol"]["coefficients"]["zlib_entropy"] = 0.4
+    flip["filtering"]["memorized_after"] = 12
+    flip["mechanism"]["soft"]["soft"]["log_prob"] = -20.0
+    flip["soft_vs_hard"] = {"inherited_hard": 1, "inherited_soft": 1}
+    flip["temperature_sweep"][2]["memorized"] = 5  # rises from T = 2 to T = 3
+    assert verdicts(changed, flip) == {number: "no" for number in range(1, 11)}
+
+
+def test_findings_without_data_are_not_applicable():
+    summary = {"models": {"teacher": row(30), "baseline": row(12)}}  # no student
+    analysis = {
+        "overlap": {"soft": {"student": 0}},
+        "seed_consistency": {"skipped": "one seed only"},
+        "features": {"easy_vs_rest": {"selected": None, "rest": {"zlib_entropy": 140.0, "baseline_ppl": 2.2}}},  # as analyze writes it
+        "predictor": {"soft": {"paper_protocol": {"skipped": "needs at least 2 memorized examples, found 1"}}},
+        "filtering": {"student": "soft", "memorized_before": 3, "memorized_after": 0, "stand_in": "a rehearsal"},
+        "mechanism": {"soft": {"suppressed": 0}},
+        "soft_vs_hard": {"inherited_hard": 0, "inherited_soft": 0},
+        "temperature_sweep": [{"temperature": 2.0, "memorized": 0}],
+    }
+    from kdmem.report.findings import paper_findings
+
+    findings = paper_findings(summary, analysis)
+    assert [f.agrees for f in findings] == ["n/a"] * 10
+    assert "needs at least 2 memorized examples" in findings[5].kdmem and "one seed only" in findings[2].kdmem
+
+
+def test_the_findings_table_in_markdown_keeps_characters_and_escapes_data():
+    from kdmem.report.html import _markdown_data, findings_table
+    from kdmem.report.findings import paper_findings
+
+    table = findings_table(paper_findings(*paper_like()))
+    assert table.count("\n") == 11 and "| 6 | Predicting student memorization |" in table and "student's" in table
+    assert "&#x27;" not in table and "&amp;" not in table
+    assert _markdown_data("<img src=x onerror=alert(1)> *run*") == r"\<img src=x onerror=alert\(1\)\> \*run\*"
+
+
+def test_the_student_against_the_baseline_in_words_at_the_edges():
+    from kdmem.report.findings import key_findings
+
+    def sentence(student, baseline):
+        summary = {"models": {"teacher": row(30), "baseline": row(baseline), "soft": row(student)}}
+        return next(f for f in key_findings(summary, {}) if f.startswith("The soft student"))
+
+    assert "(2.0x more than the baseline's 2)" in sentence(4, 2)
+    assert "(4.0x fewer than the baseline's 8)" in sentence(2, 8)
+    assert "(the baseline memorizes none)" in sentence(3, 0) and "0.0x" not in sentence(3, 0)
+    assert "(none, where the baseline memorizes 5)" in sentence(0, 5)
+    assert "(as many as the baseline)" in sentence(5, 5)

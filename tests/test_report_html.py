@@ -14,8 +14,8 @@ from .browser import render_page, require_browser
 from .conftest import HOSTILE_NAME
 
 SECTIONS = [
-    "findings", "headline", "overlaps", "seed-consistency", "features", "predictor", "mechanism", "temperature",
-    "soft-vs-hard", "filtering", "prefix-curve", "membership", "canaries", "examples", "provenance",
+    "findings", "paper-findings", "headline", "overlaps", "seed-consistency", "features", "predictor", "mechanism", "temperature",
+    "soft-vs-hard", "cross-family", "filtering", "prefix-curve", "membership", "canaries", "examples", "provenance",
 ]
 ARTIFACTS = Path(os.environ.get("KDMEM_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
@@ -37,8 +37,10 @@ def test_the_run_writes_a_self_contained_report(hostile_run):
     # the training text's markup shows as text: escaped once, not twice
     assert "&lt;script&gt;window.__kdmem_pwned=" in page and "&amp;lt;" not in page
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    assert markdown.count("\n| ") == 1 + len(summary["models"])
-    assert "## Key findings" in markdown and "# kdmem report: &lt;script&gt;" in markdown  # Markdown renderers pass HTML through
+    assert markdown.count("\n| ") == (1 + len(summary["models"])) + (1 + 10)  # the headline table, then the paper's findings
+    # Markdown renderers pass HTML through: the run's name (data) is backslash-escaped, never entity-escaped
+    assert "## Key findings" in markdown and "# kdmem report: \\<script\\>window" in markdown and "&lt;" not in markdown
+    assert "soft student's" in markdown and "&#x27;" not in markdown
 
 
 def test_sections_without_data_say_why(finished_run, tmp_path):

@@ -251,3 +251,19 @@ def test_a_stage_killed_after_a_checkpoint_resumes_from_it(tiny_bases, tiny_data
     assert any(not torch.equal(value, fresh[name]) for name, value in whole.state_dict().items())
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_the_readme_s_checkpointing_setting_passes_through_without_a_deprecation(tmp_path):
+    """The README suggests training.extra_args={activation_checkpointing: true}; transformers 5
+    deprecates the gradient_checkpointing spelling with a FutureWarning."""
+    import warnings
+    from pathlib import Path
+
+    from kdmem.config import TrainingConfig
+    from kdmem.train.trainers import training_arguments
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = training_arguments(TrainingConfig(extra_args={"activation_checkpointing": True}), tmp_path, seed=0)
+    assert args.activation_checkpointing is True
+    assert "activation_checkpointing: true" in (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -343,6 +343,23 @@ class FilteringConfig(Section):
 
 
 @dataclass
+class SecondFamilyConfig(Section):
+    """A second model family trained on the same documents, for the paper's cross-family finding:
+    do two families memorize the same examples, and do their zlib estimates agree? Its run goes
+    into ``OUT/second-family`` (teacher, baseline, soft and hard student of the first seed) and
+    is compared with this one (``kdmem compare``) into ``OUT/cross_family.json``."""
+
+    section = "second_family"
+
+    enabled: bool = False
+    overrides: list[str] = field(default_factory=lambda: ["embedded.vocab_size=3072"])
+    """``key=value`` overrides that make the second family from this config: by default the
+    embedded family with a tokenizer of its own (another vocabulary, trained on the same public
+    text); for hub models, e.g. ``teacher.model=allenai/OLMo-2-1124-7B`` and
+    ``student.model=allenai/OLMo-2-0425-1B``."""
+
+
+@dataclass
 class CanaryConfig(Section):
     """Synthetic secrets planted in D before training (the Secret Sharer's canaries).
 
@@ -434,6 +451,7 @@ class ExperimentConfig(Section):
     """On in the default run, for the hard student: at this scale the soft student (T = 2) memorizes
     too few examples to fit a predictor on."""
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
+    second_family: SecondFamilyConfig = field(default_factory=SecondFamilyConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of the student-side models (baseline, soft, hard); the teacher uses the first."""
     embedded: EmbeddedModelsConfig = field(default_factory=EmbeddedModelsConfig)
@@ -457,6 +475,13 @@ class ExperimentConfig(Section):
             raise ConfigError("seeds must list at least one seed, e.g. seeds=[0].")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must not repeat: {self.seeds}.")
+        if self.second_family.enabled:
+            if self.data.packing != "documents":
+                raise ConfigError(
+                    "second_family needs data.packing=documents: only then do two tokenizers cut the same examples from the "
+                    "same documents, with the same example ids."
+                )
+            second_family_config(self)  # its overrides name real keys and make a valid config
         uses_embedded = [m.model for m in (self.teacher, self.student) if m.model.startswith("builtin:")]
         if uses_embedded and self.embedded.seq_len < self.data.seq_len:
             raise ConfigError(
@@ -669,6 +694,33 @@ def load_config(
         _set_path(values, key_path, value)
     if preset and "name" not in values:
         values["name"] = preset
+    return _from_dict(ExperimentConfig, values)
+
+
+def _with_overrides(values: dict[str, Any], overrides: list[str]) -> ExperimentConfig:
+    for key_path, value in map(parse_override, overrides):
+        _check_path(key_path)
+        _set_path(values, key_path, value)
+    return _from_dict(ExperimentConfig, values)
+
+
+def second_family_config(config: ExperimentConfig) -> ExperimentConfig:
+    """The config of ``config``'s second family: the same data and recipe, made another family by
+    ``second_family.overrides``; the first seed only, without the sweep, the filtering and canaries."""
+    values = config_to_dict(config)
+    values.update(name=f"{config.name}-second-family", seeds=config.seeds[:1])
+    values["soft"]["sweep_temperatures"] = []
+    values["filtering"]["enabled"] = False
+    values["canaries"]["repeats"] = []
+    values["second_family"]["enabled"] = False
+    try:
+        return _with_overrides(values, config.second_family.overrides)
+    except ConfigError as error:
+        raise ConfigError(f"second_family.overrides: {error}") from None
+
+
+def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """A config from a (possibly partial) mapping of its keys, checked as a YAML file is."""
     return _from_dict(ExperimentConfig, values)
 
 

@@ -41,6 +41,16 @@ class RunLayout:
         return self.root / "filtering.json"
 
     @property
+    def second_family(self) -> Path:
+        """The run of the second family (``second_family``), a run folder of its own."""
+        return self.root / "second-family"
+
+    @property
+    def cross_family(self) -> Path:
+        """``kdmem compare`` of this run and its second family's."""
+        return self.root / "cross_family.json"
+
+    @property
     def report_html(self) -> Path:
         return self.root / "report.html"
 

@@ -30,12 +30,14 @@ import pandas as pd
 import torch
 
 from kdmem.analysis.analyze import analyze, model_feature_table
+from kdmem.analysis.compare import compare_runs
 from kdmem.analysis.overlaps import memorized_ids
 from kdmem.analysis.filtering import MIN_MEMORIZED_TO_FILTER, flag_examples, stand_in_memorized
 from kdmem.config import (
-    CanaryConfig, ConfigError, EmbeddedModelsConfig, ExperimentConfig, ExtractionConfig, ModelConfig, SoftDistillConfig, save_config,
+    CanaryConfig, ConfigError, EmbeddedModelsConfig, ExperimentConfig, ExtractionConfig, ModelConfig, SoftDistillConfig, config_from_dict,
+    config_to_dict, save_config, second_family_config,
 )
-from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_sequences
+from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_documents, write_sequences
 from kdmem.io import process_state, split_across_processes, write_json_atomic, write_parquet_atomic
 from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
@@ -436,6 +438,18 @@ def flag_for_filtering(ctx: RunContext, *, student: str, students: list[str], fi
     write_json_atomic(ctx.layout.filtering, info | {"removed_ids": sorted(removed)})
 
 
+def run_second_family(ctx: RunContext, *, config: dict) -> None:
+    """The second family's whole run (``config``, from ``second_family_config``) in its own folder,
+    with its own stage markers: a killed run resumes inside it too. Its stage is only ever run when
+    new or stale (and a stale one only with ``--overwrite``), so the inner run may recompute."""
+    run(config_from_dict(config), ctx.layout.second_family, overwrite=True)
+
+
+def compare_families(ctx: RunContext) -> None:
+    """``cross_family.json``: this run's models against the second family's (``kdmem compare``)."""
+    write_json_atomic(ctx.layout.cross_family, compare_runs(ctx.layout.root, ctx.layout.second_family))
+
+
 def summarize(
     ctx: RunContext, *, models: list[str], prefix_len: int, suffix_len: int, prefix_lens: list[int], seq_len: int, membership: bool, canaries: bool,
     graph_names: list[str],
@@ -492,6 +506,11 @@ def run_context(config: ExperimentConfig, layout: RunLayout, graph: list[Stage] 
     # by a path, which changes with the working directory or an --output spelled another way.
     teacher_id = f"kdmem teacher stage {fingerprints(graph)['teacher']}"
     return RunContext(layout, process_state(), config.embedded, model_spec(config.teacher), config.canaries.seed, run_name=config.name, teacher_id=teacher_id)
+
+
+def _total_flops(graph: list[Stage], sizes) -> float | None:
+    costs = [stage.flops(sizes) if stage.flops else 0.0 for stage in graph]
+    return None if None in costs else sum(costs)
 
 
 def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> list[Stage]:
@@ -610,20 +629,33 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
         else:  # the teacher's continuations of the kept examples (and of the canaries' copies)
             cross_entropy(filtered, "hard", student_spec, config.hard.training, config.seeds[0], "hard-kept", ("filtering", "hard_data"))
         evaluated(filtered, student_spec)
+    # The second family: the same documents and recipe under another family, then the two compared.
+    if config.second_family.enabled:
+        family = second_family_config(config)
+        family_flops = lambda z: _total_flops(stage_graph(family), z)  # noqa: E731  (at this family's sizes: an estimate)
+        # Its marker's output is its summary: a stale second family is rerun in place, and reuses what its own markers say is current.
+        graph.append(Stage("second_family", run_second_family, {"config": config_to_dict(family)}, (), (layout.second_family / "summary.json",),
+                           distributed=True, flops=family_flops))
+        graph.append(Stage("cross_family", compare_families, {}, ("second_family", *(f"extract:{name}" for name in FIRST_SEED_MODELS)),
+                           (layout.cross_family,)))
     scored = tuple(stage.name for stage in graph if stage.action in SCORING_ACTIONS)
     names = [stage.name for stage in graph]
     graph.append(Stage("summary", summarize, {
         "models": model_names(config), "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len, "prefix_lens": ext.prefix_lens,
         "seq_len": config.data.seq_len, "membership": config.membership.enabled, "canaries": bool(config.canaries.repeats), "graph_names": names,
     }, scored, (layout.summary,), rebuilt_freely=True))
-    read = ("summary", "features", *(("filtering",) if config.filtering.enabled else ()))
+    read = ("summary", "features", *(("filtering",) if config.filtering.enabled else ()), *(("cross_family",) if config.second_family.enabled else ()))
     graph.append(Stage("analysis", run_analysis, {}, read, (layout.analysis, layout.figures, layout.categories), rebuilt_freely=True))
     graph.append(Stage("report", render_report, {}, ("analysis",), (layout.report_html, layout.report_markdown), rebuilt_freely=True))
     return graph
 
 
-def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite: bool = False) -> dict:
+def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite: bool = False, documents=None) -> dict:
     """Run (or finish) the experiment in ``output`` (default ``runs/NAME``); return the summary.
+
+    ``documents``, in memory (a ``datasets.Dataset``, a pandas DataFrame with a
+    ``data.text_field`` column, or a list of strings), replace ``data.source``: they are written
+    to ``OUT/source/documents-HASH.parquet``, which the run's config then names.
 
     Under ``accelerate launch`` with N processes, training stages are one ``Trainer`` run across
     all of them (DDP, FSDP or DeepSpeed, as accelerate is configured); extraction, membership,
@@ -634,6 +666,10 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     config.validate()
     state = process_state()
     layout = RunLayout(Path(output) if output else Path("runs") / config.name)
+    if documents is not None:
+        with state.main_process_first():  # the main process writes the file; the others find it
+            source = write_documents(documents, layout.root / "source", config.data.text_field)
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=str(source.resolve())))
     graph = stage_graph(config, layout)
     earlier_kdmem = layout.config.exists() and not (layout.root / "stages").exists()
     state.wait_for_everyone()  # every process has looked before the main one writes

@@ -21,7 +21,7 @@ from kdmem.analysis.filtering import filtering_report
 from kdmem.analysis.overlaps import categories, memorized_ids, overlap, seed_consistency, soft_vs_hard
 from kdmem.analysis.predictor import FEATURES, TEACHER_ONLY_FEATURES, deployment_protocol, fit_risk_model, paper_protocol
 from kdmem.config import DataConfig, load_config
-from kdmem.data import load_sequences, read_sequences
+from kdmem.data import load_sequences, read_sequences, write_documents
 from kdmem.io import split_across_processes, write_json_atomic, write_parquet_atomic
 from kdmem.layout import RunLayout, filtered_name, seed_suffix, temperature_sweep
 from kdmem.models import load_model, load_tokenizer
@@ -200,6 +200,11 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
     result["membership_roc"] = _membership_roc(layout, figure_dir)
     result["prefix_curve"] = _prefix_curve(layout, config, figure_dir)
     result["canaries"] = _canaries(layout, figure_dir)
+    # 10. Cross-family: this run against its second family (the same documents, another family).
+    if config.second_family.enabled and layout.cross_family.exists():
+        result["cross_family"] = json.loads(layout.cross_family.read_text())
+    else:
+        result["cross_family"] = {"skipped": "no second family; set second_family.enabled=true (and data.packing=documents)"}
     write_json_atomic(layout.analysis, result)
     logger.info("analysis written to %s", layout.analysis)
     return result
@@ -256,7 +261,7 @@ def _means(features: pd.DataFrame, selected: np.ndarray, columns: list[str]) -> 
 
 def predict(
     run: str | Path,
-    data: DataConfig,
+    data,
     *,
     student: str = "soft",
     teacher: str | None = None,
@@ -269,6 +274,9 @@ def predict(
     (target: the ``student`` kind's memorized examples, union over seeds), applied to features of
     ``data`` computed with ``teacher`` and ``baseline`` (default: the run's own models).
 
+    ``data`` is a ``DataConfig``, or documents in memory (a ``datasets.Dataset``, a pandas
+    DataFrame with a ``text`` column, or a list of strings), cut into sequences of the run's length.
+
     Returns ``example_id`` and ``risk`` (the predicted probability), with the features used.
     The model is refitted from the Parquet features each time; nothing is unpickled.
     """
@@ -277,6 +285,9 @@ def predict(
     if not features_path.exists():
         raise FileNotFoundError(f"{features_path} does not exist; run `kdmem analyze {layout.root}` first.")
     config = load_config(layout.config)
+    if not isinstance(data, DataConfig):
+        source = write_documents(data, layout.root / "source")
+        data = DataConfig(source=str(source), seq_len=config.data.seq_len, num_examples=None, validation_examples=0)
     known = pd.read_parquet(features_path)
     target = known["example_id"].isin(memorized_over_seeds(layout, config, student)).to_numpy()
     if target.all() or not target.any():

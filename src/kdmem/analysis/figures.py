@@ -113,23 +113,35 @@ def temperature_curve(rows: list[dict], baseline: dict, stem: Path) -> list[Path
     return save(figure, stem)
 
 
+def chance_line(floor: float, points: int = 200) -> np.ndarray:
+    """The ROC of a random guess, y = x, from ``floor`` to 1 as enough points (evenly spaced in log
+    FPR) that it stays y = x on a log axis too: two end points joined by one segment would bow."""
+    x = np.logspace(np.log10(floor), 0, points)
+    return np.stack([x, x])
+
+
 def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, stem: Path) -> list[Path]:
     """One ROC curve per entry of ``curves`` (name -> (true labels, scores)), with its AUC in the
-    legend; a log-scaled false-positive axis, since the low-FPR end is what an attacker uses."""
+    legend: on linear axes, where the area is what the eye sees, and beside it with a log-scaled
+    false-positive axis, since the low-FPR end is what an attacker uses."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    figure, axes = plt.subplots(figsize=(5.5, 4))
+    figure, (linear, logarithmic) = plt.subplots(1, 2, figsize=(10, 4))
+    floor = min(1e-3, 1 / max(len(labels) for labels, _ in curves.values()))
     for name, (labels, scores) in curves.items():
         fpr, tpr, _ = roc_curve(labels, scores)
-        axes.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, scores):.3f})")
-    floor = min(1e-3, 1 / max(len(labels) for labels, _ in curves.values()))
-    axes.plot([floor, 1], [floor, 1], ":", color="tab:gray", label="chance")
-    axes.set_xscale("log")
-    axes.set_xlim(floor, 1)
-    axes.set_xlabel("false positive rate")
-    axes.set_ylabel("true positive rate")
-    axes.legend(fontsize=8)
-    axes.set_title(title)
+        for axes in (linear, logarithmic):
+            axes.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, scores):.3f})")
+    for axes in (linear, logarithmic):
+        axes.plot(*chance_line(floor), ":", color="tab:gray", label="chance (y = x)")
+        axes.set_xlabel("false positive rate")
+        axes.set_ylabel("true positive rate")
+    linear.set_xlim(0, 1)
+    logarithmic.set_xscale("log")
+    logarithmic.set_xlim(floor, 1)
+    logarithmic.set_title("low false-positive rates (log scale)", fontsize=9)
+    linear.legend(fontsize=8)
+    linear.set_title(title)
     return save(figure, stem)
 
 

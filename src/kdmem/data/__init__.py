@@ -17,7 +17,7 @@ from kdmem.data.sequences import (
     write_sequences,
     zlib_entropy,
 )
-from kdmem.data.sources import DataError, load_documents
+from kdmem.data.sources import DataError, load_documents, write_documents
 
 __all__ = [
     "DataError",
@@ -35,6 +35,7 @@ __all__ = [
     "prepare_sequences",
     "python_docs",
     "read_sequences",
+    "write_documents",
     "write_sequences",
     "zlib_entropy",
 ]

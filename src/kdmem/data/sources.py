@@ -1,4 +1,5 @@
-"""Where text comes from: the builtin corpus, local files, or a Hugging Face dataset."""
+"""Where text comes from: the builtin corpus, local files, a folder written by ``save_to_disk``,
+or a Hugging Face dataset."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import os
 from pathlib import Path
 
 import datasets
+import pandas as pd
 import pyarrow as pa
 
 from kdmem.config import DataConfig
 from kdmem.data.builtin import python_docs
+from kdmem.io import write_parquet_atomic
 
 BUILTIN_SOURCES = {"builtin:python-docs": "private", "builtin:python-docs-public": "public"}
 logger = logging.getLogger(__name__)
@@ -46,11 +49,48 @@ def _check_utf8(path: Path) -> None:
         raise DataError(f"{path} is not UTF-8: it ends inside a multi-byte character. Convert the file to UTF-8.") from None
 
 
+SAVED_DATASET_FILES = ("state.json", "dataset_info.json")
+"""What ``datasets.Dataset.save_to_disk`` writes beside its Arrow files."""
+SAVED_DATASET_DICT_FILE = "dataset_dict.json"
+"""What ``datasets.DatasetDict.save_to_disk`` writes beside one folder per split."""
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by ``save_to_disk``, of a ``Dataset`` or a ``DatasetDict``."""
+    return path.is_dir() and ((path / SAVED_DATASET_DICT_FILE).is_file() or all((path / name).is_file() for name in SAVED_DATASET_FILES))
+
+
+def _saved_dataset(path: Path, split: str) -> datasets.Dataset:
+    """The dataset ``save_to_disk`` wrote to ``path`` (``load_from_disk``); of a ``DatasetDict``, its ``split``."""
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, *READ_ERRORS) as error:
+        raise unreadable_data(str(path), error) from None
+    if isinstance(saved, datasets.DatasetDict):
+        if split not in saved:
+            raise DataError(f"{path} is a DatasetDict with splits {', '.join(saved)}, not {split!r}. Set data.split to one of them.")
+        saved = saved[split]
+    return saved
+
+
+def _found(path: Path, shown: int = 8) -> str:
+    """What a folder holds, for an error message: its first few entries and how many there are."""
+    entries = sorted(str(p.relative_to(path)) + ("/" if p.is_dir() else "") for p in path.rglob("*"))
+    if not entries:
+        return "nothing (it is empty)"
+    more = f", ... ({len(entries)} entries)" if len(entries) > shown else ""
+    return ", ".join(entries[:shown]) + more
+
+
 def _local_files(path: Path) -> tuple[str, list[str]]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in _LOCAL_FORMATS and p.is_file())
         if not files:
-            raise DataError(f"Folder {path} has no .txt, .jsonl or .parquet files.")
+            raise DataError(
+                f"{path} is neither a dataset saved with save_to_disk (it has no {SAVED_DATASET_DICT_FILE}, nor "
+                f"{' and '.join(SAVED_DATASET_FILES)}) nor a folder of .txt, .jsonl or .parquet files; it holds {_found(path)}. "
+                "Point data.source at one of those."
+            )
     else:
         files = [path]
     unreadable = [p for p in files if not os.access(p, os.R_OK)]
@@ -105,12 +145,16 @@ def load_documents(cfg: DataConfig) -> datasets.IterableDataset | datasets.Datas
         path = Path(cfg.source).expanduser()
         if not path.exists():
             raise DataError(f"Data path {path} does not exist. Check data.source.")
-        builder, files = _local_files(path)
-        kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
-        try:
-            documents = datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
-        except READ_ERRORS as error:
-            raise unreadable_data(cfg.source, error) from None
+        if is_saved_dataset(path):
+            documents = _saved_dataset(path, cfg.split)
+            documents = documents.to_iterable_dataset() if cfg.streaming else documents
+        else:
+            builder, files = _local_files(path)
+            kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+            try:
+                documents = datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
+            except READ_ERRORS as error:
+                raise unreadable_data(cfg.source, error) from None
     else:
         documents = datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split, streaming=cfg.streaming)
     columns = documents.column_names
@@ -134,3 +178,32 @@ def source_fingerprint(cfg: DataConfig) -> str:
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         parts["files"] = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_documents(documents, folder: str | Path, text_field: str = "text") -> Path:
+    """In-memory documents (a ``datasets.Dataset``, a pandas DataFrame with a ``text_field``
+    column, or a list of strings) as a Parquet file under ``folder``, named by its content, for
+    ``data.source``: a run's config then names a file it can be rerun from, and the same
+    documents make the same file (and so the same stage fingerprints)."""
+    if isinstance(documents, (datasets.Dataset, pd.DataFrame)):
+        columns = list(documents.column_names if isinstance(documents, datasets.Dataset) else documents.columns)
+        if text_field not in columns:
+            raise DataError(f"The documents have no text field {text_field!r}; their columns are {columns}. Set data.text_field to the column that holds the text.")
+        texts = list(documents[text_field])
+    elif isinstance(documents, (list, tuple)):
+        texts = list(documents)
+    else:
+        raise DataError(
+            f"Documents of type {type(documents).__name__} cannot be read: give a datasets.Dataset, a pandas DataFrame "
+            "with a text column, a list of strings, or a data.source path or dataset name."
+        )
+    if not texts:
+        raise DataError("The documents are empty: there is no text to train on or audit.")
+    wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+    if wrong is not None:
+        raise DataError(f"Document {wrong} is a {type(texts[wrong]).__name__}, not a string: every document must be text.")
+    key = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
+    path = Path(folder) / f"documents-{key}.parquet"
+    if not path.exists():
+        write_parquet_atomic(path, pd.DataFrame({text_field: texts}))
+    return path

@@ -1,13 +1,29 @@
-"""The run's key findings in words, from ``summary.json`` and ``analysis.json``: the same sentences
-open the HTML report and ``report.md``."""
+"""The run's findings, from ``summary.json`` and ``analysis.json``: the key findings in words, and
+the paper's 10 analyses beside this run's figures, each with a verdict computed from the numbers
+(``paper_findings``). Both open the HTML report and ``report.md``."""
 
 from __future__ import annotations
 
-from kdmem.report.headline import reduction_vs_baseline
+from dataclasses import dataclass
+
+import numpy as np
 
 
 def _percent(row: dict) -> str:
     return f"{row['memorized']} of {row['examples']} ({100 * row['rate']:.2f}%)"
+
+
+def _against_baseline(memorized: int, baseline: int) -> str:
+    """How a student's memorized count compares with the baseline's, in words that hold at the
+    edges: more or fewer, and either count zero."""
+    if baseline == 0:
+        return " (the baseline memorizes none)"
+    if memorized == 0:
+        return f" (none, where the baseline memorizes {baseline})"
+    if memorized == baseline:
+        return " (as many as the baseline)"
+    ratio, direction = (baseline / memorized, "fewer") if memorized < baseline else (memorized / baseline, "more")
+    return f" ({ratio:.1f}x {direction} than the baseline's {baseline})"
 
 
 def key_findings(summary: dict, analysis: dict) -> list[str]:
@@ -23,8 +39,7 @@ def key_findings(summary: dict, analysis: dict) -> list[str]:
         row = models.get(kind)
         if row is None:
             continue
-        reduction = reduction_vs_baseline(summary, kind)
-        fewer = "" if reduction is None else (" (none memorized)" if reduction == float("inf") else f" ({reduction:.1f}x fewer than the baseline)")
+        fewer = _against_baseline(row["memorized"], baseline["memorized"])
         utility = "lower" if row["val_loss"] < baseline["val_loss"] else "higher"
         findings.append(
             f"The {kind} student memorizes {_percent(row)}{fewer}, at a {utility} validation loss than the baseline "
@@ -83,4 +98,166 @@ def key_findings(summary: dict, analysis: dict) -> list[str]:
     if aucs:
         shown = ", ".join(f"{name} {auc:.3f}" for name, auc in aucs.items())
         findings.append(f"Membership inference by loss (training vs validation examples), ROC-AUC: {shown}.")
+    return findings
+
+
+# --- The paper's findings, each with this run's figure and a verdict ---------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One of the paper's analyses (``../shared/PAPER.md``, 1 to 10) beside this run's figure."""
+
+    number: int
+    analysis: str
+    paper: str
+    kdmem: str
+    """This run's figure, or why there is none."""
+    agrees: str
+    """``yes``, ``no`` or ``n/a`` (no data for it): does the run agree with the paper in direction?"""
+    criterion: str
+    """What agreeing in direction means, checked on the numbers."""
+
+
+def verdict(agrees: bool | None) -> str:
+    return "n/a" if agrees is None else ("yes" if agrees else "no")
+
+
+def _overlap(analysis: dict, kind: str) -> dict | None:
+    overlaps = analysis.get("overlap", {})
+    return overlaps.get(f"{kind}_union", overlaps.get(kind))
+
+
+def _rates(summary: dict, analysis: dict) -> tuple[str, bool | None]:
+    models = summary["models"]
+    if not {"teacher", "baseline", "soft"} <= set(models):
+        return "needs the teacher, the baseline and the soft student", None
+    t, b, s = (models[name] for name in ("teacher", "baseline", "soft"))
+    figure = (f"memorized {t['memorized']} / {b['memorized']} / {s['memorized']} of {t['examples']}; "
+              f"validation loss soft {s['val_loss']:.3f} vs baseline {b['val_loss']:.3f}")
+    return figure, t["memorized"] > b["memorized"] > s["memorized"] and s["val_loss"] < b["val_loss"]
+
+
+def _overlaps(summary: dict, analysis: dict) -> tuple[str, bool | None]:
+    overlap = _overlap(analysis, "soft")
+    if not overlap or not overlap["student"]:
+        return "the soft student memorizes nothing", None
+    figure = (f"{100 * overlap['share_easy']:.0f}% easy; inherits {overlap['inherited']} of {overlap['teacher_only']} teacher-only "
+              f"({100 * overlap['inherited_share_of_teacher_only']:.1f}%); suppresses {overlap['suppressed']}")
+    return figure, overlap["share_easy"] > 0.5 and overlap["inherited_share_of_teacher_only"] < 0.1
+
+
+def _seed_consistency(summary: dict, analysis: dict) -> tuple[str, bool | None]:
+    matrix = analysis.get("seed_consistency", {}).get("soft")
+    if matrix is None:
+        return analysis.get("seed_consistency", {}).get("skipped", "no seed heatmap"), None
+    counts = np.asarray(matrix, dtype=float)  # [baseline seeds, student seeds]
+    memorized_by = [j for j in range(1, counts.shape[1]) if counts[:, j].sum()]
+    if not memorized_by or not counts[:, 0].sum():
+        return "no soft-student seed memorizes an example", None
+    seeds = np.arange(counts.shape[0])
+    mean_at = {j: float(seeds @ counts[:, j] / counts[:, j].sum()) for j in (0, memorized_by[-1])}
+    figure = (f"baseline seeds memorizing an example: {mean_at[memorized_by[-1]]:.2f} on average where {memorized_by[-1]} student "
+              f"seeds do, {mean_at[0]:.2f} where none does")
+    return figure, mean_at[memorized_by[-1]] > mean_at[0]
+
+
+def _cross_family(summary: dict, analysis: dict) -> tuple[str, bool | None]:
+    pair = analysis.get("cross_family")
+    if not pair or pair.get("zlib_pearson") is None or "baseline" not in pair.get("overlap", {}):
+        return "no second family (second_family.enabled, or `kdmem compare` of two runs)", None
+    jaccard = pair["overlap"]["baseline"]["jaccard"]
+    figure = f"zlib entropy Pearson r {pair['zlib_pearson']:.3f}; baselines' memorized sets Jaccard {jaccard:.3f}"
+    return figure, pair["zlib_pearson"] >= 0.9 and jaccard < 0.5
+
+
+def _easy_examples(summary: dict, analysis: dict) -> tuple[str, bool | None]:
+    easy = analysis.get("features", {}).get("easy_vs_rest")
+    if not easy or not easy.get("selected") or not easy.get("rest"):
+        return "no easy examples (memorized by teacher and baseline)", None
+    chosen, rest = easy["selected"], easy["rest"]
+    figure = (f"zlib {chosen['zlib_entropy']:.1f} vs {rest['zlib_entropy']:.1f}; baseline PPL {chosen['baseline_ppl']:.2f} vs "
+              f"{rest['baseline_ppl']:.2f} (easy vs the rest)")
+    return figure, chosen["zlib_entropy"] < rest["zlib_entropy"] and chosen["baseline_ppl"] < rest["baseline_ppl"]
+
+
+def _predictor(summary: dict, analysis: dict) -> tuple[str, bool | None]:
+    result = analysis.get("predictor", {}).get("soft", {}).get("paper_protocol")
+    if not result or "skipped" in result:
+        return f"soft student: {result['skipped']}" if result else "no predictor of the soft student", None
+    zlib = result["coefficients"].get("zlib_entropy")
+    figure = f"ROC-AUC {result['auc']['mean']:.3f} ± {result['auc']['std']:.3f}; zlib coefficient {zlib:+.2f}"
+    return figure, result["auc"]["mean"] >= 0.8 and zlib is not None and zlib < 0
+
+
+def _filtering(summary: dict, analysis: dict) -> tuple[str, bool | None]:
+    filtering = analysis.get("filtering", {})
+    if "memorized_after" not in filtering or filtering.get("stand_in"):
+        return filtering.get("skipped", "a stand-in target (a rehearsal)" if filtering.get("stand_in") else "filtering is off"), None
+    figure = (f"{filtering['student']} student: {filtering['memorized_before']} memorized before, {filtering['memorized_after']} after "
+              f"({filtering['new_after']} new)")
+    return figure, filtering["memorized_after"] < filtering["memorized_before"]
+
+
+def _mechanism(summary: dict, analysis: dict) -> tuple[str, bool | None]:
+    mechanism = analysis.get("mechanism", {}).get("soft")
+    if not mechanism or not mechanism.get("suppressed") or "soft" not in mechanism:
+        return "no suppressed examples (memorized by teacher and baseline, not the soft student)", None
+    t, b, s = (mechanism[name] for name in ("teacher", "baseline", "soft"))
+    figure = (f"entropy teacher {t['entropy_last_k']:.2f} / baseline {b['entropy_last_k']:.2f} / student {s['entropy_last_k']:.2f}; "
+              f"log-prob {t['log_prob']:.1f} / {b['log_prob']:.1f} / {s['log_prob']:.1f} ({mechanism['suppressed']} examples)")
+    return figure, s["entropy_last_k"] > t["entropy_last_k"] and s["log_prob"] < min(t["log_prob"], b["log_prob"])
+
+
+def _soft_vs_hard(summary: dict, analysis: dict) -> tuple[str, bool | None]:
+    versus = analysis.get("soft_vs_hard")
+    if not versus or "inherited_hard" not in versus:
+        return "needs the soft and the hard student", None
+    figure = f"teacher-specific examples inherited: hard {versus['inherited_hard']}, soft {versus['inherited_soft']}"
+    if versus["inherited_hard"] == versus["inherited_soft"] == 0:
+        return figure, None
+    return figure, versus["inherited_hard"] > versus["inherited_soft"]
+
+
+def _temperature(summary: dict, analysis: dict) -> tuple[str, bool | None]:
+    sweep = analysis.get("temperature_sweep")
+    if not isinstance(sweep, list) or len(sweep) < 2:
+        return "fewer than two temperatures (soft.sweep_temperatures)", None
+    counts = [row["memorized"] for row in sweep]
+    figure = " / ".join(map(str, counts)) + " at T = " + ", ".join(f"{row['temperature']:g}" for row in sweep)
+    return figure, all(a >= b for a, b in zip(counts, counts[1:])) and counts[0] > counts[-1]
+
+
+PAPER_FINDINGS = (
+    (1, "Rates and utility", "memorized 0.33% / 0.17% / 0.07% (teacher / baseline / soft); the student's validation loss is lower",
+     "teacher > baseline > soft student in memorized examples, and the soft student's validation loss below the baseline's", _rates),
+    (2, "Set overlaps", "95.7% of the student's memorized set is easy; it inherits 18 of 1,955 teacher-only examples (0.9%)",
+     "most of the soft student's memorized set is easy (over 50%), and it inherits under 10% of the teacher-only examples", _overlaps),
+    (3, "Seed consistency", "3x3 heatmap: what more student seeds memorize, more baseline seeds memorize",
+     "examples that the most soft-student seeds memorize are memorized by more baseline seeds than examples none does", _seed_consistency),
+    (4, "Cross-family", "families share no memorized examples; their zlib estimates correlate (Pearson r 0.95-0.99)",
+     "zlib entropy correlates across the families (r at least 0.9), and their baselines share under half their memorized sets (Jaccard below 0.5)",
+     _cross_family),
+    (5, "What easy examples look like", "easy examples cluster at low zlib entropy and low baseline perplexity",
+     "easy examples have a lower mean zlib entropy and baseline perplexity than the rest", _easy_examples),
+    (6, "Predicting student memorization", "ROC-AUC 0.9997; zlib has the largest, negative coefficient",
+     "ROC-AUC at least 0.8 under the paper's 1:3 protocol, and a negative zlib coefficient", _predictor),
+    (7, "Filtering intervention", "re-distilled without the flagged examples, the student memorizes 4 (new) examples",
+     "the student distilled again memorizes fewer examples of D than before", _filtering),
+    (8, "Mechanism", "on suppressed examples the student has high entropy and low log-probability; the teacher low entropy",
+     "the soft student's entropy above the teacher's, and its log-probability below the teacher's and the baseline's", _mechanism),
+    (9, "Soft vs hard", "hard KD inherits 2.7x more teacher-specific examples (50 vs 18)",
+     "the hard student inherits more teacher-specific examples than the soft one", _soft_vs_hard),
+    (10, "Temperature", "1,591 / 668 / 155 / 12 memorized at T = 1..4",
+     "memorized count never rises with T, and is lower at the highest T than at the lowest", _temperature),
+)
+"""The analyses of the paper kdmem reproduces, as (number, name, the paper's figure, criterion, figure and verdict of a run)."""
+
+
+def paper_findings(summary: dict, analysis: dict) -> list[Finding]:
+    """The paper's 10 analyses beside this run's figures, each with a verdict decided on the numbers."""
+    findings = []
+    for number, name, paper, criterion, measure in PAPER_FINDINGS:
+        figure, agrees = measure(summary, analysis)
+        findings.append(Finding(number, name, paper, figure, verdict(agrees), criterion))
     return findings

@@ -10,8 +10,8 @@ from data or config goes through Jinja2's autoescaping: training text shows as t
 from __future__ import annotations
 
 import base64
-import html
 import json
+import re
 from pathlib import Path
 
 import jinja2
@@ -20,7 +20,7 @@ import pandas as pd
 from kdmem.io import write_text_atomic
 from kdmem.layout import RunLayout
 from kdmem.models import load_tokenizer
-from kdmem.report.findings import key_findings
+from kdmem.report.findings import key_findings, paper_findings
 from kdmem.report.headline import reduction_vs_baseline
 
 EXAMPLES_SHOWN = 10
@@ -102,6 +102,7 @@ def report_context(run: str | Path) -> dict:
         "analysis": analysis,
         "headline": headline_rows(summary),
         "findings": key_findings(summary, analysis),
+        "paper_findings": paper_findings(summary, analysis),
         "figures": _figures(layout),
         "examples": most_memorized_examples(layout, summary),
         "provenance": provenance,
@@ -123,22 +124,41 @@ def render_html(context: dict) -> str:
     return _environment().get_template("report.html.j2").render(**context)
 
 
-def _markdown_cell(value) -> str:
-    """Text safe in a Markdown table cell; HTML escaped, since Markdown renderers pass HTML through."""
-    return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
+MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|&~])")
+
+
+def _markdown_text(value) -> str:
+    """kdmem's own text (numbers, findings) on one line of Markdown: written as is, the pipes of a
+    table cell escaped."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_data(value) -> str:
+    """Text from a dataset or a config (a run's name) on one line of Markdown: every character
+    Markdown could read as syntax, raw HTML included, backslash-escaped (CommonMark), so it shows
+    as the text it is, with no HTML entities."""
+    return MARKDOWN_PUNCTUATION.sub(r"\\\1", str(value)).replace("\n", " ")
+
+
+def findings_table(findings) -> str:
+    """``paper_findings`` as a Markdown table (the README shows the same one)."""
+    lines = ["| # | analysis | paper | kdmem | agrees in direction |", "|---|---|---|---|---|"]
+    lines += [f"| {f.number} | {_markdown_text(f.analysis)} | {_markdown_text(f.paper)} | {_markdown_text(f.kdmem)} | {f.agrees} |" for f in findings]
+    return "\n".join(lines)
 
 
 def render_markdown(context: dict) -> str:
     """The headline table and the key findings, for pasting into a paper or an issue."""
     columns = [("model", "model"), ("memorized", "memorized"), ("examples", "examples"), ("rate", "rate %"), ("val_loss", "val loss"),
                ("val_ppl", "val PPL"), ("reduction", "reduction vs baseline"), ("mia_auc", "MIA AUC")]
-    lines = [f"# kdmem report: {_markdown_cell(context['name'])}", "", "| " + " | ".join(title for _, title in columns) + " |",
+    lines = [f"# kdmem report: {_markdown_data(context['name'])}", "", "| " + " | ".join(title for _, title in columns) + " |",
              "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_markdown_cell(row[key]) for key, _ in columns) + " |" for row in context["headline"]]
+    lines += ["| " + " | ".join(_markdown_text(row[key]) for key, _ in columns) + " |" for row in context["headline"]]
     ext = context["summary"]["extraction"]
     lines += ["", f"Memorized: greedy decoding from a {ext['prefix_len']}-token prefix reproduces the next {ext['suffix_len']} tokens exactly.",
               "", "## Key findings", ""]
-    lines += [f"- {_markdown_cell(finding)}" for finding in context["findings"]]
+    lines += [f"- {_markdown_text(finding)}" for finding in context["findings"]]
+    lines += ["", "## The paper's findings, and this run's", "", findings_table(context["paper_findings"])]
     lines += ["", "Figures: `figures/` beside this file; the whole report with figures: `report.html`.", ""]
     return "\n".join(lines)
 
