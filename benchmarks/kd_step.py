@@ -17,7 +17,7 @@ T = 1 because ``GKDTrainer`` does not apply its temperature to the loss (only to
 
 Prints a table and writes JSON (default ``benchmarks/results/kd_step.json``). On a GPU it also
 records bf16 tokens per second and model FLOPs utilization (6 N_student + 2 N_teacher FLOPs per
-token; ``--peak-tflops``, default 989, an H100/H200's dense bf16 peak).
+token, the teacher's share only what runs of it: ``step_flops``; ``--peak-tflops``, default 989, an H100/H200's dense bf16 peak).
 """
 
 from __future__ import annotations
@@ -184,9 +184,19 @@ def run_variant(variant: str, args) -> dict:
         "loss": losses[-1],
     }
     if device == "cuda":
-        flops = (6 * parameters["student"] + 2 * parameters["teacher"]) * args.batch * args.seq
+        flops = step_flops(variant, parameters, args.cache_kind, args.teacher_hidden, args.vocab) * args.batch * args.seq
         result["mfu"] = flops / seconds / (args.peak_tflops * 1e12)
     return result
+
+
+def step_flops(variant: str, parameters: dict, cache_kind: str, teacher_hidden: int, vocab: int) -> float:
+    """FLOPs per token of one step: 6 N_student, plus what runs of the teacher. A cached variant never
+    runs it: a hidden-state cache recomputes its output layer (2 x hidden x vocabulary), the others nothing."""
+    if variant != "kdmem_cache":
+        teacher = 2 * parameters["teacher"]
+    else:
+        teacher = 2 * teacher_hidden * vocab if cache_kind == "hidden" else 0
+    return 6 * parameters["student"] + teacher
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ def tiny_data(tiny_config, tiny_bases):
 
 @pytest.fixture(scope="session")
 def memorizing_model(tiny_bases, tiny_data, tmp_path_factory):
-    """The tiny student base fine-tuned hard on D: it memorizes some examples and not others."""
+    """The tiny teacher base fine-tuned hard on D (30 epochs): it memorizes some examples and not others."""
     from kdmem.config import TrainingConfig
     from kdmem.models import load_model
     from kdmem.train import fine_tune

@@ -116,7 +116,18 @@ def test_predict_scores_new_data_and_the_cli(hand_run, tmp_path, capsys):
     out, ids, sets = hand_run
     analyze(out, repeats=5)
     risk = predict(out, DataConfig(source=str(out / "data" / "validation.parquet"), validation_examples=0), student="hard")
-    assert len(risk) == 16 and risk["risk"].between(0, 1).all()
+    assert len(risk) == 16
+    # the risk is a logistic regression's predict_proba, refitted here by hand on the run's features
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    known = pd.read_parquet(out / "features.parquet")
+    columns = ["teacher_ppl", "baseline_ppl", "teacher_baseline_kl", "zlib_entropy"]
+    hard = set().union(*(set(pd.read_parquet(out / "memorization" / f"{name}.parquet").query("memorized")["example_id"]) for name in ("hard", "hard-seed1")))
+    refit = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(known[columns].to_numpy(float), known["example_id"].isin(hard))
+    np.testing.assert_allclose(risk["risk"], refit.predict_proba(risk[columns].to_numpy(float))[:, 1], rtol=1e-9)
+    assert risk["risk"].std() > 0  # it tells the sequences apart
     target = tmp_path / "risk.parquet"
     args = ["predict", str(out), "--data", str(out / "data" / "validation.parquet"), "--student", "hard", "--teacher-only", "-o", str(target)]
     assert cli.main(args) == 0

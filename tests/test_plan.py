@@ -78,3 +78,17 @@ def test_dry_run_offline_says_so_at_once_and_takes_counts_from_a_flag(capsys, ca
     printed = capsys.readouterr().out
     assert "8.19B parameters" in printed and "total" in printed and "unknown" not in printed.split("total")[-1]
     assert cli.main(["run", str(PAPER_CONFIGS[-1]), "--dry-run", "--parameters", "teacher=lots"]) == 2
+
+
+@pytest.mark.parametrize("name", ["EleutherAI/pythia-12b", "EleutherAI/pythia-1.4b", "allenai/OLMo-2-1124-7B", "allenai/OLMo-2-0425-1B",
+                                  "Qwen/Qwen3-8B-Base", "Qwen/Qwen3-1.7B-Base"])
+def test_the_parameter_table_matches_a_count_of_each_models_config(name):
+    """KNOWN_PARAMETERS, the plan's arithmetic checked against itself before: here against the
+    parameters of a model built (empty, on the meta device) from the model's own config.json."""
+    from transformers import AutoConfig
+
+    from kdmem.models.lookalike import offline_fixture
+    from kdmem.plan import KNOWN_PARAMETERS, counted_parameters
+
+    counted = counted_parameters(AutoConfig.from_pretrained(offline_fixture(name)))
+    assert counted == pytest.approx(KNOWN_PARAMETERS[name], rel=0.01)
