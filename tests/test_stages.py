@@ -99,3 +99,12 @@ def test_each_action_takes_exactly_its_stage_settings(overrides):
         assert parameters[0] == "ctx", stage.name
         assert set(parameters[1:]) == set(stage.settings) | set(stage.speed), stage.name
         assert not set(stage.settings) & set(stage.speed), stage.name
+
+
+def test_a_second_family_is_one_stage_that_only_its_own_settings_change():
+    second = ("data.packing=documents", "second_family.enabled=true")
+    assert changed_by("name=renamed", base=second) == set()
+    assert changed_by("second_family.overrides=[embedded.vocab_size=1024]", base=second) == {"second_family", "cross_family", "analysis", "report"}
+    # the soft students' recipe is the second family's too
+    assert {"soft", "second_family", "cross_family"} <= changed_by("soft.training.epochs=20", base=second)
+    assert "second_family" not in changed_by("soft.sweep_temperatures=[1,4]", base=second)  # the second family has no sweep

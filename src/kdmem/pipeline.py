@@ -442,7 +442,7 @@ def run_second_family(ctx: RunContext, *, config: dict) -> None:
     """The second family's whole run (``config``, from ``second_family_config``) in its own folder,
     with its own stage markers: a killed run resumes inside it too. Its stage is only ever run when
     new or stale (and a stale one only with ``--overwrite``), so the inner run may recompute."""
-    run(config_from_dict(config), ctx.layout.second_family, overwrite=True)
+    run(config_from_dict(config | {"name": f"{ctx.run_name}-second-family"}), ctx.layout.second_family, overwrite=True)
 
 
 def compare_families(ctx: RunContext) -> None:
@@ -634,7 +634,8 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
         family = second_family_config(config)
         family_flops = lambda z: _total_flops(stage_graph(family), z)  # noqa: E731  (at this family's sizes: an estimate)
         # Its marker's output is its summary: a stale second family is rerun in place, and reuses what its own markers say is current.
-        graph.append(Stage("second_family", run_second_family, {"config": config_to_dict(family)}, (), (layout.second_family / "summary.json",),
+        settings = {"config": {key: value for key, value in config_to_dict(family).items() if key != "name"}}  # a name changes no result
+        graph.append(Stage("second_family", run_second_family, settings, (), (layout.second_family / "summary.json",),
                            distributed=True, flops=family_flops))
         graph.append(Stage("cross_family", compare_families, {}, ("second_family", *(f"extract:{name}" for name in FIRST_SEED_MODELS)),
                            (layout.cross_family,)))
