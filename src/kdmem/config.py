@@ -689,16 +689,14 @@ def load_config(
         pairs = [(key.split("."), value) for key, value in overrides.items()]
     else:
         pairs = [parse_override(text) for text in overrides or []]
-    for key_path, value in pairs:
-        _check_path(key_path)
-        _set_path(values, key_path, value)
-    if preset and "name" not in values:
+    if preset and "name" not in values and not any(key_path == ["name"] for key_path, _ in pairs):
         values["name"] = preset
-    return _from_dict(ExperimentConfig, values)
+    return _with_overrides(values, pairs)
 
 
-def _with_overrides(values: dict[str, Any], overrides: list[str]) -> ExperimentConfig:
-    for key_path, value in map(parse_override, overrides):
+def _with_overrides(values: dict[str, Any], pairs: list[tuple[list[str], Any]]) -> ExperimentConfig:
+    """``values`` with each (key path, value) override set, checked key by key, as a config."""
+    for key_path, value in pairs:
         _check_path(key_path)
         _set_path(values, key_path, value)
     return _from_dict(ExperimentConfig, values)
@@ -714,7 +712,7 @@ def second_family_config(config: ExperimentConfig) -> ExperimentConfig:
     values["canaries"]["repeats"] = []
     values["second_family"]["enabled"] = False
     try:
-        return _with_overrides(values, config.second_family.overrides)
+        return _with_overrides(values, [parse_override(text) for text in config.second_family.overrides])
     except ConfigError as error:
         raise ConfigError(f"second_family.overrides: {error}") from None
 

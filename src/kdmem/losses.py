@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
+from kdmem.config import SOFT_KINDS
+
+KINDS = SOFT_KINDS  # the config's soft.kind takes the same names
 
 
 def _per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float, jsd_beta: float) -> torch.Tensor:

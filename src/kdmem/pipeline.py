@@ -88,8 +88,8 @@ class RunContext:
         """A model spec's base: hub names pass through; builtin names are built (once, cached) here."""
         return self._cached(("base", spec["model"]), lambda: resolve_model_name(spec["model"], self.embedded))
 
-    def load_base(self, spec: dict):
-        return load_model(self.base(spec), revision=spec["revision"], trust_remote_code=spec["trust_remote_code"], device=self.state.device)
+    def load_base(self, spec: dict, dtype: str | None = None):
+        return load_model(self.base(spec), revision=spec["revision"], trust_remote_code=spec["trust_remote_code"], device=self.state.device, dtype=dtype)
 
     def tokenizer(self, spec: dict | None = None):
         spec = spec or self.tokenizer_spec
@@ -362,7 +362,7 @@ def score_membership(ctx: RunContext, *, name: str, base: dict, min_k: float, re
     if skipped := _skipped(ctx, name):
         return skipped
     model, batch_size = ctx.trained_model(name, dtype), _scoring_batch(ctx, name, batch_size)
-    against = load_model(ctx.base(base), revision=base["revision"], trust_remote_code=base["trust_remote_code"], device=ctx.state.device, dtype=dtype) if reference else None
+    against = ctx.load_base(base, dtype) if reference else None
     train, validation = ctx.sequences("train"), ctx.sequences("validation")
     both = pd.concat([train.assign(split="train"), validation.assign(split="validation")], ignore_index=True)
 
