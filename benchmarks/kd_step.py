@@ -161,7 +161,8 @@ def run_variant(variant: str, args) -> dict:
             trainer.model.zero_grad(set_to_none=True)
             return loss.item()
 
-    for _ in range(args.warmup):
+    first_loss = step()  # before any timing; every step's loss is this one (no optimizer step)
+    for _ in range(args.warmup - 1):
         step()
     memory = Memory(device)
     memory.start()
@@ -182,6 +183,7 @@ def run_variant(variant: str, args) -> dict:
         "tokens_per_second": args.batch * args.seq / seconds,
         "peak_added_bytes": memory.added(),
         "loss": losses[-1],
+        "first_loss": first_loss,
     }
     if device == "cuda":
         flops = step_flops(variant, parameters, args.cache_kind, args.teacher_hidden, args.vocab) * args.batch * args.seq
@@ -197,6 +199,25 @@ def step_flops(variant: str, parameters: dict, cache_kind: str, teacher_hidden: 
     else:
         teacher = 2 * teacher_hidden * vocab if cache_kind == "hidden" else 0
     return 6 * parameters["student"] + teacher
+
+
+def exact_variants(variants, cache_kind: str) -> list[str]:
+    """The variants that compute the same forward KL: all but a sampled (top-k) cache's."""
+    return [v for v in variants if not (v == "kdmem_cache" and cache_kind == "sampled")]
+
+
+def check_agreement(results: list[dict], cache_kind: str) -> float:
+    """The exact variants' losses on the same models and batch agree, or nothing is reported:
+    timing a variant that computes something else would compare nothing. Returns the largest
+    relative difference; the bound is float32's summation noise, or bf16's precision on a GPU."""
+    exact = [row for row in results if row["variant"] in exact_variants([r["variant"] for r in results], cache_kind)]
+    reference = exact[0]["first_loss"]
+    spread = max(abs(row["first_loss"] - reference) / abs(reference) for row in exact)
+    bound = 2e-2 if any(row["bf16"] for row in exact) else 1e-4
+    if spread > bound:
+        losses = ", ".join(f"{row['variant']} {row['first_loss']:.6g}" for row in exact)
+        raise SystemExit(f"The exact variants disagree (relative difference {spread:.2e} > {bound:g}): {losses}. No timing is reported.")
+    return spread
 
 
 def main() -> None:
@@ -230,13 +251,15 @@ def main() -> None:
         if done.returncode:
             sys.exit(f"variant {variant} failed:\n{done.stderr[-4000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    spread = check_agreement(results, args.cache_kind)
     print(f"batch {args.batch} x seq {args.seq}, vocab {args.vocab}; teacher {args.teacher_hidden}x{args.teacher_layers}, "
           f"student {args.student_hidden}x{args.student_layers}; {results[0]['device']}, median of {args.steps} steps")
     print(f"{'variant':>12}{'step s':>9}{'tokens/s':>10}{'added MiB':>11}{'loss':>10}" + ("{:>7}".format("MFU") if "mfu" in results[0] else ""))
     for row in results:
         line = f"{row['variant']:>12}{row['step_seconds']:>9.3f}{row['tokens_per_second']:>10.0f}{row['peak_added_bytes'] / 2**20:>11.0f}{row['loss']:>10.5f}"
         print(line + (f"{row['mfu']:>7.1%}" if "mfu" in row else ""))
-    payload = {"settings": settings, "results": results, "platform": platform.platform(), "torch": torch.__version__,
+    print(f"exact variants agree: largest relative loss difference {spread:.1e}")
+    payload = {"settings": settings, "results": results, "exact_variants_loss_spread": spread, "platform": platform.platform(), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads()}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(payload, indent=2) + "\n")

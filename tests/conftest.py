@@ -32,6 +32,18 @@ def assert_no_secrets(*texts: str, folder=None) -> None:
         assert not any(secret.encode() in blob for blob in blobs), f"a secret from the environment leaked: {secret[:8]}..."
 
 
+@pytest.fixture(scope="session")
+def device():
+    """Where the tests' own tensors live: ``KDMEM_TEST_DEVICE`` when set (``.ci/run`` sets ``cpu``),
+    else where ``load_model`` puts models (the first GPU when there is one, as under
+    ``benchmarks/gpu_check.sh``). Inputs given to a model go to ``model.device``."""
+    import torch
+
+    from kdmem.models.loading import default_device
+
+    return torch.device(os.environ.get("KDMEM_TEST_DEVICE") or default_device())
+
+
 TINY_OVERRIDES = [
     "data.num_examples=48",
     "data.validation_examples=16",

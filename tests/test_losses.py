@@ -6,6 +6,15 @@ import torch
 from kdmem.losses import KINDS, distillation_loss
 
 
+@pytest.fixture(autouse=True)
+def on_the_test_device(device):
+    """Every tensor these tests make is made on the test device (the GPU under gpu_check.sh)."""
+    previous = torch.get_default_device()
+    torch.set_default_device(device)
+    yield
+    torch.set_default_device(previous)
+
+
 def textbook(student, teacher, kind, temperature, beta=0.5):
     """One token at a time, in float64, straight from the definitions."""
     values = []
@@ -60,7 +69,7 @@ def test_chunked_gradient_equals_unchunked(kind):
     teacher = torch.randn(4, 6, 13)
     grads = []
     for chunk_size in (1, 5, 10_000):
-        student = (torch.randn(4, 6, 13, generator=torch.Generator().manual_seed(3))).requires_grad_()
+        student = (torch.randn(4, 6, 13, generator=torch.Generator(device=torch.get_default_device()).manual_seed(3))).requires_grad_()
         distillation_loss(student, teacher, kind, 2.0, chunk_size=chunk_size).backward()
         grads.append(student.grad)
     torch.testing.assert_close(grads[0], grads[2])
@@ -102,7 +111,7 @@ def sampled_teacher(teacher: torch.Tensor, k: int, samples: int, temperature: fl
     from kdmem.train.teacher_cache import CacheSpec, sampled_entries
 
     spec = CacheSpec("t", 1, 2, teacher.shape[-1], k, 1, (), tail_samples=samples, temperatures=temperatures)
-    entries = sampled_entries(teacher, spec, torch.Generator().manual_seed(seed))
+    entries = sampled_entries(teacher, spec, torch.Generator(device=torch.get_default_device()).manual_seed(seed))
     column = temperatures.index(temperature)
     return importance_sampled_teacher(
         entries["top_logits"], entries["top_ids"], entries["tail_logits"], entries["tail_ids"], entries["tail_log_proposal"],

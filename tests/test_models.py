@@ -1,5 +1,6 @@
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
@@ -20,11 +21,20 @@ def test_save_pretrained_loads_by_local_path(tmp_path, tiny_bases):
     assert load_tokenizer(str(tmp_path / "m")).get_vocab() == tokenizer.get_vocab()
 
 
-def test_embedded_bases_are_pretrained_gpt_neox(tiny_bases):
+@torch.no_grad()
+def test_embedded_bases_are_pretrained_gpt_neox(tiny_bases, tiny_data):
     teacher, student = load_model(str(tiny_bases["teacher"])), load_model(str(tiny_bases["student"]))
     assert isinstance(teacher, GPTNeoXForCausalLM) and isinstance(teacher.config, GPTNeoXConfig)
     assert sum(p.numel() for p in teacher.parameters()) > sum(p.numel() for p in student.parameters())
-    assert (tiny_bases["teacher"] / "kdmem_pretraining.json").exists()
+    # Pre-trained, not just built: on D (text the bases never saw) each predicts far better than a
+    # fresh initialisation of its own config. Measured on the tests' 8,000-token pre-training:
+    # teacher 5.40 against 6.27 nats, student 5.55 against 6.27 (ln 512 = 6.24).
+    ids = torch.as_tensor(np.stack(tiny_data.train["input_ids"].iloc[:16]), dtype=torch.long)
+    torch.manual_seed(0)
+    for base in (teacher, student):
+        fresh = type(base)(base.config).to(base.device).eval()
+        losses = [model.eval()(input_ids=ids.to(base.device), labels=ids.to(base.device)).loss.item() for model in (base, fresh)]
+        assert losses[0] < losses[1] - 0.4, losses
 
 
 def test_not_a_model_folder(tmp_path):

@@ -5,10 +5,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from kdmem import cli
 from kdmem.config import ConfigError, load_config
 from kdmem.layout import model_names
+from kdmem.memorization.canaries import candidate_secrets
+from kdmem.models import load_model, load_tokenizer
 from kdmem.pipeline import run
 from tests.conftest import TINY_OVERRIDES
 
@@ -230,9 +233,24 @@ def test_canaries_are_planted_in_training_but_not_in_d(tiny_bases, tmp_path):
     for name in summary["models"]:
         exposure = pd.read_parquet(out / "canaries" / f"{name}.parquet")
         assert list(exposure["canary_id"]) == ["canary-00", "canary-01"]
-        assert ((exposure["exposure"] >= 0) & (exposure["exposure"] <= np.log2(41) + 1e-9)).all()
         recorded = summary["models"][name]["canaries"]
         assert [c["exposure"] for c in recorded] == pytest.approx(exposure["exposure"].tolist())
+    # The stage scored the trained teacher on the planted canaries: a ranking written out here,
+    # from the saved model and the canaries' tokens, gives the ranks it wrote.
+    teacher = load_model(str(out / "models" / "teacher")).eval()
+    tokenizer = load_tokenizer(str(out / "models" / "teacher"))
+    candidates = candidate_secrets(canaries, 16, 40, len(tokenizer), tokenizer.all_special_ids, seed=config.canaries.seed)
+    ranks = []
+    for ids, drawn in zip(canaries["input_ids"], candidates):
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        sequences = torch.cat([ids[None], torch.cat([ids[:16].expand(len(drawn), -1), torch.from_numpy(drawn)], dim=1)])
+        with torch.no_grad():
+            log_probs = teacher(sequences.to(teacher.device)).logits.float().log_softmax(-1)[:, 15:-1]
+        totals = log_probs.gather(-1, sequences[:, 16:, None].to(teacher.device)).sum(dim=(1, 2)).cpu()
+        ranks.append(1 + int((totals[1:] > totals[0]).sum()))
+    exposure = pd.read_parquet(out / "canaries" / "teacher.parquet")
+    assert exposure["rank"].tolist() == ranks
+    assert exposure["exposure"].tolist() == pytest.approx([np.log2(41) - np.log2(rank) for rank in ranks])
     json.dumps(summary)  # plain JSON types only
 
 

@@ -30,8 +30,13 @@ def test_the_run_writes_a_self_contained_report(hostile_run):
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(figures)
     for stem in ("venn_soft", "seed_consistency_soft", "temperature_sweep", "prefix_curve", "membership_roc", "canary_exposure"):
         assert stem in figures
-    # the tiny students memorize too few examples to fit a predictor on: the page says so
-    assert "predictor_roc" in figures or "No data for this section: needs at least" in page
+    # The predictor's ROC is drawn exactly when a student's predictor was scored on held-out
+    # examples; when none was (tiny students memorize too few), the page says why instead.
+    predictors = json.loads((out / "analysis.json").read_text())["predictor"]
+    scored = [kind for kind, result in predictors.items() if "skipped" not in result["all_remaining_examples"]]
+    assert ("predictor_roc" in figures) == bool(scored), scored
+    if not scored:
+        assert "No data for this section: needs at least" in page
     for name, row in summary["models"].items():  # the headline table holds every model's numbers
         assert f"<td>{name}</td><td>{row['memorized']} / {row['examples']}</td>" in page
     # the training text's markup shows as text: escaped once, not twice

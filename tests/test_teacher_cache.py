@@ -16,7 +16,7 @@ def teacher_and_rows(tiny_bases, tiny_data):
 
 def direct_logits(teacher, rows):
     with torch.no_grad():
-        return teacher(input_ids=as_tensor(rows)[:, :-1]).logits.float()
+        return teacher(input_ids=as_tensor(rows)[:, :-1].to(teacher.device)).logits.float().cpu()
 
 
 def test_full_and_topk_caches_round_trip(teacher_and_rows, tmp_path):
@@ -100,7 +100,7 @@ def test_a_hidden_state_cache_at_paper_shapes_in_bfloat16(name, shared, tmp_path
     kept = shared or vocab
     assert (cache.spec.vocab_size, cache.spec.hidden_dtype, cache.spec.bytes_per_token) == (kept, "bfloat16", 2 * 64)
     with torch.no_grad():
-        expected = teacher(input_ids=as_tensor(rows)[:, :-1]).logits[..., :kept]
+        expected = teacher(input_ids=as_tensor(rows)[:, :-1].to(teacher.device)).logits[..., :kept].cpu()
     read = cache.logits(cache.rows(range(6)))
     assert read.dtype == torch.bfloat16 and read.shape == expected.shape
     ulp = torch.finfo(torch.bfloat16).eps * expected.float().abs().max()
@@ -119,7 +119,7 @@ def test_a_model_that_transforms_its_logits_is_refused_for_a_hidden_state_cache(
         build_teacher_cache(teacher, rows, tmp_path / "hidden", teacher_id="gemma")
     logits = build_teacher_cache(teacher, rows, tmp_path / "logits", teacher_id="gemma", kind="logits")
     with torch.no_grad():
-        torch.testing.assert_close(logits.logits(logits.rows([0, 1])), teacher(input_ids=as_tensor(rows)[:, :-1]).logits)
+        torch.testing.assert_close(logits.logits(logits.rows([0, 1])), teacher(input_ids=as_tensor(rows)[:, :-1].to(teacher.device)).logits.cpu())
 
 
 def test_the_loss_from_the_cache_equals_the_loss_from_the_teacher(teacher_and_rows, tmp_path):

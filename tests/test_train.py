@@ -11,6 +11,7 @@ from kdmem.models.decoding import plain_generation_defaults
 
 
 def mean_kl(student, teacher, ids):
+    ids = ids.to(student.device)
     with torch.no_grad():
         return distillation_loss(student(ids).logits, teacher(ids).logits, temperature=2.0).item()
 
@@ -93,17 +94,76 @@ def test_distillation_loss_is_normalised_over_the_accumulation_window(tiny_bases
         assert largest_difference(one_step(batch, accumulation, f"broken-{batch}x{accumulation}"), whole) > 100 * WEIGHT_BOUND
 
 
+def test_ce_weight_adds_cross_entropy_over_the_accumulation_window(tiny_bases, tiny_data, tmp_path):
+    """soft.ce_weight > 0: one SGD step (4 x 2 accumulation) moves the weights as the loss written
+    out here does: (T^2 KL(teacher || student) + w CE) summed over the window's tokens and divided
+    by their count, in float64, clipped as the Trainer clips (max_grad_norm 1)."""
+    teacher = load_model(str(tiny_bases["teacher"])).eval()
+    train = tiny_data.train.iloc[:8]
+    temperature, weight = 2.0, 0.5
+    cfg = SoftDistillConfig(temperature=temperature, ce_weight=weight, training=_sgd(4, 2))
+    trained = _state(distill(load_model(str(tiny_bases["student"])), teacher, train, cfg, tmp_path / "trained", seed=0))
+
+    def by_hand(ce_weight):
+        student = load_model(str(tiny_bases["student"])).double().train()
+        ids = as_tensor(train).to(student.device)
+        logits = student(ids).logits[:, :-1]
+        with torch.no_grad():
+            target = teacher.double()(ids).logits[:, :-1] / temperature
+        teacher.float()
+        kl = (target.softmax(-1) * (target.log_softmax(-1) - (logits / temperature).log_softmax(-1))).sum(-1) * temperature**2
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        ((kl.sum() + ce_weight * ce.sum()) / kl.numel()).backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        with torch.no_grad():
+            for parameter in student.parameters():
+                parameter -= parameter.grad
+        return _state(student.float())
+
+    assert largest_difference(trained, by_hand(weight)) < WEIGHT_BOUND  # measured: 1.5e-8
+    assert largest_difference(trained, by_hand(0.0)) > 100 * WEIGHT_BOUND  # the CE term is really there (measured: 5.4e-2)
+
+
+def test_bf16_training_follows_float32_within_bf16_precision(tiny_bases, tiny_data, tmp_path):
+    """training.bf16, which every paper config sets, through both trainers (KdmemTrainer for the
+    cross-entropy stages, DistillationTrainer for the soft student): a one-epoch run (one SGD step
+    of 8 sequences) moves the weights in float32's direction, to within bf16's precision, and
+    really ran in bf16 (the steps are not equal), keeping float32 weights."""
+    from dataclasses import replace
+
+    teacher = load_model(str(tiny_bases["teacher"]))
+    train = tiny_data.train.iloc[:8]
+    base = _state(load_model(str(tiny_bases["student"])))
+    trainers = {
+        "fine_tune": lambda cfg, path: fine_tune(load_model(str(tiny_bases["student"])), train, cfg, path, seed=0),
+        "distill": lambda cfg, path: distill(load_model(str(tiny_bases["student"])), teacher, train, SoftDistillConfig(training=cfg), path, seed=0),
+    }
+    for name, train_with in trainers.items():
+        steps = {}
+        for bf16 in (False, True):
+            state = _state(train_with(replace(_sgd(8), bf16=bf16), tmp_path / f"{name}-{bf16}"))
+            assert all(value.dtype == base[key].dtype for key, value in state.items())
+            steps[bf16] = torch.cat([(state[key] - base[key]).flatten().double() for key in base])
+        relative = ((steps[True] - steps[False]).norm() / steps[False].norm()).item()
+        cosine = torch.nn.functional.cosine_similarity(steps[True], steps[False], dim=0).item()
+        # Measured: relative difference 3.7e-3 (fine_tune) and 2.7e-3 (distill), cosine 0.999993 and
+        # 0.999996. bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 2e-3 per operation);
+        # the bound is 8x the measured difference, and a step that ignored bf16 would give 0.
+        assert 1e-4 < relative < 0.03 and cosine > 0.9995, (name, relative, cosine)
+
+
 def test_hard_data_equals_generate(memorizing_model, tiny_data):
     ids = as_tensor(tiny_data.train)[:12]
     prefix_len, total = 8, ids.shape[1]
     batched = greedy_continuations(memorizing_model, ids, prefix_len, total, batch_size=5)
     assert batched.shape == (12, total)
-    assert torch.equal(batched[:, :prefix_len], ids[:, :prefix_len])
+    assert torch.equal(batched[:, :prefix_len].cpu(), ids[:, :prefix_len])
     config = greedy_config(total - prefix_len, memorizing_model.config.pad_token_id)
     with plain_generation_defaults(memorizing_model):
         for row in range(len(ids)):
-            alone = memorizing_model.generate(ids[row : row + 1, :prefix_len], do_sample=False, generation_config=config)
-            assert torch.equal(alone[0], batched[row])
+            prefix = ids[row : row + 1, :prefix_len].to(memorizing_model.device)
+            alone = memorizing_model.generate(prefix, do_sample=False, generation_config=config)
+            assert torch.equal(alone[0].cpu(), batched[row].cpu())
 
 
 def test_generation_does_not_stop_at_end_of_text(memorizing_model, tiny_data):
@@ -112,7 +172,7 @@ def test_generation_does_not_stop_at_end_of_text(memorizing_model, tiny_data):
     head = memorizing_model.get_output_embeddings()
     original = head.bias
     try:
-        head.bias = torch.nn.Parameter(torch.zeros(memorizing_model.config.vocab_size))
+        head.bias = torch.nn.Parameter(torch.zeros(memorizing_model.config.vocab_size, device=memorizing_model.device))
         with torch.no_grad():
             head.bias[eos] = 1e4
         out = greedy_continuations(memorizing_model, as_tensor(tiny_data.train)[:2], 4, 20)
@@ -180,12 +240,13 @@ from kdmem.train import distill
 
 from kdmem.train.trainers import DistillationTrainer
 
-teacher, student, data, out, batch, normalisation = sys.argv[1:7]
+teacher, student, data, out, batch, normalisation, accumulation = sys.argv[1:8]
 if normalisation == "broken":  # DDP averages gradients over processes: a loss not scaled back by their number is too small
     exact = DistillationTrainer.compute_loss
     DistillationTrainer.compute_loss = lambda self, *args, **kwargs: exact(self, *args, **kwargs) / self.accelerator.num_processes
 cfg = SoftDistillConfig(training=TrainingConfig(
-    epochs=1, learning_rate=1.0, batch_size=int(batch), lr_scheduler="constant", weight_decay=0.0, extra_args={"optim": "sgd"}
+    epochs=1, learning_rate=1.0, batch_size=int(batch), gradient_accumulation_steps=int(accumulation), lr_scheduler="constant",
+    weight_decay=0.0, extra_args={"optim": "sgd"},
 ))
 model = distill(load_model(student), load_model(teacher), pd.read_parquet(data), cfg, Path(out) / "work", seed=0)
 state = PartialState()
@@ -198,7 +259,8 @@ state.destroy_process_group()  # a gloo group left to interpreter exit can abort
 
 
 def test_two_processes_distill_like_one_with_the_same_global_batch(tiny_bases, tiny_data, tmp_path):
-    """DDP on CPU (gloo): 2 processes x 4 sequences per step give the weights of 1 process x 8."""
+    """DDP on CPU (gloo): 2 processes x 4 sequences per step, and 2 processes x 2 sequences x 2
+    accumulated micro-batches, give the weights of 1 process x 8."""
     import os
     import subprocess
     import sys
@@ -213,16 +275,17 @@ def test_two_processes_distill_like_one_with_the_same_global_batch(tiny_bases, t
     script.write_text(DISTILL_SCRIPT)
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     models = [str(tiny_bases["teacher"]), str(tiny_bases["student"]), str(data)]
-    one = subprocess.run([sys.executable, str(script), *models, str(tmp_path / "one"), "8", "exact"], env=env, capture_output=True, text=True)
+    one = subprocess.run([sys.executable, str(script), *models, str(tmp_path / "one"), "8", "exact", "1"], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
-    for normalisation in ("exact", "broken"):
-        two = two_cpu_processes(str(script), *models, str(tmp_path / normalisation), "4", normalisation)
+    for name, batch, normalisation, accumulation in (("exact", "4", "exact", "1"), ("broken", "4", "broken", "1"), ("accumulated", "2", "exact", "2")):
+        two = two_cpu_processes(str(script), *models, str(tmp_path / name), batch, normalisation, accumulation)
         assert two.returncode == 0, two.stderr[-3000:]
         assert "process 0 of 2" in two.stdout and "process 1 of 2" in two.stdout
-    single, double, broken = (load_file(str(tmp_path / name / "weights.safetensors")) for name in ("one", "exact", "broken"))
+    single, double, broken, accumulated = (load_file(str(tmp_path / name / "weights.safetensors")) for name in ("one", "exact", "broken", "accumulated"))
     base = load_model(str(tiny_bases["student"])).state_dict()
     assert largest_difference(single, base) > 5e-3
     assert largest_difference(double, single) < WEIGHT_BOUND  # measured: 7.5e-9
+    assert largest_difference(accumulated, single) < WEIGHT_BOUND  # measured: 7.5e-9
     assert largest_difference(broken, single) > 100 * WEIGHT_BOUND  # measured: 4.9e-3, half of the step
 
 
