@@ -96,6 +96,9 @@ def main() -> None:
         "batch_size": batch,
         "memorized_rate": memorized_rate,
         "rechecked": int(verdicts["rechecked"].sum()),
+        # Where early exit pays: the share still matching after the first 4 suffix tokens (the
+        # first stage's length, extraction.first_stage_tokens), which the later stages must decode.
+        "still_matching_after_4_tokens": float((truth >= 4).float().mean()),
         "seconds": seconds,
         "examples_per_second": {name: n / s for name, s in seconds.items()},
         "speedup_vs_generate": seconds["generate"] / seconds["kdmem"],
@@ -103,7 +106,7 @@ def main() -> None:
         "kdmem_full_over_forward_full": seconds["kdmem_full"] / seconds["forward_full"],
     }
     print(f"{n} examples, k = {k}, L = {L}, batch {batch}, {result['parameters']:,} parameters on {result['device']}; "
-          f"memorized {memorized_rate:.1%}, rechecked {result['rechecked']}")
+          f"memorized {memorized_rate:.1%}, {result['still_matching_after_4_tokens']:.0%} still matching after 4 suffix tokens, rechecked {result['rechecked']}")
     for name, s in seconds.items():
         print(f"  {name:13s} {s:8.3f} s  {n / s:9.1f} examples/s")
     print(f"  kdmem is {result['speedup_vs_generate']:.2f}x faster than generate, "

@@ -109,6 +109,7 @@ def main() -> None:
     result = {
         "teacher": args.teacher,
         "student": args.student,
+        "parameters": {"teacher": sum(p.numel() for p in teacher.parameters()), "student": sum(p.numel() for p in load_model(student_base).parameters())},
         "examples": len(train),
         "tokens_per_epoch": tokens,
         "epochs": args.epochs,

@@ -10,6 +10,24 @@ def test_defaults_are_the_embedded_experiment():
     assert {"default", "smoke"} <= set(available_presets())
 
 
+def test_paper_mini_sets_up_every_analysis_of_the_paper():
+    """The issue-16 setting: 3 seeds, T = 1..4, soft and hard, filtering of the soft student,
+    canaries, and a second family of one seed over the same documents with its own tokenizer."""
+    from kdmem.config import second_family_config
+    from kdmem.layout import model_names
+
+    config = load_config(preset="paper-mini")
+    config.validate()
+    assert "paper-mini" in available_presets() and config.seeds == [0, 1, 2] and config.soft.temperature == 2.0
+    assert sorted([config.soft.temperature, *config.soft.sweep_temperatures]) == [1, 2, 3, 4]
+    assert (config.filtering.enabled, config.filtering.student) == (True, "soft") and config.canaries.repeats
+    assert "soft-filtered" in model_names(config) and {"hard", "hard-seed2", "soft-T4"} <= set(model_names(config))
+    second = second_family_config(config)
+    assert second.data.packing == config.data.packing == "documents" and second.embedded.vocab_size != config.embedded.vocab_size
+    assert model_names(second) == ["teacher", "baseline", "soft", "hard"] and not second.second_family.enabled
+    assert second.data.num_examples == config.data.num_examples and second.teacher.training == config.teacher.training
+
+
 def test_overrides_are_typed():
     config = load_config(
         preset="smoke",
