@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # Every package's version, as the README's numbers were measured with; pyproject.toml keeps ranges.
 LOCK := requirements-cpu.lock
 
-.PHONY: run smoke test test-all lock
+.PHONY: run smoke paper-mini test test-all lock
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ run: $(VENV)/.installed
 
 smoke: $(VENV)/.installed
 	$(BIN)/kdmem run --preset smoke
+
+paper-mini: $(VENV)/.installed
+	$(BIN)/kdmem run --preset paper-mini
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
