@@ -81,14 +81,16 @@ def main() -> None:
     training = TrainingConfig(epochs=args.epochs, learning_rate=3e-3, batch_size=args.batch_size, logging_steps=10**9)
     tokens = len(train) * (len(train["input_ids"].iloc[0]) - 1)
     tail = {"tail_samples": args.tail_samples, "tail_draws": args.tail_draws or max(1, math.ceil(args.epochs))}
+    # Student i of the sweep distills at T = i: a sampled cache must keep the log-partition at each.
+    temperatures = [float(t) for t in range(1, max(args.students) + 1)]
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         vocab = min(teacher.config.vocab_size, load_model(student_base).config.vocab_size)
         cache_seconds = timed(
-            lambda: build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, kind=args.kind, vocab_size=vocab, top_k=top_k or 0, batch_size=64, **tail)
+            lambda: build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, kind=args.kind, vocab_size=vocab, top_k=top_k or 0, batch_size=64, temperatures=temperatures, **tail)
         )
-        cache = build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, kind=args.kind, vocab_size=vocab, top_k=top_k or 0, **tail)
+        cache = build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, kind=args.kind, vocab_size=vocab, top_k=top_k or 0, temperatures=temperatures, **tail)
         cache_bytes = sum(p.stat().st_size for p in (scratch / "cache").glob("shard-*"))
 
         def one_student(temperature: float, use_cache: bool) -> float:
