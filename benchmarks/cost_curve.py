@@ -59,7 +59,11 @@ def linear_fit(sizes: list[int], seconds: list[float]) -> dict:
     slope, intercept = np.polyfit(x, y, 1)
     residual = ((y - (slope * x + intercept)) ** 2).sum()
     total = ((y - y.mean()) ** 2).sum()
-    return {"seconds_per_1k": slope * 1000, "intercept_seconds": intercept, "r2": 1 - residual / total if total else 1.0}
+    return {
+        "seconds_per_1k": slope * 1000,
+        "intercept_seconds": intercept,
+        "r2": 1 - residual / total if total else 1.0,
+    }
 
 
 def main() -> None:
@@ -79,7 +83,9 @@ def main() -> None:
 
     stages = list(stage_seconds[args.sizes[-1]])
     totals = [sum(stage_seconds[size].values()) for size in args.sizes]
-    fits = {stage: linear_fit(args.sizes, [stage_seconds[size].get(stage, 0.0) for size in args.sizes]) for stage in stages}
+    fits = {
+        stage: linear_fit(args.sizes, [stage_seconds[size].get(stage, 0.0) for size in args.sizes]) for stage in stages
+    }
     fits["total"] = linear_fit(args.sizes, totals)
 
     print(f"seconds per stage, seq_len {args.seq_len}, smoke models, 1 epoch per training stage")
@@ -109,12 +115,27 @@ def main() -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     scoring = ("extract:", "validation:", "membership:", "canaries:")
-    groups = {"training": [s for s in stages if not s.startswith((*scoring, "features", "analysis", "report", "summary", "data", "hard_data", "filtering", "cache"))]}
+    groups = {
+        "training": [
+            s
+            for s in stages
+            if not s.startswith(
+                (*scoring, "features", "analysis", "report", "summary", "data", "hard_data", "filtering", "cache")
+            )
+        ]
+    }
     groups["evaluation"] = [s for s in stages if s.startswith(scoring)]
     groups["hard data"] = ["hard_data"]
-    groups["data, features, filtering, analysis, report"] = [s for s in stages if s in ("data", "features", "filtering", "analysis", "report")]
+    groups["data, features, filtering, analysis, report"] = [
+        s for s in stages if s in ("data", "features", "filtering", "analysis", "report")
+    ]
     for label, members in groups.items():
-        axis.plot(args.sizes, [sum(stage_seconds[size].get(s, 0.0) for s in members) for size in args.sizes], marker="o", label=label)
+        axis.plot(
+            args.sizes,
+            [sum(stage_seconds[size].get(s, 0.0) for s in members) for size in args.sizes],
+            marker="o",
+            label=label,
+        )
     axis.plot(args.sizes, totals, marker="o", color="black", label="total")
     axis.set_xlabel("training examples D")
     axis.set_ylabel("seconds")

@@ -52,7 +52,11 @@ def bare_forward(model, input_ids: torch.Tensor, length: int, batch_size: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="builtin:tiny-teacher", help="hub name, folder, or builtin:tiny-teacher (the default config's base)")
+    parser.add_argument(
+        "--model",
+        default="builtin:tiny-teacher",
+        help="hub name, folder, or builtin:tiny-teacher (the default config's base)",
+    )
     parser.add_argument("--data", default="builtin:python-docs")
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--prefix-len", type=int, default=50)
@@ -105,12 +109,16 @@ def main() -> None:
         "kdmem_over_floor": seconds["kdmem"] / seconds["floor"],
         "kdmem_full_over_forward_full": seconds["kdmem_full"] / seconds["forward_full"],
     }
-    print(f"{n} examples, k = {k}, L = {L}, batch {batch}, {result['parameters']:,} parameters on {result['device']}; "
-          f"memorized {memorized_rate:.1%}, {result['still_matching_after_4_tokens']:.0%} still matching after 4 suffix tokens, rechecked {result['rechecked']}")
+    print(
+        f"{n} examples, k = {k}, L = {L}, batch {batch}, {result['parameters']:,} parameters on {result['device']}; "
+        f"memorized {memorized_rate:.1%}, {result['still_matching_after_4_tokens']:.0%} still matching after 4 suffix tokens, rechecked {result['rechecked']}"
+    )
     for name, s in seconds.items():
         print(f"  {name:13s} {s:8.3f} s  {n / s:9.1f} examples/s")
-    print(f"  kdmem is {result['speedup_vs_generate']:.2f}x faster than generate, "
-          f"{result['kdmem_over_floor']:.2f}x the floor; the full pass is {result['kdmem_full_over_forward_full']:.2f}x a bare forward pass")
+    print(
+        f"  kdmem is {result['speedup_vs_generate']:.2f}x faster than generate, "
+        f"{result['kdmem_over_floor']:.2f}x the floor; the full pass is {result['kdmem_full_over_forward_full']:.2f}x a bare forward pass"
+    )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")

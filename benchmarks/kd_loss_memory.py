@@ -48,7 +48,12 @@ def one_step(batch: int, seq: int, vocab: int, chunk: int, device: str) -> dict:
     loss.backward()
     if device == "cuda":
         torch.cuda.synchronize()
-    return {"seconds": time.perf_counter() - start, "peak_bytes": peak(), "before_loss_bytes": inputs, "loss": loss.item()}
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_bytes": peak(),
+        "before_loss_bytes": inputs,
+        "loss": loss.item(),
+    }
 
 
 def main() -> None:
@@ -56,7 +61,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=50304, help="Pythia's padded vocabulary")
-    parser.add_argument("--chunks", type=int, nargs="+", default=[1024, 0], help="tokens per chunk; 0 = all tokens at once")
+    parser.add_argument(
+        "--chunks", type=int, nargs="+", default=[1024, 0], help="tokens per chunk; 0 = all tokens at once"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "kd_loss_memory.json"))
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -70,21 +77,44 @@ def main() -> None:
     float32_tensor = tokens * args.vocab * 4
     rows = []
     for chunk in args.chunks:
-        command = [sys.executable, __file__, "--batch", str(args.batch), "--seq", str(args.seq), "--vocab", str(args.vocab),
-                   "--device", args.device, "--child", str(chunk)]
-        result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        command = [
+            sys.executable,
+            __file__,
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+            "--vocab",
+            str(args.vocab),
+            "--device",
+            args.device,
+            "--child",
+            str(chunk),
+        ]
+        result = json.loads(
+            subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        )
         added = result["peak_bytes"] - result["before_loss_bytes"]
         rows.append({"chunk_tokens": chunk or tokens, **result, "added_by_loss_bytes": added})
     losses = {round(row["loss"], 4) for row in rows}
     assert len(losses) == 1, f"chunking changed the loss: {losses}"
-    print(f"batch {args.batch} x seq {args.seq} x vocab {args.vocab} on {args.device}: one float32 (batch, seq, vocab) tensor "
-          f"is {float32_tensor / 2**20:.0f} MiB")
+    print(
+        f"batch {args.batch} x seq {args.seq} x vocab {args.vocab} on {args.device}: one float32 (batch, seq, vocab) tensor "
+        f"is {float32_tensor / 2**20:.0f} MiB"
+    )
     print(f"{'chunk tokens':>13}{'peak MiB':>10}{'added by loss MiB':>19}{'seconds':>9}")
     for row in rows:
-        print(f"{row['chunk_tokens']:>13}{row['peak_bytes'] / 2**20:>10.0f}{row['added_by_loss_bytes'] / 2**20:>19.0f}{row['seconds']:>9.2f}")
+        print(
+            f"{row['chunk_tokens']:>13}{row['peak_bytes'] / 2**20:>10.0f}{row['added_by_loss_bytes'] / 2**20:>19.0f}{row['seconds']:>9.2f}"
+        )
     result = {
-        "batch": args.batch, "seq": args.seq, "vocab": args.vocab, "device": args.device,
-        "float32_full_tensor_bytes": float32_tensor, "rows": rows, "platform": platform.platform(),
+        "batch": args.batch,
+        "seq": args.seq,
+        "vocab": args.vocab,
+        "device": args.device,
+        "float32_full_tensor_bytes": float32_tensor,
+        "rows": rows,
+        "platform": platform.platform(),
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

@@ -42,8 +42,13 @@ def build_models(args) -> tuple:
 
     def make(hidden: int, layers: int):
         config = GPTNeoXConfig(
-            vocab_size=args.vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 1),
-            intermediate_size=4 * hidden, max_position_embeddings=args.seq, tie_word_embeddings=False,
+            vocab_size=args.vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=max(hidden // 64, 1),
+            intermediate_size=4 * hidden,
+            max_position_embeddings=args.seq,
+            tie_word_embeddings=False,
         )
         return GPTNeoXForCausalLM(config)
 
@@ -59,7 +64,9 @@ def tokenizer_with_padding(vocab: int):
     from transformers import PreTrainedTokenizerFast
 
     words = {f"t{i}": i for i in range(vocab)}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(words, unk_token="t0")), pad_token="t0", eos_token="t0")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(words, unk_token="t0")), pad_token="t0", eos_token="t0"
+    )
 
 
 class Memory:
@@ -98,14 +105,23 @@ def run_variant(variant: str, args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = device == "cuda"
     teacher, student = build_models(args)
-    parameters = {name: sum(p.numel() for p in model.parameters()) for name, model in (("student", student), ("teacher", teacher))}
+    parameters = {
+        name: sum(p.numel() for p in model.parameters())
+        for name, model in (("student", student), ("teacher", teacher))
+    }
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(1, args.vocab, (args.batch, args.seq), generator=generator)
     tokens = args.batch * (args.seq - 1)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
     scratch = Path(tempfile.mkdtemp())
-    common = dict(output_dir=str(scratch / "out"), per_device_train_batch_size=args.batch, report_to="none", bf16=bf16,
-                  dataloader_pin_memory=False, disable_tqdm=True)
+    common = dict(
+        output_dir=str(scratch / "out"),
+        per_device_train_batch_size=args.batch,
+        report_to="none",
+        bf16=bf16,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+    )
 
     if variant == "plain":
         student, teacher = student.to(device).train(), teacher.to(device).eval()
@@ -116,9 +132,15 @@ def run_variant(variant: str, args) -> dict:
                 student_logits = student(input_ids=batch["input_ids"]).logits[:, :-1]
                 with torch.no_grad():
                     teacher_logits = teacher(input_ids=batch["input_ids"]).logits[:, :-1]
-            loss = torch.nn.functional.kl_div(
-                torch.log_softmax(student_logits.float(), -1), torch.log_softmax(teacher_logits.float(), -1), log_target=True, reduction="sum"
-            ) / tokens
+            loss = (
+                torch.nn.functional.kl_div(
+                    torch.log_softmax(student_logits.float(), -1),
+                    torch.log_softmax(teacher_logits.float(), -1),
+                    log_target=True,
+                    reduction="sum",
+                )
+                / tokens
+            )
             loss.backward()
             student.zero_grad(set_to_none=True)
             return loss.item()
@@ -129,9 +151,17 @@ def run_variant(variant: str, args) -> dict:
 
         # TRL turns activation checkpointing on by default; trl_gkd_no_ckpt matches kdmem's setting.
         checkpointing = {"gradient_checkpointing": False} if variant == "trl_gkd_no_ckpt" else {}
-        config = GKDConfig(**common, **checkpointing, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False, max_length=args.seq)
-        trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, processing_class=tokenizer_with_padding(args.vocab),
-                             train_dataset=Dataset.from_dict({"input_ids": input_ids.tolist()}), data_collator=lambda rows: rows)
+        config = GKDConfig(
+            **common, **checkpointing, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False, max_length=args.seq
+        )
+        trainer = GKDTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=config,
+            processing_class=tokenizer_with_padding(args.vocab),
+            train_dataset=Dataset.from_dict({"input_ids": input_ids.tolist()}),
+            data_collator=lambda rows: rows,
+        )
 
         def step() -> float:
             loss = trainer.training_step(trainer.model, dict(inputs), torch.tensor(tokens))
@@ -139,22 +169,38 @@ def run_variant(variant: str, args) -> dict:
             return loss.item()
 
     else:
+        import pandas as pd
+
         from kdmem.config import SoftDistillConfig
         from kdmem.train.teacher_cache import build_teacher_cache
         from kdmem.train.trainers import DistillationTrainer
-        import pandas as pd
 
         cache = None
         batch = dict(inputs)
         batch.pop("attention_mask")
         if variant == "kdmem_cache":  # built before timing: its cost is paid once per teacher and D
-            rows = pd.DataFrame({"example_id": [str(i) for i in range(args.batch)], "input_ids": list(input_ids.numpy())})
-            cache = build_teacher_cache(teacher.to(device), rows, scratch / "cache", teacher_id="bench", kind=args.cache_kind, top_k=args.top_k,
-                                        tail_samples=args.tail_samples, batch_size=args.batch)
+            rows = pd.DataFrame(
+                {"example_id": [str(i) for i in range(args.batch)], "input_ids": list(input_ids.numpy())}
+            )
+            cache = build_teacher_cache(
+                teacher.to(device),
+                rows,
+                scratch / "cache",
+                teacher_id="bench",
+                kind=args.cache_kind,
+                top_k=args.top_k,
+                tail_samples=args.tail_samples,
+                batch_size=args.batch,
+            )
             batch["cache_rows"] = torch.arange(args.batch)
             teacher = None
-        trainer = DistillationTrainer(model=student, args=TrainingArguments(**common), teacher=teacher, cache=cache,
-                                      distill=SoftDistillConfig(temperature=1.0))
+        trainer = DistillationTrainer(
+            model=student,
+            args=TrainingArguments(**common),
+            teacher=teacher,
+            cache=cache,
+            distill=SoftDistillConfig(temperature=1.0),
+        )
 
         def step() -> float:
             loss = trainer.training_step(trainer.model, dict(batch), torch.tensor(tokens))
@@ -186,7 +232,9 @@ def run_variant(variant: str, args) -> dict:
         "first_loss": first_loss,
     }
     if device == "cuda":
-        flops = step_flops(variant, parameters, args.cache_kind, args.teacher_hidden, args.vocab) * args.batch * args.seq
+        flops = (
+            step_flops(variant, parameters, args.cache_kind, args.teacher_hidden, args.vocab) * args.batch * args.seq
+        )
         result["mfu"] = flops / seconds / (args.peak_tflops * 1e12)
     return result
 
@@ -216,7 +264,9 @@ def check_agreement(results: list[dict], cache_kind: str) -> float:
     bound = 2e-2 if any(row["bf16"] for row in exact) else 1e-4
     if spread > bound:
         losses = ", ".join(f"{row['variant']} {row['first_loss']:.6g}" for row in exact)
-        raise SystemExit(f"The exact variants disagree (relative difference {spread:.2e} > {bound:g}): {losses}. No timing is reported.")
+        raise SystemExit(
+            f"The exact variants disagree (relative difference {spread:.2e} > {bound:g}): {losses}. No timing is reported."
+        )
     return spread
 
 
@@ -229,9 +279,19 @@ def main() -> None:
     parser.add_argument("--teacher-layers", type=int, default=4)
     parser.add_argument("--student-hidden", type=int, default=128)
     parser.add_argument("--student-layers", type=int, default=2)
-    parser.add_argument("--cache-kind", choices=["hidden", "logits", "sampled"], default="hidden", help="what kdmem_cache reads (soft.cache_kind)")
+    parser.add_argument(
+        "--cache-kind",
+        choices=["hidden", "logits", "sampled"],
+        default="hidden",
+        help="what kdmem_cache reads (soft.cache_kind)",
+    )
     parser.add_argument("--top-k", type=int, default=64)
-    parser.add_argument("--tail-samples", type=int, default=16, help="tail tokens sampled per position by the top-k cache (the paper configs': 16)")
+    parser.add_argument(
+        "--tail-samples",
+        type=int,
+        default=16,
+        help="tail tokens sampled per position by the top-k cache (the paper configs': 16)",
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
@@ -252,15 +312,26 @@ def main() -> None:
             sys.exit(f"variant {variant} failed:\n{done.stderr[-4000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     spread = check_agreement(results, args.cache_kind)
-    print(f"batch {args.batch} x seq {args.seq}, vocab {args.vocab}; teacher {args.teacher_hidden}x{args.teacher_layers}, "
-          f"student {args.student_hidden}x{args.student_layers}; {results[0]['device']}, median of {args.steps} steps")
-    print(f"{'variant':>12}{'step s':>9}{'tokens/s':>10}{'added MiB':>11}{'loss':>10}" + ("{:>7}".format("MFU") if "mfu" in results[0] else ""))
+    print(
+        f"batch {args.batch} x seq {args.seq}, vocab {args.vocab}; teacher {args.teacher_hidden}x{args.teacher_layers}, "
+        f"student {args.student_hidden}x{args.student_layers}; {results[0]['device']}, median of {args.steps} steps"
+    )
+    print(
+        f"{'variant':>12}{'step s':>9}{'tokens/s':>10}{'added MiB':>11}{'loss':>10}"
+        + ("{:>7}".format("MFU") if "mfu" in results[0] else "")
+    )
     for row in results:
         line = f"{row['variant']:>12}{row['step_seconds']:>9.3f}{row['tokens_per_second']:>10.0f}{row['peak_added_bytes'] / 2**20:>11.0f}{row['loss']:>10.5f}"
         print(line + (f"{row['mfu']:>7.1%}" if "mfu" in row else ""))
     print(f"exact variants agree: largest relative loss difference {spread:.1e}")
-    payload = {"settings": settings, "results": results, "exact_variants_loss_spread": spread, "platform": platform.platform(), "torch": torch.__version__,
-               "torch_threads": torch.get_num_threads()}
+    payload = {
+        "settings": settings,
+        "results": results,
+        "exact_variants_loss_spread": spread,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(payload, indent=2) + "\n")
 

@@ -31,7 +31,12 @@ from kdmem.train import distill, embedded_bases
 from kdmem.train.teacher_cache import build_teacher_cache
 from kdmem.train.trainers import DistillationTrainer
 
-TINY = ["data.num_examples=48", "data.validation_examples=16", "embedded.pretrain_tokens=8000", "embedded.vocab_size=512"]
+TINY = [
+    "data.num_examples=48",
+    "data.validation_examples=16",
+    "embedded.pretrain_tokens=8000",
+    "embedded.vocab_size=512",
+]
 
 
 def largest_difference(a: dict, b: dict) -> float:
@@ -59,7 +64,9 @@ def main() -> None:
     exact_loss = DistillationTrainer.compute_loss
 
     def micro_batch_normalised(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        return exact_loss(self, model, inputs, return_outputs, num_items_in_batch=inputs["labels"][:, 1:].ne(-100).sum())
+        return exact_loss(
+            self, model, inputs, return_outputs, num_items_in_batch=inputs["labels"][:, 1:].ne(-100).sum()
+        )
 
     counter = iter(range(10**6))
 
@@ -67,25 +74,61 @@ def main() -> None:
         torch.set_num_threads(threads)
         DistillationTrainer.compute_loss = micro_batch_normalised if broken else exact_loss
         training = TrainingConfig(
-            epochs=1, learning_rate=lr, batch_size=batch, gradient_accumulation_steps=accumulation, lr_scheduler="constant",
-            weight_decay=0.0, extra_args={"optim": optim},
+            epochs=1,
+            learning_rate=lr,
+            batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            lr_scheduler="constant",
+            weight_decay=0.0,
+            extra_args={"optim": optim},
         )
-        model = distill(load_model(str(bases["student"])), teacher, data.train.iloc[:rows], SoftDistillConfig(training=training),
-                        work / f"run-{next(counter)}", seed=0, cache=cache)
+        model = distill(
+            load_model(str(bases["student"])),
+            teacher,
+            data.train.iloc[:rows],
+            SoftDistillConfig(training=training),
+            work / f"run-{next(counter)}",
+            seed=0,
+            cache=cache,
+        )
         torch.set_num_threads(2)
         DistillationTrainer.compute_loss = exact_loss
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    results = {"cpu": cpu_name(), "torch": torch.__version__, "largest_weight": max(v.abs().max().item() for v in base.values())}
+    results = {
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "largest_weight": max(v.abs().max().item() for v in base.values()),
+    }
     for optim, lr in (("sgd", 1.0), ("adamw_torch", 1e-2)):
         one_batch = student(optim, lr, 8, 8)
-        row = {"update": largest_difference(one_batch, base), "1 vs 2 threads": largest_difference(student(optim, lr, 8, 8, threads=1), one_batch)}
+        row = {
+            "update": largest_difference(one_batch, base),
+            "1 vs 2 threads": largest_difference(student(optim, lr, 8, 8, threads=1), one_batch),
+        }
         for batch, accumulation in ((4, 2), (2, 4)):
-            row[f"{batch}x{accumulation} vs 8x1"] = largest_difference(student(optim, lr, 8, batch, accumulation), one_batch)
-            row[f"{batch}x{accumulation} broken vs 8x1"] = largest_difference(student(optim, lr, 8, batch, accumulation, broken=True), one_batch)
+            row[f"{batch}x{accumulation} vs 8x1"] = largest_difference(
+                student(optim, lr, 8, batch, accumulation), one_batch
+            )
+            row[f"{batch}x{accumulation} broken vs 8x1"] = largest_difference(
+                student(optim, lr, 8, batch, accumulation, broken=True), one_batch
+            )
         live = student(optim, lr, 16, 4)
-        for name, kind, top_k in (("full", "logits", 0), ("hidden", "hidden", 0), ("all 512", "sampled", 512), ("top 8", "sampled", 8)):
-            cache = build_teacher_cache(teacher, data.train.iloc[:16], work / f"cache-{optim}-{name}", teacher_id="tiny", kind=kind, vocab_size=512, top_k=top_k)
+        for name, kind, top_k in (
+            ("full", "logits", 0),
+            ("hidden", "hidden", 0),
+            ("all 512", "sampled", 512),
+            ("top 8", "sampled", 8),
+        ):
+            cache = build_teacher_cache(
+                teacher,
+                data.train.iloc[:16],
+                work / f"cache-{optim}-{name}",
+                teacher_id="tiny",
+                kind=kind,
+                vocab_size=512,
+                top_k=top_k,
+            )
             row[f"cache {name} vs live (4 steps)"] = largest_difference(student(optim, lr, 16, 4, cache=cache), live)
         results[optim] = row
     print(json.dumps(results, indent=2))

@@ -48,10 +48,18 @@ def random_teacher(size: str, student_base: str):
     student = load_model(student_base).config
     torch.manual_seed(0)
     config = GPTNeoXConfig(
-        vocab_size=student.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
-        intermediate_size=4 * hidden, max_position_embeddings=student.max_position_embeddings, rotary_pct=0.25,
-        use_parallel_residual=True, tie_word_embeddings=False,
-        bos_token_id=student.bos_token_id, eos_token_id=student.eos_token_id, pad_token_id=student.pad_token_id,
+        vocab_size=student.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=student.max_position_embeddings,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        bos_token_id=student.bos_token_id,
+        eos_token_id=student.eos_token_id,
+        pad_token_id=student.pad_token_id,
     )
     return GPTNeoXForCausalLM(config)
 
@@ -60,14 +68,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     teachers = parser.add_mutually_exclusive_group(required=True)
     teachers.add_argument("--teacher", help="the fine-tuned teacher (a save_pretrained folder or hub name)")
-    teachers.add_argument("--teacher-size", help="HIDDENxLAYERS: a GPT-NeoX teacher with random weights (seed 0) over the student's vocabulary")
-    parser.add_argument("--student", default="builtin:tiny-student", help="the student base (default: the default config's)")
-    parser.add_argument("--data", required=True, help="a Parquet file of sequences (e.g. runs/default/data/train.parquet)")
+    teachers.add_argument(
+        "--teacher-size",
+        help="HIDDENxLAYERS: a GPT-NeoX teacher with random weights (seed 0) over the student's vocabulary",
+    )
+    parser.add_argument(
+        "--student", default="builtin:tiny-student", help="the student base (default: the default config's)"
+    )
+    parser.add_argument(
+        "--data", required=True, help="a Parquet file of sequences (e.g. runs/default/data/train.parquet)"
+    )
     parser.add_argument("--students", type=int, nargs="+", default=[1, 3], help="sweep sizes S to time")
-    parser.add_argument("--kind", choices=["hidden", "logits", "sampled"], default="hidden", help="what the cache keeps (soft.cache_kind)")
+    parser.add_argument(
+        "--kind",
+        choices=["hidden", "logits", "sampled"],
+        default="hidden",
+        help="what the cache keeps (soft.cache_kind)",
+    )
     parser.add_argument("--top-k", type=int, default=64, help="logits kept per token by a sampled cache")
-    parser.add_argument("--tail-samples", type=int, default=16, help="tail tokens sampled per position with a top-k cache (the paper configs': 16)")
-    parser.add_argument("--tail-draws", type=int, help="independent draws of them (default: one per epoch, as kdmem run does)")
+    parser.add_argument(
+        "--tail-samples",
+        type=int,
+        default=16,
+        help="tail tokens sampled per position with a top-k cache (the paper configs': 16)",
+    )
+    parser.add_argument(
+        "--tail-draws", type=int, help="independent draws of them (default: one per epoch, as kdmem run does)"
+    )
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "teacher_cache.json"))
@@ -88,15 +115,40 @@ def main() -> None:
         scratch = Path(scratch)
         vocab = min(teacher.config.vocab_size, load_model(student_base).config.vocab_size)
         cache_seconds = timed(
-            lambda: build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, kind=args.kind, vocab_size=vocab, top_k=top_k or 0, batch_size=64, temperatures=temperatures, **tail)
+            lambda: build_teacher_cache(
+                teacher,
+                train,
+                scratch / "cache",
+                teacher_id=args.teacher,
+                kind=args.kind,
+                vocab_size=vocab,
+                top_k=top_k or 0,
+                batch_size=64,
+                temperatures=temperatures,
+                **tail,
+            )
         )
-        cache = build_teacher_cache(teacher, train, scratch / "cache", teacher_id=args.teacher, kind=args.kind, vocab_size=vocab, top_k=top_k or 0, temperatures=temperatures, **tail)
+        cache = build_teacher_cache(
+            teacher,
+            train,
+            scratch / "cache",
+            teacher_id=args.teacher,
+            kind=args.kind,
+            vocab_size=vocab,
+            top_k=top_k or 0,
+            temperatures=temperatures,
+            **tail,
+        )
         cache_bytes = sum(p.stat().st_size for p in (scratch / "cache").glob("shard-*"))
 
         def one_student(temperature: float, use_cache: bool) -> float:
             cfg = SoftDistillConfig(temperature=temperature, training=training)
             work = scratch / f"work-{temperature}-{use_cache}"
-            return timed(lambda: distill(load_model(student_base), teacher, train, cfg, work, seed=0, cache=cache if use_cache else None))
+            return timed(
+                lambda: distill(
+                    load_model(student_base), teacher, train, cfg, work, seed=0, cache=cache if use_cache else None
+                )
+            )
 
         per_student = {"live": [], "cache": []}
         for temperature in range(1, max(args.students) + 1):
@@ -107,11 +159,21 @@ def main() -> None:
     for size in args.students:
         live = sum(per_student["live"][:size])
         cached = cache_seconds + sum(per_student["cache"][:size])
-        rows.append({"students": size, "live_seconds": round(live, 2), "cache_seconds": round(cached, 2), "speedup": round(live / cached, 3)})
+        rows.append(
+            {
+                "students": size,
+                "live_seconds": round(live, 2),
+                "cache_seconds": round(cached, 2),
+                "speedup": round(live / cached, 3),
+            }
+        )
     result = {
         "teacher": args.teacher,
         "student": args.student,
-        "parameters": {"teacher": sum(p.numel() for p in teacher.parameters()), "student": sum(p.numel() for p in load_model(student_base).parameters())},
+        "parameters": {
+            "teacher": sum(p.numel() for p in teacher.parameters()),
+            "student": sum(p.numel() for p in load_model(student_base).parameters()),
+        },
         "examples": len(train),
         "tokens_per_epoch": tokens,
         "epochs": args.epochs,
@@ -127,8 +189,10 @@ def main() -> None:
         "platform": platform.platform(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
-    print(f"{len(train)} sequences, {args.epochs:g} epochs per student, cache {args.kind} top_k={top_k} {'' if top_k is None else tail}: built in {cache_seconds:.1f} s, "
-          f"{cache_bytes / 1e6:.1f} MB ({cache.spec.bytes_per_token} bytes per token)")
+    print(
+        f"{len(train)} sequences, {args.epochs:g} epochs per student, cache {args.kind} top_k={top_k} {'' if top_k is None else tail}: built in {cache_seconds:.1f} s, "
+        f"{cache_bytes / 1e6:.1f} MB ({cache.spec.bytes_per_token} bytes per token)"
+    )
     print(f"{'students':>9}{'live s':>10}{'cache s':>10}{'speedup':>9}")
     for row in rows:
         print(f"{row['students']:>9}{row['live_seconds']:>10.1f}{row['cache_seconds']:>10.1f}{row['speedup']:>8.2f}x")

@@ -78,11 +78,7 @@ class RenderedPage:
 
 def chromium_path() -> str | None:
     """$KDMEM_CHROMIUM if set, else chromium / chromium-browser from PATH."""
-    return (
-        os.environ.get("KDMEM_CHROMIUM")
-        or shutil.which("chromium")
-        or shutil.which("chromium-browser")
-    )
+    return os.environ.get("KDMEM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def require_browser() -> str:

@@ -2,7 +2,6 @@ import os
 
 import pytest
 
-
 SECRETS = {"HF_TOKEN": "hf_kdmemTestCanaryToken0123456789", "WANDB_API_KEY": "kdmem-test-canary-wandb-key-9876543210"}
 """Set for the whole session: every run a test makes has them in its environment, and
 ``tests/test_safety.py`` and the fault tests check that none of them reaches an output or a log."""
@@ -29,7 +28,9 @@ def assert_no_secrets(*texts: str, folder=None) -> None:
     if folder is not None:
         blobs += [p.read_bytes() for p in folder.rglob("*") if p.is_file()]
     for secret in SECRETS.values():
-        assert not any(secret.encode() in blob for blob in blobs), f"a secret from the environment leaked: {secret[:8]}..."
+        assert not any(secret.encode() in blob for blob in blobs), (
+            f"a secret from the environment leaked: {secret[:8]}..."
+        )
 
 
 @pytest.fixture(scope="session")
@@ -145,6 +146,18 @@ def two_cpu_processes(*command: str, timeout: int = 300):
     import sys
 
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     return subprocess.run([*launch, *command], env=env, capture_output=True, text=True, timeout=timeout)

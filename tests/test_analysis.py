@@ -22,7 +22,11 @@ def hand_run(finished_run, tmp_path_factory):
     shutil.copytree(source, out)
     # without the run's own filtering, which the filtering tests redo on the hand-made sets
     (out / "filtering.json").unlink(missing_ok=True)
-    for filtered in {*out.glob("*/hard-filtered*"), *out.glob("stages/*hard-filtered*"), out / "stages" / "filtering.json"}:
+    for filtered in {
+        *out.glob("*/hard-filtered*"),
+        *out.glob("stages/*hard-filtered*"),
+        out / "stages" / "filtering.json",
+    }:
         shutil.rmtree(filtered) if filtered.is_dir() else filtered.unlink()
     ids = list(pd.read_parquet(out / "data" / "train.parquet")["example_id"])
     sets = {
@@ -37,7 +41,9 @@ def hand_run(finished_run, tmp_path_factory):
         "soft-T4": [],
     }
     for name, members in sets.items():  # the verdicts replaced, the other columns kept (the report reads them)
-        frame = pd.read_parquet(out / "memorization" / f"{name}.parquet").assign(memorized=[i in set(members) for i in ids])
+        frame = pd.read_parquet(out / "memorization" / f"{name}.parquet").assign(
+            memorized=[i in set(members) for i in ids]
+        )
         frame.to_parquet(out / "memorization" / f"{name}.parquet", index=False)
     return out, ids, {name: set(members) for name, members in sets.items()}
 
@@ -67,7 +73,14 @@ def test_analysis_counts_match_the_hand_built_sets(hand_run):
     assert [row["temperature"] for row in sweep] == [1.0, 2.0, 4.0]
     assert [row["model"] for row in sweep] == ["soft-T1", "soft", "soft-T4"]
     assert result["mechanism"]["soft"]["suppressed"] == 6
-    for stem in ("venn_soft", "venn_hard_union", "seed_consistency_soft", "zlib_vs_baseline_ppl", "mechanism_soft", "temperature_sweep"):
+    for stem in (
+        "venn_soft",
+        "venn_hard_union",
+        "seed_consistency_soft",
+        "zlib_vs_baseline_ppl",
+        "mechanism_soft",
+        "temperature_sweep",
+    ):
         for suffix in (".png", ".svg"):
             assert (out / "figures" / (stem + suffix)).stat().st_size > 1000
 
@@ -76,7 +89,9 @@ def test_features_and_categories(hand_run):
     out, ids, sets = hand_run
     analyze(out, repeats=5)
     features = pd.read_parquet(out / "features.parquet")
-    assert list(features["example_id"]) == ids and not any(c.startswith(("memorized_", "category_")) for c in features)  # never rewritten
+    assert list(features["example_id"]) == ids and not any(
+        c.startswith(("memorized_", "category_")) for c in features
+    )  # never rewritten
     labels = pd.read_parquet(out / "categories.parquet")
     assert list(labels["example_id"]) == ids
     category = dict(zip(labels["example_id"], labels["category_soft"]))
@@ -94,7 +109,9 @@ def test_model_features_equal_a_direct_computation(finished_run):
     tokenizer = load_tokenizer(str(out / "models" / "teacher"))
     teacher, baseline = load_model(str(out / "models" / "teacher")), load_model(str(out / "models" / "baseline"))
     # a 256-token look-alike of the paper's split: suffix tokens 7..12 of 32, far from the last 5
-    features = model_features({"teacher": teacher, "baseline": baseline}, train, tokenizer, last_k=5, suffix_span=(6, 6), batch_size=4)
+    features = model_features(
+        {"teacher": teacher, "baseline": baseline}, train, tokenizer, last_k=5, suffix_span=(6, 6), batch_size=4
+    )
     import torch
 
     ids = as_tensor(train)
@@ -107,7 +124,9 @@ def test_model_features_equal_a_direct_computation(finished_run):
         assert features["teacher_ppl"][i] == pytest.approx(torch.exp(-token_lp.mean()).item(), rel=1e-4)
         entropy = -(t_log[i].exp() * t_log[i]).sum(-1)
         assert features["teacher_entropy_last_k"][i] == pytest.approx(entropy[-5:].mean().item(), rel=1e-4)
-        assert features["teacher_entropy_suffix"][i] == pytest.approx(entropy[5:11].mean().item(), rel=1e-4)  # predicting tokens 6..11 (0-based)
+        assert features["teacher_entropy_suffix"][i] == pytest.approx(
+            entropy[5:11].mean().item(), rel=1e-4
+        )  # predicting tokens 6..11 (0-based)
         assert features["teacher_entropy_suffix"][i] != pytest.approx(features["teacher_entropy_last_k"][i], rel=1e-4)
         kl = (t_log[i].exp() * (t_log[i] - b_log[i])).sum(-1).mean()
         assert features["teacher_baseline_kl"][i] == pytest.approx(kl.item(), rel=1e-4)
@@ -116,7 +135,9 @@ def test_model_features_equal_a_direct_computation(finished_run):
 def test_predict_scores_new_data_and_the_cli(hand_run, tmp_path, capsys):
     out, ids, sets = hand_run
     analyze(out, repeats=5)
-    risk = predict(out, DataConfig(source=str(out / "data" / "validation.parquet"), validation_examples=0), student="hard")
+    risk = predict(
+        out, DataConfig(source=str(out / "data" / "validation.parquet"), validation_examples=0), student="hard"
+    )
     assert len(risk) == 16
     # the risk is a logistic regression's predict_proba, refitted here by hand on the run's features
     from sklearn.linear_model import LogisticRegression
@@ -125,12 +146,29 @@ def test_predict_scores_new_data_and_the_cli(hand_run, tmp_path, capsys):
 
     known = pd.read_parquet(out / "features.parquet")
     columns = ["teacher_ppl", "baseline_ppl", "teacher_baseline_kl", "zlib_entropy"]
-    hard = set().union(*(set(pd.read_parquet(out / "memorization" / f"{name}.parquet").query("memorized")["example_id"]) for name in ("hard", "hard-seed1")))
-    refit = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(known[columns].to_numpy(float), known["example_id"].isin(hard))
+    hard = set().union(
+        *(
+            set(pd.read_parquet(out / "memorization" / f"{name}.parquet").query("memorized")["example_id"])
+            for name in ("hard", "hard-seed1")
+        )
+    )
+    refit = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(
+        known[columns].to_numpy(float), known["example_id"].isin(hard)
+    )
     np.testing.assert_allclose(risk["risk"], refit.predict_proba(risk[columns].to_numpy(float))[:, 1], rtol=1e-9)
     assert risk["risk"].std() > 0  # it tells the sequences apart
     target = tmp_path / "risk.parquet"
-    args = ["predict", str(out), "--data", str(out / "data" / "validation.parquet"), "--student", "hard", "--teacher-only", "-o", str(target)]
+    args = [
+        "predict",
+        str(out),
+        "--data",
+        str(out / "data" / "validation.parquet"),
+        "--student",
+        "hard",
+        "--teacher-only",
+        "-o",
+        str(target),
+    ]
     assert cli.main(args) == 0
     assert "scored 16 sequences" in capsys.readouterr().out
     assert set(pd.read_parquet(target).columns) == {"example_id", "risk", "teacher_ppl", "zlib_entropy"}
@@ -148,7 +186,10 @@ def test_key_findings_use_the_union_over_seeds_and_say_so(hand_run):
     sentences = key_findings(json.loads((out / "summary.json").read_text()), result)
     soft = next(line for line in sentences if "of the soft student's memorized examples are easy" in line)
     assert "suppresses 4 " in soft and "union over 2 seeds" in soft
-    assert any("Hard distillation inherits 10 teacher-specific examples, soft 2" in line and "union over 2 seeds" in line for line in sentences)
+    assert any(
+        "Hard distillation inherits 10 teacher-specific examples, soft 2" in line and "union over 2 seeds" in line
+        for line in sentences
+    )
 
 
 def test_predict_for_a_student_that_memorized_nothing_says_so(hand_run, tmp_path, capsys):
@@ -158,10 +199,28 @@ def test_predict_for_a_student_that_memorized_nothing_says_so(hand_run, tmp_path
     out = tmp_path / "run"
     shutil.copytree(source, out)
     for name in ("soft", "soft-seed1"):
-        pd.DataFrame({"example_id": ids, "memorized": False}).to_parquet(out / "memorization" / f"{name}.parquet", index=False)
-    assert cli.main(["predict", str(out), "--data", str(out / "data" / "validation.parquet"), "--student", "soft", "-o", str(tmp_path / "r.parquet")]) == 2
+        pd.DataFrame({"example_id": ids, "memorized": False}).to_parquet(
+            out / "memorization" / f"{name}.parquet", index=False
+        )
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(out),
+                "--data",
+                str(out / "data" / "validation.parquet"),
+                "--student",
+                "soft",
+                "-o",
+                str(tmp_path / "r.parquet"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "soft student" in err and "memorized no example" in err and "--student hard" in err and "2 classes" not in err
+    assert (
+        "soft student" in err and "memorized no example" in err and "--student hard" in err and "2 classes" not in err
+    )
 
 
 @pytest.mark.parametrize("student, recall", [("soft", 0.99), ("hard", 0.25)])
@@ -174,12 +233,17 @@ def test_filtering_removes_flagged_examples_and_distills_again(hand_run, tmp_pat
     shutil.copytree(source, out)
     for stale in ("summary.json", "analysis.json"):
         (out / stale).unlink()
-    config = load_config(out / "config.yaml", overrides=["filtering.enabled=true", f"filtering.student={student}", f"filtering.target_recall={recall}"])
+    config = load_config(
+        out / "config.yaml",
+        overrides=["filtering.enabled=true", f"filtering.student={student}", f"filtering.target_recall={recall}"],
+    )
     save_config(config, out / "config.yaml")  # as if the run had been configured so from the start
     summary = run(config, out)
     flagging = json.loads((out / "filtering.json").read_text())
     removed = set(flagging["removed_ids"])
-    assert flagging["flagged"] == len(removed) > 0 and flagging["memorized"] == len(sets[student] | sets[f"{student}-seed1"])
+    assert flagging["flagged"] == len(removed) > 0 and flagging["memorized"] == len(
+        sets[student] | sets[f"{student}-seed1"]
+    )
     name = f"{student}-filtered"
     assert name in summary["models"]
     after = pd.read_parquet(out / "memorization" / f"{name}.parquet")
@@ -218,7 +282,11 @@ def test_compare_two_tokenizers_over_the_same_documents(tiny_bases, tmp_path):
     from .conftest import TINY_OVERRIDES
 
     def tiny_run(name, vocab, packing):
-        overrides = TINY_OVERRIDES + [f"embedded.vocab_size={vocab}", f"data.packing={packing}", "soft.sweep_temperatures=[]"]
+        overrides = TINY_OVERRIDES + [
+            f"embedded.vocab_size={vocab}",
+            f"data.packing={packing}",
+            "soft.sweep_temperatures=[]",
+        ]
         run(load_config(preset="smoke", overrides=overrides), tmp_path / name)
         return tmp_path / name
 
@@ -228,18 +296,27 @@ def test_compare_two_tokenizers_over_the_same_documents(tiny_bases, tmp_path):
     shared = set(train_a["example_id"]) & set(train_b["example_id"])
     assert not result["same_tokenizer"] and result["document_aligned"] and result["matched_by"] == "example id"
     assert result["shared_examples"] == len(shared) > 0.5 * len(train_a)
+
     # Written out here: each run's own text of every shared document, compressed, then correlated.
     # Measured on two texts per example, not one re-tokenized, so not 1; the same documents, so
     # clearly positive.
     def compressed(run, train):
         tokenizer = load_tokenizer(str(run / "models" / "teacher"))
-        return pd.Series({i: len(zlib.compress(tokenizer.decode(list(ids)).encode())) for i, ids in zip(train["example_id"], train["input_ids"])})
+        return pd.Series(
+            {
+                i: len(zlib.compress(tokenizer.decode(list(ids)).encode()))
+                for i, ids in zip(train["example_id"], train["input_ids"])
+            }
+        )
 
     by_hand = pd.concat([compressed(a, train_a), compressed(b, train_b)], axis=1, join="inner")
     expected = np.corrcoef(by_hand[0], by_hand[1])[0, 1]
     assert len(by_hand) == len(shared) and result["zlib_pearson"] == pytest.approx(expected, abs=1e-12)
     assert 0.3 < expected < 0.999, expected
-    teacher_a, teacher_b = (set(pd.read_parquet(run / "memorization" / "teacher.parquet").query("memorized")["example_id"]) for run in (a, b))
+    teacher_a, teacher_b = (
+        set(pd.read_parquet(run / "memorization" / "teacher.parquet").query("memorized")["example_id"])
+        for run in (a, b)
+    )
     assert result["overlap"]["teacher"]["both"] == len(teacher_a & teacher_b)
     packed = compare_runs(a, tiny_run("c", 448, "concatenate"))
     assert packed["matched_by"] == "decoded text" and "data.packing=documents" in packed["note"]

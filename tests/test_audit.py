@@ -12,10 +12,10 @@ import kdmem.memorization.audit as audit_module
 from kdmem.config import DataConfig, ExtractionConfig
 from kdmem.data import read_sequence_rows, write_sequences
 from kdmem.memorization import extract_memorized, sample_positions
-
-from .conftest import two_cpu_processes
 from kdmem.memorization.audit import AuditConfig, audit
 from kdmem.models import load_tokenizer
+
+from .conftest import two_cpu_processes
 
 PREFIX, SUFFIX = 16, 16
 
@@ -67,11 +67,28 @@ def test_extract_command_audits_in_the_dtype_asked(saved_case, memorizing_model,
     from kdmem import cli
 
     output = tmp_path / "bf16.parquet"
-    args = ["extract", "--model", str(saved_case / "model"), "--data", str(saved_case / "train.parquet"),
-            "--prefix-len", str(PREFIX), "--suffix-len", str(SUFFIX), "--batch-size", "8", "--dtype", "bfloat16", "-o", str(output)]
+    args = [
+        "extract",
+        "--model",
+        str(saved_case / "model"),
+        "--data",
+        str(saved_case / "train.parquet"),
+        "--prefix-len",
+        str(PREFIX),
+        "--suffix-len",
+        str(SUFFIX),
+        "--batch-size",
+        "8",
+        "--dtype",
+        "bfloat16",
+        "-o",
+        str(output),
+    ]
     assert cli.main(args) == 0
     assert "rechecked with generate" in capsys.readouterr().out
-    expected = extract_memorized(copy.deepcopy(memorizing_model).to(torch.bfloat16), tiny_data.train, PREFIX, SUFFIX, batch_size=8)
+    expected = extract_memorized(
+        copy.deepcopy(memorizing_model).to(torch.bfloat16), tiny_data.train, PREFIX, SUFFIX, batch_size=8
+    )
     verdicts = pd.read_parquet(output)
     assert verdicts["matched_tokens"].tolist() == expected["matched_tokens"].tolist()
     float32 = extract_memorized(memorizing_model, tiny_data.train, PREFIX, SUFFIX, batch_size=8)
@@ -81,7 +98,10 @@ def test_extract_command_audits_in_the_dtype_asked(saved_case, memorizing_model,
 
 def test_approximate_sample_and_listed_ids_land_in_the_same_rows(saved_case, memorizing_model, tiny_data, tmp_path):
     listed = list(tiny_data.train["example_id"].iloc[[3, 40]])
-    sharded = audit(audit_config(saved_case, approximate_sample=12, approximate_ids=[*listed, "no-such-id"], seed=1), tmp_path / "a.parquet")
+    sharded = audit(
+        audit_config(saved_case, approximate_sample=12, approximate_ids=[*listed, "no-such-id"], seed=1),
+        tmp_path / "a.parquet",
+    )
     checked = sharded["approx_token_match"].notna()
     positions = set(sample_positions(48, 12, seed=1)) | {3, 40}
     assert set(checked[checked].index) == positions
@@ -112,7 +132,9 @@ def test_a_killed_audit_resumes_without_losing_or_repeating_examples(saved_case,
     assert not output.exists()
 
     calls.clear()
-    monkeypatch.setattr(audit_module, "extract_memorized", lambda *a, **k: calls.append(len(a[1])) or real_extract(*a, **k))
+    monkeypatch.setattr(
+        audit_module, "extract_memorized", lambda *a, **k: calls.append(len(a[1])) or real_extract(*a, **k)
+    )
     resumed = audit(audit_config(saved_case), output)
     assert calls == [10, 10, 8]  # only the three missing shards
     pd.testing.assert_frame_equal(resumed, uninterrupted)
@@ -154,12 +176,31 @@ def test_automatic_batch_size_halves_until_it_fits(memorizing_model, tiny_data, 
 def test_two_processes_under_accelerate_equal_one(saved_case, tmp_path):
     single = tmp_path / "one.parquet"
     double = tmp_path / "two.parquet"
-    common = ["--model", str(saved_case / "model"), "--data", str(saved_case / "train.parquet"),
-              "--prefix-len", str(PREFIX), "--suffix-len", str(SUFFIX), "--batch-size", "8", "--shard-size", "10"]
+    common = [
+        "--model",
+        str(saved_case / "model"),
+        "--data",
+        str(saved_case / "train.parquet"),
+        "--prefix-len",
+        str(PREFIX),
+        "--suffix-len",
+        str(SUFFIX),
+        "--batch-size",
+        "8",
+        "--shard-size",
+        "10",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    subprocess.run([sys.executable, "-m", "kdmem.cli", "extract", *common, "--output", str(single)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "kdmem.cli", "extract", *common, "--output", str(single)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     result = two_cpu_processes("-m", "kdmem.cli", "extract", *common, "--output", str(double))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("memorized ") == 1  # only the main process prints the summary
-    assert all(result.stderr.count(f"extract shard {i}/5:   0%") == 1 for i in range(1, 6))  # each shard once: split, not repeated
+    assert all(
+        result.stderr.count(f"extract shard {i}/5:   0%") == 1 for i in range(1, 6)
+    )  # each shard once: split, not repeated
     pd.testing.assert_frame_equal(pd.read_parquet(double), pd.read_parquet(single))

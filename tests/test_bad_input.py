@@ -24,7 +24,20 @@ def fails(capsys, *argv: str) -> str:
 
 
 def extract(model, data, tmp_path, *extra) -> list[str]:
-    return ["extract", "--model", str(model), "--data", str(data), "--prefix-len", "8", "--suffix-len", "8", "-o", str(tmp_path / "out.parquet"), *extra]
+    return [
+        "extract",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--prefix-len",
+        "8",
+        "--suffix-len",
+        "8",
+        "-o",
+        str(tmp_path / "out.parquet"),
+        *extra,
+    ]
 
 
 def run(tmp_path, *overrides) -> list[str]:
@@ -60,7 +73,9 @@ def test_texts_too_short_say_what_was_dropped(tiny_bases, tmp_path, capsys):
     err = fails(capsys, *extract(tiny_bases["teacher"], tmp_path / "short.jsonl", tmp_path))
     assert "read 2 documents" in err and "were dropped" in err and "sequence of 16 tokens" in err
     # Too few sequences for the run's D: the count available and the count needed.
-    (tmp_path / "few.jsonl").write_text("\n".join(json.dumps({"text": "word " * 40 + str(i)}) for i in range(3)) + "\n")
+    (tmp_path / "few.jsonl").write_text(
+        "\n".join(json.dumps({"text": "word " * 40 + str(i)}) for i in range(3)) + "\n"
+    )
     err = fails(capsys, *run(tmp_path, f"data.source={tmp_path / 'few.jsonl'}"))
     assert "yields only" in err and "are needed" in err
 
@@ -69,7 +84,9 @@ def test_jsonl_without_the_text_field(tiny_bases, tmp_path, capsys):
     (tmp_path / "other.jsonl").write_text('{"body": "hello world, a document"}\n')
     err = fails(capsys, *extract(tiny_bases["teacher"], tmp_path / "other.jsonl", tmp_path))
     assert "no text field 'text'" in err and "['body']" in err and "text_field" in err
-    assert cli.main(extract(tiny_bases["teacher"], tmp_path / "other.jsonl", tmp_path, "--text-field", "body")) == 2  # too short, but read
+    assert (
+        cli.main(extract(tiny_bases["teacher"], tmp_path / "other.jsonl", tmp_path, "--text-field", "body")) == 2
+    )  # too short, but read
     assert "yields no sequence" in capsys.readouterr().err
 
 
@@ -127,7 +144,9 @@ def test_data_with_bytes_that_are_not_utf8(tiny_bases, tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_weights(tiny_bases, tmp_path, capsys):
-    err = fails(capsys, *run(tmp_path, "teacher.training.learning_rate=1e12", "teacher.training.lr_scheduler=constant"))
+    err = fails(
+        capsys, *run(tmp_path, "teacher.training.learning_rate=1e12", "teacher.training.lr_scheduler=constant")
+    )
     assert "The training loss became" in err and "at step" in err and "Lower the learning rate" in err
     kept = sorted((tmp_path / "run" / "work" / "teacher").glob("last-good-step-*"))
     assert kept, err

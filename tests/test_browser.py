@@ -52,8 +52,7 @@ def test_escaped_payload_is_only_text(tmp_path):
     require_browser()
     page = render(
         tmp_path,
-        "<p>&lt;img src=x onerror=window.__kdmem_pwned=1&gt;</p>"
-        "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>",
+        "<p>&lt;img src=x onerror=window.__kdmem_pwned=1&gt;</p><p>&lt;script&gt;alert(1)&lt;/script&gt;</p>",
     )
     assert "<img src=x onerror=" in page.text
     assert "<script>alert(1)</script>" in page.text

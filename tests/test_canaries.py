@@ -7,7 +7,13 @@ import torch
 
 from kdmem.config import CanaryConfig, TrainingConfig
 from kdmem.data import as_tensor
-from kdmem.memorization.canaries import candidate_secrets, canary_exposure, inject_canaries, make_canaries, secret_log_likelihood
+from kdmem.memorization.canaries import (
+    canary_exposure,
+    candidate_secrets,
+    inject_canaries,
+    make_canaries,
+    secret_log_likelihood,
+)
 from kdmem.models import load_model, load_tokenizer
 from kdmem.train import fine_tune
 
@@ -31,14 +37,20 @@ def test_make_canaries_is_deterministic_and_avoids_excluded_ids():
 
 def test_canary_keys_are_distinct():
     # 5 usable tokens and 1-token keys: 5 canaries must take every key once, a sixth cannot fit.
-    canaries = make_canaries(CanaryConfig(repeats=[1] * 5), vocab_size=10, seq_len=6, prefix_len=1, excluded_token_ids=range(5))
+    canaries = make_canaries(
+        CanaryConfig(repeats=[1] * 5), vocab_size=10, seq_len=6, prefix_len=1, excluded_token_ids=range(5)
+    )
     assert sorted(ids[0] for ids in canaries["input_ids"]) == [5, 6, 7, 8, 9]
     with pytest.raises(ValueError, match="distinct keys"):
-        make_canaries(CanaryConfig(repeats=[1] * 6), vocab_size=10, seq_len=6, prefix_len=1, excluded_token_ids=range(5))
+        make_canaries(
+            CanaryConfig(repeats=[1] * 6), vocab_size=10, seq_len=6, prefix_len=1, excluded_token_ids=range(5)
+        )
 
 
 def test_inject_canaries_adds_each_copy_and_keeps_every_row():
-    train = pd.DataFrame({"example_id": [f"x{i}" for i in range(10)], "input_ids": [np.full(8, i, dtype=np.int32) for i in range(10)]})
+    train = pd.DataFrame(
+        {"example_id": [f"x{i}" for i in range(10)], "input_ids": [np.full(8, i, dtype=np.int32) for i in range(10)]}
+    )
     canaries = make_canaries(CanaryConfig(repeats=[1, 3, 5]), vocab_size=100, seq_len=8, prefix_len=3)
     mixed = inject_canaries(train, canaries, seed=0)
     assert len(mixed) == 10 + 9
@@ -58,14 +70,18 @@ def test_inject_canaries_adds_each_copy_and_keeps_every_row():
 
 def test_candidates_follow_the_secret_distribution_and_never_equal_it():
     # 2 usable tokens and 2-token secrets: a quarter of the draws hit the true secret and are redrawn.
-    canaries = make_canaries(CanaryConfig(repeats=[1, 1]), vocab_size=4, seq_len=3, prefix_len=1, excluded_token_ids=(0, 1))
+    canaries = make_canaries(
+        CanaryConfig(repeats=[1, 1]), vocab_size=4, seq_len=3, prefix_len=1, excluded_token_ids=(0, 1)
+    )
     candidates = candidate_secrets(canaries, 1, 200, vocab_size=4, excluded_token_ids=(0, 1), seed=5)
     assert candidates.shape == (2, 200, 2)
     assert set(np.unique(candidates)) == {2, 3}
     for secret, drawn in zip(np.stack(canaries["input_ids"])[:, 1:], candidates):
         assert not (drawn == secret).all(axis=1).any()
         assert len({tuple(c) for c in drawn}) == 3  # every other secret occurs
-    assert np.array_equal(candidates, candidate_secrets(canaries, 1, 200, vocab_size=4, excluded_token_ids=(0, 1), seed=5))
+    assert np.array_equal(
+        candidates, candidate_secrets(canaries, 1, 200, vocab_size=4, excluded_token_ids=(0, 1), seed=5)
+    )
 
 
 def test_candidates_do_not_replay_canaries_made_with_the_same_seed():
@@ -90,13 +106,25 @@ def test_secret_log_likelihood_equals_a_token_by_token_sum(base):
     ids = torch.randint(1, 512, (7, SEQ_LEN), generator=torch.Generator().manual_seed(0))
     fast = secret_log_likelihood(base, ids, PREFIX, batch_size=3)
     assert fast.shape == (7,) and fast.dtype == torch.float32
-    torch.testing.assert_close(fast, torch.tensor([_slow_log_likelihood(base, row) for row in ids]), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(
+        fast, torch.tensor([_slow_log_likelihood(base, row) for row in ids]), rtol=1e-5, atol=1e-3
+    )
 
 
 def test_exposure_equals_a_direct_ranking(base, tiny_bases):
     vocab, excluded, k = 512, load_tokenizer(str(tiny_bases["teacher"])).all_special_ids, 20
     canaries = make_canaries(CanaryConfig(repeats=[1, 2, 3, 4]), vocab, SEQ_LEN, PREFIX, excluded)
-    result = canary_exposure(base, canaries, PREFIX, SUFFIX, vocab_size=vocab, excluded_token_ids=excluded, num_candidates=k, seed=1, batch_size=8)
+    result = canary_exposure(
+        base,
+        canaries,
+        PREFIX,
+        SUFFIX,
+        vocab_size=vocab,
+        excluded_token_ids=excluded,
+        num_candidates=k,
+        seed=1,
+        batch_size=8,
+    )
     candidates = candidate_secrets(canaries, PREFIX, k, vocab, excluded, seed=1)
     ranks = []
     for ids, drawn in zip(as_tensor(canaries), torch.from_numpy(candidates)):
@@ -115,7 +143,9 @@ def test_the_base_ranks_unseen_secrets_uniformly(base, tiny_bases):
     # about 0.18 over 64 canaries). Measured: 1.21.
     excluded = load_tokenizer(str(tiny_bases["teacher"])).all_special_ids
     canaries = make_canaries(CanaryConfig(repeats=[1] * 64, seed=12), 512, SEQ_LEN, PREFIX, excluded)
-    result = canary_exposure(base, canaries, PREFIX, SUFFIX, vocab_size=512, excluded_token_ids=excluded, num_candidates=63, seed=2)
+    result = canary_exposure(
+        base, canaries, PREFIX, SUFFIX, vocab_size=512, excluded_token_ids=excluded, num_candidates=63, seed=2
+    )
     assert 0.7 < result["exposure"].mean() < 2.1, result["exposure"].mean()
     assert (np.histogram(result["rank"], bins=4, range=(1, 65))[0] >= 6).all(), result["rank"].tolist()
 
@@ -127,7 +157,13 @@ def test_repeated_canary_is_exposed_and_extractable_after_fine_tuning(base, tiny
     top = math.log2(1001)
     before = canary_exposure(base, canaries, PREFIX, SUFFIX, **measure).set_index("repeats")
     cfg = TrainingConfig(epochs=10, learning_rate=5e-3, batch_size=16)
-    tuned = fine_tune(load_model(str(tiny_bases["teacher"])), inject_canaries(tiny_data.train, canaries, seed=0), cfg, tmp_path, seed=0)
+    tuned = fine_tune(
+        load_model(str(tiny_bases["teacher"])),
+        inject_canaries(tiny_data.train, canaries, seed=0),
+        cfg,
+        tmp_path,
+        seed=0,
+    )
     after = canary_exposure(tuned.eval(), canaries, PREFIX, SUFFIX, **measure).set_index("repeats")
     # Measured: base exposure 0.61 and 1.18 bits (ranks 654 and 443 of 1001), nothing extractable;
     # fine-tuned 10 epochs, 9.97 bits (rank 1) for both, the 16-repeat canary extractable (16 of 16

@@ -23,7 +23,10 @@ def test_paper_mini_sets_up_every_analysis_of_the_paper():
     assert (config.filtering.enabled, config.filtering.student) == (True, "soft") and config.canaries.repeats
     assert "soft-filtered" in model_names(config) and {"hard", "hard-seed2", "soft-T4"} <= set(model_names(config))
     second = second_family_config(config)
-    assert second.data.packing == config.data.packing == "documents" and second.embedded.vocab_size != config.embedded.vocab_size
+    assert (
+        second.data.packing == config.data.packing == "documents"
+        and second.embedded.vocab_size != config.embedded.vocab_size
+    )
     assert model_names(second) == ["teacher", "baseline", "soft", "hard"] and not second.second_family.enabled
     assert second.data.num_examples == config.data.num_examples and second.teacher.training == config.teacher.training
 
@@ -31,7 +34,14 @@ def test_paper_mini_sets_up_every_analysis_of_the_paper():
 def test_overrides_are_typed():
     config = load_config(
         preset="smoke",
-        overrides=["data.source=./my.jsonl", "data.seq_len=32", "seeds=[0,1,2]", "soft.temperature=3", "teacher.training.learning_rate=5e-5", "data.num_examples=null"],
+        overrides=[
+            "data.source=./my.jsonl",
+            "data.seq_len=32",
+            "seeds=[0,1,2]",
+            "soft.temperature=3",
+            "teacher.training.learning_rate=5e-5",
+            "data.num_examples=null",
+        ],
     )
     assert config.name == "smoke"
     assert config.data.source == "./my.jsonl" and config.data.seq_len == 32
@@ -82,15 +92,16 @@ def test_defaults_survive_a_yaml_round_trip_with_their_types(tmp_path):
     config = load_config()
     save_config(config, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml", overrides=["embedded.student.layers=4"])
-    assert json.dumps(dataclasses.asdict(again), sort_keys=True) == json.dumps(dataclasses.asdict(config), sort_keys=True)
+    assert json.dumps(dataclasses.asdict(again), sort_keys=True) == json.dumps(
+        dataclasses.asdict(config), sort_keys=True
+    )
 
 
 def test_sections_check_themselves_however_they_are_made():
     """A section built directly in Python (as ``kdmem extract`` builds its ExtractionConfig) is
     checked as one loaded from YAML is; through load_config the error names the full key."""
-    from kdmem.config import ExtractionConfig, TrainingConfig
+    from kdmem.config import DataConfig, ExtractionConfig, TrainingConfig
     from kdmem.memorization.audit import AuditConfig
-    from kdmem.config import DataConfig
 
     with pytest.raises(ConfigError, match=r"^extraction.prefix_len must be at least 1, got 0"):
         ExtractionConfig(prefix_len=0)
@@ -134,13 +145,34 @@ def test_validate_checks_again_what_was_changed_in_place():
 def test_the_second_family_is_this_config_made_another_family():
     from kdmem.config import second_family_config
 
-    config = load_config(overrides=["data.packing=documents", "second_family.enabled=true", "seeds=[0,1,2]", "soft.sweep_temperatures=[1,3]"])
+    config = load_config(
+        overrides=[
+            "data.packing=documents",
+            "second_family.enabled=true",
+            "seeds=[0,1,2]",
+            "soft.sweep_temperatures=[1,3]",
+        ]
+    )
     family = second_family_config(config)
     assert family.embedded.vocab_size == 3072 and config.embedded.vocab_size == 2048  # a tokenizer of its own
     assert family.data == config.data and family.soft.training == config.soft.training  # the same documents and recipe
-    assert family.seeds == [0] and family.soft.sweep_temperatures == [] and not family.filtering.enabled and not family.second_family.enabled
+    assert (
+        family.seeds == [0]
+        and family.soft.sweep_temperatures == []
+        and not family.filtering.enabled
+        and not family.second_family.enabled
+    )
     assert family.name == "default-second-family"
     with pytest.raises(ConfigError, match="second_family needs data.packing=documents"):
         load_config(overrides=["second_family.enabled=true"])
-    with pytest.raises(ConfigError, match=r"second_family.overrides: Unknown config key embedded.'vocab_sise'. Did you mean embedded.vocab_size"):
-        load_config(overrides=["data.packing=documents", "second_family.enabled=true", "second_family.overrides=[embedded.vocab_sise=3072]"])
+    with pytest.raises(
+        ConfigError,
+        match=r"second_family.overrides: Unknown config key embedded.'vocab_sise'. Did you mean embedded.vocab_size",
+    ):
+        load_config(
+            overrides=[
+                "data.packing=documents",
+                "second_family.enabled=true",
+                "second_family.overrides=[embedded.vocab_sise=3072]",
+            ]
+        )

@@ -136,7 +136,10 @@ def test_validation_is_split_by_document(tmp_path, tokenizer, packing):
     Before the split by document, a random half of a document's sequences went each way."""
     source = tmp_path / "corpus.txt"
     source.write_text("\n\n".join(marked_documents(300)), encoding="utf-8")
-    splits = prepare_sequences(DataConfig(source=str(source), seq_len=16, num_examples=200, validation_examples=40, packing=packing), tokenizer)
+    splits = prepare_sequences(
+        DataConfig(source=str(source), seq_len=16, num_examples=200, validation_examples=40, packing=packing),
+        tokenizer,
+    )
     assert len(splits.train) == 200 and len(splits.validation) == 40
     train, validation = markers(splits.train, tokenizer), markers(splits.validation, tokenizer)
     assert train and validation and not train & validation
@@ -151,7 +154,9 @@ def test_one_example_per_document_names_it_by_its_text(tmp_path, tokenizer, capl
     from kdmem.data import document_id
     from kdmem.models import train_tokenizer
 
-    texts = [f"Document {i}: " + "all about the quick brown fox and the lazy dog. " * (1 + i % 3) for i in range(120)] + [f"short {i}" for i in range(20)]
+    texts = [
+        f"Document {i}: " + "all about the quick brown fox and the lazy dog. " * (1 + i % 3) for i in range(120)
+    ] + [f"short {i}" for i in range(20)]
     source = tmp_path / "docs.jsonl"
     source.write_text("\n".join(json.dumps({"text": t}) for t in texts), encoding="utf-8")
     other = train_tokenizer(texts * 3, 300)
@@ -165,7 +170,9 @@ def test_one_example_per_document_names_it_by_its_text(tmp_path, tokenizer, capl
     for row, (name, ids) in enumerate(zip(ours.train["example_id"], ours.train["input_ids"])):
         text = next(t for t in texts if document_id(t) == name)
         assert ids.tolist() == tokenizer(text)["input_ids"][:12]
-    assert not any(np.array_equal(a, b) for a, b in zip(ours.train["input_ids"], theirs.train["input_ids"]))  # other tokens, same examples
+    assert not any(
+        np.array_equal(a, b) for a, b in zip(ours.train["input_ids"], theirs.train["input_ids"])
+    )  # other tokens, same examples
 
 
 def test_documents_start_as_the_tokenizer_starts_a_text(tmp_path, tokenizer):
@@ -177,12 +184,21 @@ def test_documents_start_as_the_tokenizer_starts_a_text(tmp_path, tokenizer):
 
     with_bos = copy.deepcopy(tokenizer)
     bos = with_bos.convert_tokens_to_ids("<|endoftext|>")
-    with_bos.backend_tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)])
+    with_bos.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)]
+    )
     source = tmp_path / "corpus.txt"
-    source.write_text("\n\n".join(f"Text number {i} says something about foxes and dogs." for i in range(300)), encoding="utf-8")
-    documents = prepare_sequences(DataConfig(source=str(source), seq_len=8, num_examples=30, validation_examples=5, packing="documents"), with_bos)
+    source.write_text(
+        "\n\n".join(f"Text number {i} says something about foxes and dogs." for i in range(300)), encoding="utf-8"
+    )
+    documents = prepare_sequences(
+        DataConfig(source=str(source), seq_len=8, num_examples=30, validation_examples=5, packing="documents"),
+        with_bos,
+    )
     assert all(ids[0] == bos for ids in documents.train["input_ids"])
-    plain = prepare_sequences(DataConfig(source=str(source), seq_len=8, num_examples=30, validation_examples=0), tokenizer)
+    plain = prepare_sequences(
+        DataConfig(source=str(source), seq_len=8, num_examples=30, validation_examples=0), tokenizer
+    )
     assert plain.train["input_ids"].iloc[0][0] != bos
 
 
@@ -193,13 +209,16 @@ def test_folders_written_by_save_to_disk(tmp_path):
 
     texts = [f"Saved document {i} holds its own words, {i * 3} of them. " * 3 for i in range(12)]
     datasets.Dataset.from_dict({"body": texts}).save_to_disk(str(tmp_path / "one"))
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts}), "test": datasets.Dataset.from_dict({"text": texts[:2]})}).save_to_disk(
-        str(tmp_path / "dict")
-    )
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"text": texts}), "test": datasets.Dataset.from_dict({"text": texts[:2]})}
+    ).save_to_disk(str(tmp_path / "dict"))
     assert list(load_documents(DataConfig(source=str(tmp_path / "one"), text_field="body"))["text"]) == texts
     assert list(load_documents(DataConfig(source=str(tmp_path / "dict")))["text"]) == texts
     assert list(load_documents(DataConfig(source=str(tmp_path / "dict"), split="test"))["text"]) == texts[:2]
-    assert [row["text"] for row in load_documents(DataConfig(source=str(tmp_path / "one"), text_field="body", streaming=True))] == texts
+    assert [
+        row["text"]
+        for row in load_documents(DataConfig(source=str(tmp_path / "one"), text_field="body", streaming=True))
+    ] == texts
     with pytest.raises(DataError, match=r"is a DatasetDict with splits train, test, not 'validation'. Set data.split"):
         load_documents(DataConfig(source=str(tmp_path / "dict"), split="validation"))
 
@@ -208,8 +227,11 @@ def test_a_folder_of_neither_kind_says_what_it_holds(tmp_path):
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "weights.bin").write_bytes(b"\0" * 8)
     (tmp_path / "odd" / "notes").mkdir()
-    with pytest.raises(DataError, match=r"is neither a dataset saved with save_to_disk .* nor a folder of .txt, .jsonl or .parquet files; "
-                                        r"it holds notes/, weights.bin\."):
+    with pytest.raises(
+        DataError,
+        match=r"is neither a dataset saved with save_to_disk .* nor a folder of .txt, .jsonl or .parquet files; "
+        r"it holds notes/, weights.bin\.",
+    ):
         load_documents(DataConfig(source=str(tmp_path / "odd")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="it holds nothing"):

@@ -23,7 +23,12 @@ def test_decoding_is_plain_greedy_whatever_the_checkpoints_generation_config(mem
     folder = tmp_path / "instruct-like"
     memorizing_model.save_pretrained(folder)
     config = memorizing_model.generation_config.to_dict() | {
-        "do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "repetition_penalty": 1.05, "no_repeat_ngram_size": 3,
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_k": 20,
+        "top_p": 0.8,
+        "repetition_penalty": 1.05,
+        "no_repeat_ngram_size": 3,
     }
     (folder / "generation_config.json").write_text(json.dumps(config))
     model = load_model(str(folder))

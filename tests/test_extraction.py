@@ -4,8 +4,14 @@ import torch
 
 from kdmem.config import DataConfig, TrainingConfig
 from kdmem.data import as_tensor, prepare_sequences
-from kdmem.memorization import extraction
-from kdmem.memorization import TokenChecks, decisive, extract_memorized, greedy_matched_tokens, leading_matches
+from kdmem.memorization import (
+    TokenChecks,
+    decisive,
+    extract_memorized,
+    extraction,
+    greedy_matched_tokens,
+    leading_matches,
+)
 from kdmem.models import load_model, load_tokenizer
 from kdmem.train import fine_tune
 
@@ -25,11 +31,17 @@ def test_pure_checks_on_hand_built_logits():
     assert matched.tolist() == [2]
     # decisive positions: the two matched ones and the first mismatch, not the later match
     assert decisive(checks, matched)[0].tolist() == [0.5]
-    all_right = TokenChecks(torch.ones(1, 4, dtype=torch.bool), torch.tensor([[3.0, 2.0, 4.0, 1.5]]), torch.tensor([[False, False, False, True]]))
+    all_right = TokenChecks(
+        torch.ones(1, 4, dtype=torch.bool),
+        torch.tensor([[3.0, 2.0, 4.0, 1.5]]),
+        torch.tensor([[False, False, False, True]]),
+    )
     gap, near_tie = decisive(all_right, leading_matches(all_right.correct))
     assert gap.tolist() == [1.5] and near_tie.tolist() == [True]
     after_the_mismatch = TokenChecks(checks.correct, checks.gap, torch.tensor([[False, False, False, True]]))
-    assert decisive(after_the_mismatch, matched)[1].tolist() == [False]  # a near tie past the first mismatch decides nothing
+    assert decisive(after_the_mismatch, matched)[1].tolist() == [
+        False
+    ]  # a near tie past the first mismatch decides nothing
 
 
 def test_the_near_tie_threshold_follows_the_logits_dtype():
@@ -52,10 +64,14 @@ def test_bfloat16_verdicts_equal_generate_on_1024_examples():
     from kdmem.models.decoding import greedy_continuations
 
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=1024, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512)
+    config = GPTNeoXConfig(
+        vocab_size=1024, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512
+    )
     model = GPTNeoXForCausalLM(config).to(torch.bfloat16).eval()
     with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(25)  # top logits 14 to 28, as in a trained model: bf16 steps of 0.0625 to 0.125
+        model.get_output_embeddings().weight.mul_(
+            25
+        )  # top logits 14 to 28, as in a trained model: bf16 steps of 0.0625 to 0.125
     prefix, suffix, examples = 32, 32, 1024
     starts = torch.randint(0, 1024, (examples, prefix + suffix))
     ids = greedy_continuations(model, starts, prefix, prefix + suffix, batch_size=64)
@@ -99,10 +115,17 @@ def test_stage_split_and_full_pass_agree(audit_case):
     for first_stage_tokens in (1, 3, SUFFIX):
         other = extract_memorized(model, data, PREFIX, SUFFIX, first_stage_tokens=first_stage_tokens, recheck=False)
         assert other["matched_tokens"].tolist() == reference["matched_tokens"].tolist()
-        torch.testing.assert_close(torch.tensor(other["min_margin"].values), torch.tensor(reference["min_margin"].values), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            torch.tensor(other["min_margin"].values),
+            torch.tensor(reference["min_margin"].values),
+            rtol=1e-4,
+            atol=1e-4,
+        )
     full = extract_memorized(model, data, PREFIX, SUFFIX, full=True, recheck=False)
     assert full["matched_tokens"].tolist() == reference["matched_tokens"].tolist()
-    torch.testing.assert_close(torch.tensor(full["min_margin"].values), torch.tensor(reference["min_margin"].values), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(full["min_margin"].values), torch.tensor(reference["min_margin"].values), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_full_fields_match_a_direct_computation(audit_case):

@@ -17,9 +17,24 @@ pytestmark = pytest.mark.faults
 
 ROOT = Path(__file__).resolve().parent.parent
 # Small batches, so that every killed stage is several steps or batches long.
-ARGS = ["run", "--preset", "smoke", *TINY_OVERRIDES, "extraction.batch_size=8", "hard.generation_batch_size=8",
-        "teacher.training.batch_size=8", "student.training.batch_size=8"]
-COMPARED = ["summary.json", "analysis.json", "data/train.parquet", "data/hard.parquet", "features.parquet", "filtering.json"]
+ARGS = [
+    "run",
+    "--preset",
+    "smoke",
+    *TINY_OVERRIDES,
+    "extraction.batch_size=8",
+    "hard.generation_batch_size=8",
+    "teacher.training.batch_size=8",
+    "student.training.batch_size=8",
+]
+COMPARED = [
+    "summary.json",
+    "analysis.json",
+    "data/train.parquet",
+    "data/hard.parquet",
+    "features.parquet",
+    "filtering.json",
+]
 
 
 def kdmem(*argv: str, kill_at: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
@@ -52,14 +67,20 @@ def without_timings(value):
 def assert_same_outputs(out: Path, reference: Path) -> None:
     for name in COMPARED:
         if name.endswith(".json"):
-            assert without_timings(json.loads((out / name).read_text())) == without_timings(json.loads((reference / name).read_text())), name
+            assert without_timings(json.loads((out / name).read_text())) == without_timings(
+                json.loads((reference / name).read_text())
+            ), name
         else:
-            pd.testing.assert_frame_equal(pd.read_parquet(out / name), pd.read_parquet(reference / name), check_exact=True)
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(out / name), pd.read_parquet(reference / name), check_exact=True
+            )
     for folder in ("memorization", "membership"):
         names = sorted(p.name for p in (reference / folder).glob("*.parquet"))
         assert names and names == sorted(p.name for p in (out / folder).glob("*.parquet"))
         for name in names:  # same rows, same values, same memorized sets
-            pd.testing.assert_frame_equal(pd.read_parquet(out / folder / name), pd.read_parquet(reference / folder / name), check_exact=True)
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(out / folder / name), pd.read_parquet(reference / folder / name), check_exact=True
+            )
     assert (out / "report.html").stat().st_size > 0
     leftovers = [str(p) for p in out.rglob("*") if p.name.endswith((".tmp", ".saving"))]
     assert leftovers == [], leftovers
@@ -71,7 +92,9 @@ def assert_same_outputs(out: Path, reference: Path) -> None:
         # The default run keeps one kill, mid-training (the costliest stage to lose); the other
         # points, about 25 s each, run with `make test-all`.
         ("train", 15),  # the baseline's third step, after the teacher's 12
-        pytest.param("generate", 3, marks=pytest.mark.slow),  # the third batch of the teacher's continuations for hard KD
+        pytest.param(
+            "generate", 3, marks=pytest.mark.slow
+        ),  # the third batch of the teacher's continuations for hard KD
         pytest.param("extract", 9, marks=pytest.mark.slow),  # the second model's audit (6 batches of 8 per model)
         pytest.param("report", 1, marks=pytest.mark.slow),  # report.html written, not yet renamed
     ],

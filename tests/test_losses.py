@@ -18,7 +18,9 @@ def on_the_test_device(device):
 def textbook(student, teacher, kind, temperature, beta=0.5):
     """One token at a time, in float64, straight from the definitions."""
     values = []
-    for s_row, t_row in zip(student.double().reshape(-1, student.shape[-1]), teacher.double().reshape(-1, teacher.shape[-1])):
+    for s_row, t_row in zip(
+        student.double().reshape(-1, student.shape[-1]), teacher.double().reshape(-1, teacher.shape[-1])
+    ):
         p_s = [math.exp(v / temperature) for v in s_row.tolist()]
         p_t = [math.exp(v / temperature) for v in t_row.tolist()]
         z_s, z_t = sum(p_s), sum(p_t)
@@ -69,7 +71,9 @@ def test_chunked_gradient_equals_unchunked(kind):
     teacher = torch.randn(4, 6, 13)
     grads = []
     for chunk_size in (1, 5, 10_000):
-        student = (torch.randn(4, 6, 13, generator=torch.Generator(device=torch.get_default_device()).manual_seed(3))).requires_grad_()
+        student = (
+            torch.randn(4, 6, 13, generator=torch.Generator(device=torch.get_default_device()).manual_seed(3))
+        ).requires_grad_()
         distillation_loss(student, teacher, kind, 2.0, chunk_size=chunk_size).backward()
         grads.append(student.grad)
     torch.testing.assert_close(grads[0], grads[2])
@@ -91,7 +95,9 @@ def test_bfloat16_inputs_computed_in_float32():
     student, teacher = torch.randn(2, 3, 9), torch.randn(2, 3, 9)
     low = distillation_loss(student.bfloat16(), teacher.bfloat16())
     assert low.dtype == torch.float32
-    assert low.item() == pytest.approx(distillation_loss(student.bfloat16().float(), teacher.bfloat16().float()).item(), rel=1e-6)
+    assert low.item() == pytest.approx(
+        distillation_loss(student.bfloat16().float(), teacher.bfloat16().float()).item(), rel=1e-6
+    )
 
 
 def test_bad_arguments_are_named():
@@ -105,7 +111,9 @@ def test_bad_arguments_are_named():
         distillation_loss(torch.randn(2, 9), torch.randn(2, 9), temperature=0)
 
 
-def sampled_teacher(teacher: torch.Tensor, k: int, samples: int, temperature: float, seed: int, temperatures=(1.0, 2.0, 3.0, 4.0)):
+def sampled_teacher(
+    teacher: torch.Tensor, k: int, samples: int, temperature: float, seed: int, temperatures=(1.0, 2.0, 3.0, 4.0)
+):
     """The cache's own sampler and estimator (``sampled_entries``, ``importance_sampled_teacher``) on (..., V) logits."""
     from kdmem.losses import importance_sampled_teacher
     from kdmem.train.teacher_cache import CacheSpec, sampled_entries
@@ -114,8 +122,13 @@ def sampled_teacher(teacher: torch.Tensor, k: int, samples: int, temperature: fl
     entries = sampled_entries(teacher, spec, torch.Generator(device=torch.get_default_device()).manual_seed(seed))
     column = temperatures.index(temperature)
     return importance_sampled_teacher(
-        entries["top_logits"], entries["top_ids"], entries["tail_logits"], entries["tail_ids"], entries["tail_log_proposal"],
-        entries["log_partition"][..., column], temperature,
+        entries["top_logits"],
+        entries["top_ids"],
+        entries["tail_logits"],
+        entries["tail_ids"],
+        entries["tail_log_proposal"],
+        entries["log_partition"][..., column],
+        temperature,
     )
 
 
@@ -148,7 +161,9 @@ def test_sampled_forward_kl_gradient_equals_autograd_of_its_formula():
     vocab, temperature = 40, 2.0
     teacher = torch.randn(2, 5, vocab) * 3
     ids, log_probs, weights = sampled_teacher(teacher, 6, 8, temperature, seed=1)
-    assert (ids[..., 6:].unsqueeze(-1) == ids[..., 6:].unsqueeze(-2)).sum() > ids[..., 6:].numel()  # some samples repeat
+    assert (ids[..., 6:].unsqueeze(-1) == ids[..., 6:].unsqueeze(-2)).sum() > ids[
+        ..., 6:
+    ].numel()  # some samples repeat
     base = torch.randn(2, 5, vocab)
     fused = base.clone().requires_grad_()
     sampled_forward_kl(fused, ids, log_probs, weights, temperature, reduction="sum", chunk_size=3).backward()
@@ -172,7 +187,9 @@ def test_the_sampled_teacher_is_unbiased_at_every_temperature_it_serves(temperat
     exact = student.clone().requires_grad_()
     distillation_loss(exact, teacher, temperature=temperature, reduction="sum").backward()
     # Each of the draws x 3 rows gets its own samples: one call draws every cache at once.
-    ids, log_probs, weights = sampled_teacher(teacher.expand(draws, -1, -1).contiguous(), k, samples, temperature, seed=0)
+    ids, log_probs, weights = sampled_teacher(
+        teacher.expand(draws, -1, -1).contiguous(), k, samples, temperature, seed=0
+    )
     estimates = torch.zeros(draws, 3, vocab).scatter_add_(-1, ids.long(), weights)
     drawn = student.expand(draws, -1, -1).clone().requires_grad_()
     sampled_forward_kl(drawn, ids, log_probs, weights, temperature, reduction="sum").backward()
@@ -207,7 +224,9 @@ def test_fused_forward_kl_gradient_equals_autograd(temperature, dtype):
     weights = torch.rand(3, 7)
     base = (torch.randn(3, 7, 29) * 2).to(dtype)
     fused = base.clone().requires_grad_()
-    (distillation_loss(fused, teacher, temperature=temperature, mask=mask, reduction="none", chunk_size=4) * weights).sum().backward()
+    (
+        distillation_loss(fused, teacher, temperature=temperature, mask=mask, reduction="none", chunk_size=4) * weights
+    ).sum().backward()
     obvious = base.clone().requires_grad_()
     log_t = torch.log_softmax(teacher / temperature, dim=-1)
     autograd_forward_kl(obvious, log_t, temperature, weights * mask).backward()
@@ -228,7 +247,9 @@ def test_forward_kl_reads_any_leading_shape_and_sliced_views():
     logits, teacher = torch.randn(2, 3, 4, 10), torch.randn(2, 3, 4, 10)
     mask = torch.rand(2, 3, 4) > 0.2
     expected = distillation_loss(logits.reshape(-1, 10), teacher.reshape(-1, 10), mask=mask.reshape(-1), chunk_size=5)
-    assert distillation_loss(logits, teacher, mask=mask, chunk_size=5).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert distillation_loss(logits, teacher, mask=mask, chunk_size=5).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
     # What the trainer passes: positions :-1 and the first `vocab` columns of a wider, padded logits tensor.
     wide = torch.randn(2, 7, 12, requires_grad=True)
     target = torch.randn(2, 6, 10)

@@ -16,8 +16,8 @@ from kdmem.memorization.membership import (
     membership_metrics,
     membership_scores,
     membership_table,
-    write_membership,
     token_log_probs,
+    write_membership,
     zlib_entropy,
 )
 from kdmem.models import load_model, load_tokenizer
@@ -38,7 +38,7 @@ def test_zlib_entropy_on_hand_values():
     assert zlib_entropy(repetitive) == len(zlib.compress(repetitive.encode("utf-8")))
     assert zlib_entropy(repetitive) < 30 < len(repetitive)
     assert zlib_entropy("") == 8  # zlib's 2-byte header, empty deflate block and 4-byte checksum
-    assert zlib_entropy("é") == len(zlib.compress("é".encode("utf-8")))  # bytes of UTF-8, not characters
+    assert zlib_entropy("é") == len(zlib.compress("é".encode()))  # bytes of UTF-8, not characters
 
 
 def direct_log_probs(model, ids: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,9 @@ def test_min_k_picking_one_token_is_the_minimum_and_all_tokens_the_mean(base, ti
         membership_scores(base, rows, tokenizer, min_k=0)
 
 
-def scores(members: list[float], non_members: list[float], name: str = "min_k_prob") -> tuple[pd.DataFrame, pd.DataFrame]:
+def scores(
+    members: list[float], non_members: list[float], name: str = "min_k_prob"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame({name: members}), pd.DataFrame({name: non_members})
 
 
@@ -129,7 +131,9 @@ def test_scores_are_oriented_so_higher_means_member():
 
 
 def test_fine_tuned_model_betrays_its_training_set_and_the_base_does_not(memorizing_model, base, tiny_data, tokenizer):
-    frame, metrics = audit_membership(memorizing_model, tiny_data.train, tiny_data.validation, tokenizer, reference=base)
+    frame, metrics = audit_membership(
+        memorizing_model, tiny_data.train, tiny_data.validation, tokenizer, reference=base
+    )
     assert list(frame.columns) == ["example_id", "split", *SCORES]
     assert list(frame["example_id"]) == list(tiny_data.train["example_id"]) + list(tiny_data.validation["example_id"])
     assert frame["split"].tolist() == ["train"] * 48 + ["validation"] * 16
@@ -150,7 +154,9 @@ def test_fine_tuned_model_betrays_its_training_set_and_the_base_does_not(memoriz
 
 
 def test_table_metadata_round_trips_through_parquet(base, tiny_data, tokenizer, tmp_path):
-    frame, metrics = audit_membership(base, tiny_data.train.iloc[:8], tiny_data.validation.iloc[:8], tokenizer, min_k=0.5)
+    frame, metrics = audit_membership(
+        base, tiny_data.train.iloc[:8], tiny_data.validation.iloc[:8], tokenizer, min_k=0.5
+    )
     path = tmp_path / "membership.parquet"
     write_membership(path, frame, metrics, min_k=0.5)
     assert json.loads(pq.read_schema(path).metadata[b"kdmem"]) == {"scores": SCORES, "min_k": 0.5, "metrics": metrics}
@@ -163,8 +169,17 @@ def test_membership_command_on_a_run(finished_run, tmp_path, capsys):
 
     _, out, summary = finished_run
     target = tmp_path / "m.parquet"
-    args = ["membership", "--model", str(out / "models" / "teacher"), "--members", str(out / "data" / "train.parquet"),
-            "--non-members", str(out / "data" / "validation.parquet"), "-o", str(target)]
+    args = [
+        "membership",
+        "--model",
+        str(out / "models" / "teacher"),
+        "--members",
+        str(out / "data" / "train.parquet"),
+        "--non-members",
+        str(out / "data" / "validation.parquet"),
+        "-o",
+        str(target),
+    ]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     auc = summary["models"]["teacher"]["membership"]["loss"]["auc"]

@@ -33,7 +33,10 @@ def test_embedded_bases_are_pretrained_gpt_neox(tiny_bases, tiny_data):
     torch.manual_seed(0)
     for base in (teacher, student):
         fresh = type(base)(base.config).to(base.device).eval()
-        losses = [model.eval()(input_ids=ids.to(base.device), labels=ids.to(base.device)).loss.item() for model in (base, fresh)]
+        losses = [
+            model.eval()(input_ids=ids.to(base.device), labels=ids.to(base.device)).loss.item()
+            for model in (base, fresh)
+        ]
         assert losses[0] < losses[1] - 0.4, losses
 
 
@@ -48,7 +51,9 @@ def test_not_a_model_folder(tmp_path):
 def test_mismatched_vocabularies_are_refused(tiny_bases):
     texts = ["alpha beta gamma delta " * 50, "one two three four five " * 50]
     small, large = train_tokenizer(texts, 300), load_tokenizer(str(tiny_bases["teacher"]))
-    with pytest.raises(ModelError, match=rf"teacher {len(large)} tokens, student {len(small)};.* only in the teacher's"):
+    with pytest.raises(
+        ModelError, match=rf"teacher {len(large)} tokens, student {len(small)};.* only in the teacher's"
+    ):
         check_same_vocabulary(large, small)
     check_same_vocabulary(large, load_tokenizer(str(tiny_bases["student"])))
 

@@ -1,7 +1,14 @@
 import pandas as pd
 import pytest
 
-from kdmem.analysis.overlaps import categories, memorized_ids, overlap, pairwise_overlap, seed_consistency, soft_vs_hard
+from kdmem.analysis.overlaps import (
+    categories,
+    memorized_ids,
+    overlap,
+    pairwise_overlap,
+    seed_consistency,
+    soft_vs_hard,
+)
 
 # A hand-built case: ten examples a..j.
 T = {"a", "b", "c", "d", "e", "f"}
@@ -34,8 +41,16 @@ def test_overlap_of_an_empty_student():
 def test_categories_partition_every_example():
     cats = categories(IDS, T, B, S)
     assert cats.to_dict() == {
-        "a": "t_b_s", "b": "t_b_s", "c": "suppressed", "d": "inherited", "e": "teacher_only", "f": "teacher_only",
-        "g": "baseline_and_student", "h": "student_only", "i": "none", "j": "none",
+        "a": "t_b_s",
+        "b": "t_b_s",
+        "c": "suppressed",
+        "d": "inherited",
+        "e": "teacher_only",
+        "f": "teacher_only",
+        "g": "baseline_and_student",
+        "h": "student_only",
+        "i": "none",
+        "j": "none",
     }
     counts = overlap(T, B, S)
     assert (cats == "suppressed").sum() == counts["suppressed"] and (cats == "inherited").sum() == counts["inherited"]

@@ -16,7 +16,6 @@ from kdmem.pipeline import run
 from tests.conftest import TINY_OVERRIDES
 
 
-
 def test_layout_and_summary(finished_run):
     config, out, summary = finished_run
     names = ["teacher", "baseline", "baseline-seed1", "soft", "soft-seed1", "hard", "hard-seed1", "soft-T1", "soft-T4"]
@@ -34,7 +33,9 @@ def test_layout_and_summary(finished_run):
     for name in names:
         assert (out / "models" / name / "model.safetensors").exists()
         assert (out / "models" / name / "tokenizer.json").exists()
-        assert not list((out / "models" / name).glob("*.bin"))  # no pickle (Trainer.save_model's training_args.bin) is kept
+        assert not list(
+            (out / "models" / name).glob("*.bin")
+        )  # no pickle (Trainer.save_model's training_args.bin) is kept
         verdicts = pd.read_parquet(out / "memorization" / f"{name}.parquet")
         assert list(verdicts["example_id"]) == list(train["example_id"])
         assert verdicts["memorized_p16"].equals(verdicts["memorized"])  # the curve's point at the main prefix length
@@ -46,11 +47,15 @@ def test_layout_and_summary(finished_run):
         assert verdicts["approx_token_match"].notna().sum() == row["approximate"]["examples"] == len(train)
         assert row["approximate"]["exact"] == row["memorized"]
         scores = pd.read_parquet(out / "membership" / f"{name}.parquet")
-        assert (scores["split"] == "train").sum() == len(train) and (scores["split"] == "validation").sum() == config.data.validation_examples
+        assert (scores["split"] == "train").sum() == len(train) and (
+            scores["split"] == "validation"
+        ).sum() == config.data.validation_examples
         # the AUC the summary reports is the one the scores give (members: train; lower loss means member)
         from sklearn.metrics import roc_auc_score
 
-        assert row["membership"]["loss"]["auc"] == pytest.approx(roc_auc_score(scores["split"] == "train", -scores["loss"]))
+        assert row["membership"]["loss"]["auc"] == pytest.approx(
+            roc_auc_score(scores["split"] == "train", -scores["loss"])
+        )
         assert "reference_ratio" in row["membership"]
         recorded = json.loads(pq.read_schema(out / "membership" / f"{name}.parquet").metadata[b"kdmem"])
         assert "zlib" in recorded["scores"]["zlib_ratio"]["formula"] and recorded["metrics"] == row["membership"]
@@ -88,7 +93,10 @@ def test_a_changed_config_recomputes_only_what_it_changes(tiny_bases, tmp_path):
     out = tmp_path / "run"
     run(load_config(preset="smoke", overrides=TINY_OVERRIDES), out)
     teacher_weights = out / "models" / "teacher" / "model.safetensors"
-    written = {name: (out / "models" / name / "model.safetensors").stat().st_mtime_ns for name in ("teacher", "baseline", "soft", "hard")}
+    written = {
+        name: (out / "models" / name / "model.safetensors").stat().st_mtime_ns
+        for name in ("teacher", "baseline", "soft", "hard")
+    }
 
     added = TINY_OVERRIDES + ["soft.sweep_temperatures=[4]"]
     summary = run(load_config(preset="smoke", overrides=added), out)  # only adds stages: no --overwrite needed
@@ -99,12 +107,18 @@ def test_a_changed_config_recomputes_only_what_it_changes(tiny_bases, tmp_path):
     with pytest.raises(ConfigError, match=r"finished stages .*soft-T4.*kept as they are: .*baseline.*teacher"):
         run(changed, out)
     reused = run(changed, out, overwrite=True)
-    assert teacher_weights.stat().st_mtime_ns == written["teacher"] and (out / "models" / "hard" / "model.safetensors").stat().st_mtime_ns == written["hard"]
+    assert (
+        teacher_weights.stat().st_mtime_ns == written["teacher"]
+        and (out / "models" / "hard" / "model.safetensors").stat().st_mtime_ns == written["hard"]
+    )
     assert (out / "models" / "soft" / "model.safetensors").stat().st_mtime_ns != written["soft"]
     fresh = run(changed, tmp_path / "fresh")
     assert reused["models"] == fresh["models"]
     for name in fresh["models"]:
-        pd.testing.assert_frame_equal(pd.read_parquet(out / "memorization" / f"{name}.parquet"), pd.read_parquet(tmp_path / "fresh" / "memorization" / f"{name}.parquet"))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(out / "memorization" / f"{name}.parquet"),
+            pd.read_parquet(tmp_path / "fresh" / "memorization" / f"{name}.parquet"),
+        )
 
 
 def test_rescoring_settings_retrain_nothing_and_end_where_a_fresh_run_ends(tiny_bases, tmp_path):
@@ -116,8 +130,14 @@ def test_rescoring_settings_retrain_nothing_and_end_where_a_fresh_run_ends(tiny_
     run(load_config(preset="smoke", overrides=base), out)
     weights = {path: path.stat().st_mtime_ns for path in (out / "models").rglob("model.safetensors")}
     assert (out / "models" / "hard-filtered" / "model.safetensors") in weights
-    changed = load_config(preset="smoke", overrides=base + ["membership.min_k=0.1", "canaries.num_candidates=60", "extraction.batch_size=8"])
-    with pytest.raises(ConfigError, match=r"finished stages membership:teacher, canaries:teacher, .*canaries:hard-filtered \(kept as they are: .*extract:soft.*hard-filtered.*validation:teacher"):
+    changed = load_config(
+        preset="smoke",
+        overrides=base + ["membership.min_k=0.1", "canaries.num_candidates=60", "extraction.batch_size=8"],
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"finished stages membership:teacher, canaries:teacher, .*canaries:hard-filtered \(kept as they are: .*extract:soft.*hard-filtered.*validation:teacher",
+    ):
         run(changed, out)
     reused = run(changed, out, overwrite=True)
     assert {path: path.stat().st_mtime_ns for path in weights} == weights
@@ -125,12 +145,25 @@ def test_rescoring_settings_retrain_nothing_and_end_where_a_fresh_run_ends(tiny_
     assert list(reused["models"]) == list(fresh["models"])
     for name, row in fresh["models"].items():
         # The batch size moves a loss by float rounding only (measured: 1e-7 relative), never a verdict.
-        assert reused["models"][name]["memorized"] == row["memorized"] and reused["models"][name]["val_loss"] == pytest.approx(row["val_loss"], rel=1e-5)
-        assert reused["models"][name]["membership"]["min_k_prob"] == pytest.approx(row["membership"]["min_k_prob"], rel=1e-5)
-        pd.testing.assert_frame_equal(pd.read_parquet(out / "memorization" / f"{name}.parquet"), pd.read_parquet(tmp_path / "fresh" / "memorization" / f"{name}.parquet"))
+        assert reused["models"][name]["memorized"] == row["memorized"] and reused["models"][name][
+            "val_loss"
+        ] == pytest.approx(row["val_loss"], rel=1e-5)
+        assert reused["models"][name]["membership"]["min_k_prob"] == pytest.approx(
+            row["membership"]["min_k_prob"], rel=1e-5
+        )
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(out / "memorization" / f"{name}.parquet"),
+            pd.read_parquet(tmp_path / "fresh" / "memorization" / f"{name}.parquet"),
+        )
         for part in ("membership", "canaries"):
-            pd.testing.assert_frame_equal(pd.read_parquet(out / part / f"{name}.parquet"), pd.read_parquet(tmp_path / "fresh" / part / f"{name}.parquet"), rtol=1e-5)
-    assert json.loads((out / "filtering.json").read_text()) == json.loads((tmp_path / "fresh" / "filtering.json").read_text())
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(out / part / f"{name}.parquet"),
+                pd.read_parquet(tmp_path / "fresh" / part / f"{name}.parquet"),
+                rtol=1e-5,
+            )
+    assert json.loads((out / "filtering.json").read_text()) == json.loads(
+        (tmp_path / "fresh" / "filtering.json").read_text()
+    )
     # The canaries' key is their first extraction.prefix_len tokens: a new prefix length makes new data (it was reused, stale).
     with pytest.raises(ConfigError, match=r"finished stages data, teacher, "):
         run(load_config(preset="smoke", overrides=base + ["extraction.prefix_len=8"]), out)
@@ -147,8 +180,12 @@ def test_the_teacher_cache_is_known_by_its_teacher_not_by_the_output_path(tiny_b
     written = [path.stat().st_mtime_ns for path in shards]
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    summary = run(load_config(preset="smoke", overrides=overrides[:-1] + ["soft.sweep_temperatures=[4]"]), tmp_path / "run")
-    assert "soft-T4" in summary["models"] and "cache:train" in summary["stage_seconds"]  # the cache is a stage of its own
+    summary = run(
+        load_config(preset="smoke", overrides=overrides[:-1] + ["soft.sweep_temperatures=[4]"]), tmp_path / "run"
+    )
+    assert (
+        "soft-T4" in summary["models"] and "cache:train" in summary["stage_seconds"]
+    )  # the cache is a stage of its own
     assert [path.stat().st_mtime_ns for path in shards] == written
 
 
@@ -175,7 +212,10 @@ def test_console_script_smoke_preset_shows_the_papers_direction(tmp_path):
     script = shutil.which("kdmem") or str(Path(sys.executable).parent / "kdmem")
     result = subprocess.run(
         [script, "run", "--preset", "smoke", "--output", str(tmp_path / "smoke")],
-        capture_output=True, text=True, env=os.environ.copy(), timeout=600,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "reduction" in result.stderr  # the headline table is logged
@@ -191,8 +231,22 @@ def test_cli_extract_on_a_runs_training_set(finished_run, tmp_path, capsys):
 
     config, out, summary = finished_run
     target = tmp_path / "teacher.parquet"
-    args = ["extract", "--model", str(out / "models" / "teacher"), "--data", str(out / "data" / "train.parquet"),
-            "--prefix-len", "16", "--suffix-len", "16", "--output", str(target), "--full", "--prefix-lens", "8,16"]
+    args = [
+        "extract",
+        "--model",
+        str(out / "models" / "teacher"),
+        "--data",
+        str(out / "data" / "train.parquet"),
+        "--prefix-len",
+        "16",
+        "--suffix-len",
+        "16",
+        "--output",
+        str(target),
+        "--full",
+        "--prefix-lens",
+        "8,16",
+    ]
     assert cli.main(args) == 0
     verdicts = pd.read_parquet(target)
     in_run = pd.read_parquet(out / "memorization" / "teacher.parquet")
@@ -208,19 +262,37 @@ def test_cli_extract_on_a_runs_training_set(finished_run, tmp_path, capsys):
 
 def test_cli_extract_on_text_and_bad_arguments(tiny_bases, tmp_path, capsys):
     target = tmp_path / "v.parquet"
-    args = ["extract", "--model", str(tiny_bases["teacher"]), "--data", "builtin:python-docs", "--prefix-len", "8",
-            "--suffix-len", "8", "--num-examples", "20", "--output", str(target)]
+    args = [
+        "extract",
+        "--model",
+        str(tiny_bases["teacher"]),
+        "--data",
+        "builtin:python-docs",
+        "--prefix-len",
+        "8",
+        "--suffix-len",
+        "8",
+        "--num-examples",
+        "20",
+        "--output",
+        str(target),
+    ]
     assert cli.main(args) == 0
     verdicts = pd.read_parquet(target)
     assert len(verdicts) == 20 and "memorized 0 of 20" in capsys.readouterr().out  # a base has not seen D
     assert cli.main(args[:-2] + ["--output", str(tmp_path / "w.parquet"), "--prefix-lens", "4"]) == 2
     assert "prefix_lens needs extraction.full=true" in capsys.readouterr().err
-    assert cli.main(["extract", "--model", str(tmp_path / "nowhere"), "--data", "builtin:python-docs", "-o", str(target)]) == 2
+    assert (
+        cli.main(["extract", "--model", str(tmp_path / "nowhere"), "--data", "builtin:python-docs", "-o", str(target)])
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_canaries_are_planted_in_training_but_not_in_d(tiny_bases, tmp_path):
-    config = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["canaries.repeats=[1,8]", "canaries.num_candidates=40"])
+    config = load_config(
+        preset="smoke", overrides=TINY_OVERRIDES + ["canaries.repeats=[1,8]", "canaries.num_candidates=40"]
+    )
     out = tmp_path / "canaries"
     summary = run(config, out)
     train = pd.read_parquet(out / "data" / "train.parquet")
@@ -239,11 +311,15 @@ def test_canaries_are_planted_in_training_but_not_in_d(tiny_bases, tmp_path):
     # from the saved model and the canaries' tokens, gives the ranks it wrote.
     teacher = load_model(str(out / "models" / "teacher")).eval()
     tokenizer = load_tokenizer(str(out / "models" / "teacher"))
-    candidates = candidate_secrets(canaries, 16, 40, len(tokenizer), tokenizer.all_special_ids, seed=config.canaries.seed)
+    candidates = candidate_secrets(
+        canaries, 16, 40, len(tokenizer), tokenizer.all_special_ids, seed=config.canaries.seed
+    )
     ranks = []
     for ids, drawn in zip(canaries["input_ids"], candidates):
         ids = torch.as_tensor(ids, dtype=torch.long)
-        sequences = torch.cat([ids[None], torch.cat([ids[:16].expand(len(drawn), -1), torch.from_numpy(drawn)], dim=1)])
+        sequences = torch.cat(
+            [ids[None], torch.cat([ids[:16].expand(len(drawn), -1), torch.from_numpy(drawn)], dim=1)]
+        )
         with torch.no_grad():
             log_probs = teacher(sequences.to(teacher.device)).logits.float().log_softmax(-1)[:, 15:-1]
         totals = log_probs.gather(-1, sequences[:, 16:, None].to(teacher.device)).sum(dim=(1, 2)).cpu()
@@ -258,19 +334,33 @@ def test_soft_students_from_the_teacher_logit_cache(finished_run, tiny_bases, tm
     """The teacher's hidden states cached once (the default kind): every soft student (both
     temperatures) reads them, and matches the students that ran the teacher at every step."""
     plain_config, plain, plain_summary = finished_run
-    config = load_config(preset="smoke", overrides=TINY_OVERRIDES + ["soft.sweep_temperatures=[1,4]", "soft.teacher_cache=true"])
+    config = load_config(
+        preset="smoke", overrides=TINY_OVERRIDES + ["soft.sweep_temperatures=[1,4]", "soft.teacher_cache=true"]
+    )
     out = tmp_path / "cached"
     summary = run(config, out)
     cache = out / "cache" / "teacher-logits-train"
-    assert len(list(cache.glob("shard-*.safetensors"))) == 1 and json.loads((cache / "spec.json").read_text())["kind"] == "hidden"
+    assert (
+        len(list(cache.glob("shard-*.safetensors"))) == 1
+        and json.loads((cache / "spec.json").read_text())["kind"] == "hidden"
+    )
     for name in ("soft", "soft-T1", "soft-T4"):
         # Measured relative difference: 9.2e-8 at most (soft-T1; 0 for the others). Bound 100x that.
-        assert summary["models"][name]["val_loss"] == pytest.approx(plain_summary["models"][name]["val_loss"], rel=1e-5)
-        verdicts = [pd.read_parquet(folder / "memorization" / f"{name}.parquet")["memorized"].tolist() for folder in (plain, out)]
+        assert summary["models"][name]["val_loss"] == pytest.approx(
+            plain_summary["models"][name]["val_loss"], rel=1e-5
+        )
+        verdicts = [
+            pd.read_parquet(folder / "memorization" / f"{name}.parquet")["memorized"].tolist()
+            for folder in (plain, out)
+        ]
         assert verdicts[0] == verdicts[1], name
     with pytest.raises(ConfigError, match="forward_kl only"):
-        load_config(preset="smoke", overrides=["soft.teacher_cache=true", "soft.cache_kind=sampled", "soft.kind=jsd"]).validate()
-    load_config(preset="smoke", overrides=["soft.teacher_cache=true", "soft.kind=jsd"]).validate()  # an exact cache serves every kind
+        load_config(
+            preset="smoke", overrides=["soft.teacher_cache=true", "soft.cache_kind=sampled", "soft.kind=jsd"]
+        ).validate()
+    load_config(
+        preset="smoke", overrides=["soft.teacher_cache=true", "soft.kind=jsd"]
+    ).validate()  # an exact cache serves every kind
     with pytest.raises(ConfigError, match="set soft.cache_kind=logits"):
         load_config(preset="smoke", overrides=["soft.cache_top_k=null"])
 
@@ -291,10 +381,16 @@ def test_run_under_two_processes(tiny_bases, tmp_path):
 
     from .conftest import two_cpu_processes
 
-    shared = TINY_OVERRIDES + ["soft.teacher_cache=true", "soft.sweep_temperatures=[]", "extraction.approximate_sample=10"]
+    shared = TINY_OVERRIDES + [
+        "soft.teacher_cache=true",
+        "soft.sweep_temperatures=[]",
+        "extraction.approximate_sample=10",
+    ]
     batches = lambda size: [f"{stage}.training.batch_size={size}" for stage in ("teacher", "student", "soft", "hard")]  # noqa: E731
     one = run(load_config(preset="smoke", overrides=shared + batches(16)), tmp_path / "one")
-    launched = two_cpu_processes("-m", "kdmem.cli", "run", "--preset", "smoke", *shared, *batches(8), "-o", str(tmp_path / "two"), timeout=900)
+    launched = two_cpu_processes(
+        "-m", "kdmem.cli", "run", "--preset", "smoke", *shared, *batches(8), "-o", str(tmp_path / "two"), timeout=900
+    )
     assert launched.returncode == 0, launched.stderr[-4000:]
     two_dir = tmp_path / "two"
     two = json.loads((two_dir / "summary.json").read_text())
@@ -325,7 +421,11 @@ def test_run_under_two_processes(tiny_bases, tmp_path):
         np.testing.assert_allclose(split["min_margin"], alone["min_margin"], rtol=1e-5, atol=1e-5)
         scores = pd.read_parquet(two_dir / "membership" / f"{name}.parquet")
         assert scores["example_id"].tolist() == train["example_id"].tolist() + validation["example_id"].tolist()
-        np.testing.assert_allclose(scores.loc[scores["split"] == "train", "loss"], membership_scores(model, train, tokenizer)["loss"], rtol=1e-5)
+        np.testing.assert_allclose(
+            scores.loc[scores["split"] == "train", "loss"],
+            membership_scores(model, train, tokenizer)["loss"],
+            rtol=1e-5,
+        )
     features = pd.read_parquet(two_dir / "features.parquet")
     models = {name: load_model(str(two_dir / "models" / name)) for name in ("teacher", "baseline", "soft", "hard")}
     alone = model_features(models, train, tokenizer, **feature_spans(config))
@@ -397,8 +497,12 @@ def test_a_second_family_is_run_inside_the_run_and_compared(tiny_bases, tmp_path
     from kdmem.analysis.compare import compare_runs
     from kdmem.report.findings import paper_findings
 
-    overrides = TINY_OVERRIDES + ["data.packing=documents", "soft.sweep_temperatures=[]", "second_family.enabled=true",
-                                  "second_family.overrides=[embedded.vocab_size=448]"]
+    overrides = TINY_OVERRIDES + [
+        "data.packing=documents",
+        "soft.sweep_temperatures=[]",
+        "second_family.enabled=true",
+        "second_family.overrides=[embedded.vocab_size=448]",
+    ]
     out = tmp_path / "run"
     summary = run(load_config(preset="smoke", overrides=overrides), out)
     family = out / "second-family"
@@ -406,14 +510,22 @@ def test_a_second_family_is_run_inside_the_run_and_compared(tiny_bases, tmp_path
     assert set(json.loads((family / "summary.json").read_text())["models"]) == {"teacher", "baseline", "soft", "hard"}
     assert load_config(family / "config.yaml").embedded.vocab_size == 448
     comparison = json.loads((out / "cross_family.json").read_text())
-    assert comparison == json.loads(json.dumps(compare_runs(out, family)))  # what kdmem compare says of the two folders
-    assert not comparison["same_tokenizer"] and comparison["matched_by"] == "example id" and comparison["zlib_pearson"] is not None
+    assert comparison == json.loads(
+        json.dumps(compare_runs(out, family))
+    )  # what kdmem compare says of the two folders
+    assert (
+        not comparison["same_tokenizer"]
+        and comparison["matched_by"] == "example id"
+        and comparison["zlib_pearson"] is not None
+    )
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["cross_family"] == comparison
     assert paper_findings(summary, analysis)[3].agrees in ("yes", "no")  # finding 4 has its data
     page = (out / "report.html").read_text()
-    section = page[page.index('<section id="cross-family">'):page.index('<section id="filtering">')]
-    assert "No data for this section" not in section and f"<td>{comparison['overlap']['teacher']['both']}</td>" in section
+    section = page[page.index('<section id="cross-family">') : page.index('<section id="filtering">')]
+    assert (
+        "No data for this section" not in section and f"<td>{comparison['overlap']['teacher']['both']}</td>" in section
+    )
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     run(load_config(preset="smoke", overrides=overrides), out)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
@@ -425,8 +537,13 @@ def _documents(count=80):
     return [text for text in python_docs("private") if len(text) > 300][:count]
 
 
-FAST_OVERRIDES = TINY_OVERRIDES + ["soft.sweep_temperatures=[]", "filtering.enabled=false", "membership.enabled=false", "extraction.track_every_epochs=0",
-                                   "extraction.approximate_sample=0"]
+FAST_OVERRIDES = TINY_OVERRIDES + [
+    "soft.sweep_temperatures=[]",
+    "filtering.enabled=false",
+    "membership.enabled=false",
+    "extraction.track_every_epochs=0",
+    "extraction.approximate_sample=0",
+]
 
 
 @pytest.mark.parametrize("form", ["saved Dataset", "saved DatasetDict", "Dataset", "DataFrame", "list"])
@@ -442,32 +559,73 @@ def test_a_smoke_run_on_each_form_of_data(tiny_bases, tmp_path, form):
         datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "saved"))
         overrides.append(f"data.source={tmp_path / 'saved'}")
     elif form == "saved DatasetDict":
-        splits = {"train": datasets.Dataset.from_dict({"text": texts[:3]}), "validation": datasets.Dataset.from_dict({"text": texts})}
+        splits = {
+            "train": datasets.Dataset.from_dict({"text": texts[:3]}),
+            "validation": datasets.Dataset.from_dict({"text": texts}),
+        }
         datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
         overrides += [f"data.source={tmp_path / 'saved'}", "data.split=validation"]
     else:
-        documents = {"Dataset": datasets.Dataset.from_dict({"text": texts}), "DataFrame": pd.DataFrame({"text": texts}), "list": texts}[form]
+        documents = {
+            "Dataset": datasets.Dataset.from_dict({"text": texts}),
+            "DataFrame": pd.DataFrame({"text": texts}),
+            "list": texts,
+        }[form]
     summary = run(load_config(preset="smoke", overrides=overrides), tmp_path / "run", documents=documents)
     assert summary["models"]["teacher"]["examples"] == 48
-    reference = run(load_config(preset="smoke", overrides=FAST_OVERRIDES), tmp_path / "reference", documents=texts) if form == "list" else None
+    reference = (
+        run(load_config(preset="smoke", overrides=FAST_OVERRIDES), tmp_path / "reference", documents=texts)
+        if form == "list"
+        else None
+    )
     if documents is not None:
         source = load_config(tmp_path / "run" / "config.yaml").data.source
-        assert source.startswith(str((tmp_path / "run" / "source").resolve())) and list(pd.read_parquet(source)["text"]) == texts
+        assert (
+            source.startswith(str((tmp_path / "run" / "source").resolve()))
+            and list(pd.read_parquet(source)["text"]) == texts
+        )
     if reference is not None:  # a rerun from the config it wrote makes the same D
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "data" / "train.parquet"), pd.read_parquet(tmp_path / "reference" / "data" / "train.parquet"))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / "run" / "data" / "train.parquet"),
+            pd.read_parquet(tmp_path / "reference" / "data" / "train.parquet"),
+        )
 
 
 def test_extract_and_predict_read_a_saved_dataset(finished_run, tmp_path, capsys):
     import datasets
 
     _, out, summary = finished_run
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": _documents(30)})}).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": _documents(30)})}).save_to_disk(
+        str(tmp_path / "saved")
+    )
     target = tmp_path / "verdicts.parquet"
-    args = ["extract", "--model", str(out / "models" / "teacher"), "--data", str(tmp_path / "saved"), "--prefix-len", "8", "--suffix-len", "8",
-            "--output", str(target)]
+    args = [
+        "extract",
+        "--model",
+        str(out / "models" / "teacher"),
+        "--data",
+        str(tmp_path / "saved"),
+        "--prefix-len",
+        "8",
+        "--suffix-len",
+        "8",
+        "--output",
+        str(target),
+    ]
     assert cli.main(args) == 0 and len(pd.read_parquet(target)) > 10
     memorizes = any(summary["models"][name]["memorized"] for name in ("hard", "hard-seed1"))
-    code = cli.main(["predict", str(out), "--data", str(tmp_path / "saved"), "--student", "hard", "-o", str(tmp_path / "risk.parquet")])
+    code = cli.main(
+        [
+            "predict",
+            str(out),
+            "--data",
+            str(tmp_path / "saved"),
+            "--student",
+            "hard",
+            "-o",
+            str(tmp_path / "risk.parquet"),
+        ]
+    )
     if memorizes:  # a predictor to fit: every sequence of the saved dataset scored
         assert code == 0 and len(pd.read_parquet(tmp_path / "risk.parquet")) == len(pd.read_parquet(target))
     else:

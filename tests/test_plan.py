@@ -11,7 +11,13 @@ PAPER_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "paper
 
 
 def test_the_paper_presets_are_valid_and_planned_without_downloads(capsys):
-    assert [p.stem for p in PAPER_CONFIGS] == ["olmo2-fineweb", "pythia-fineweb", "pythia-nemotron", "pythia-wikitext", "qwen3-fineweb"]
+    assert [p.stem for p in PAPER_CONFIGS] == [
+        "olmo2-fineweb",
+        "pythia-fineweb",
+        "pythia-nemotron",
+        "pythia-wikitext",
+        "qwen3-fineweb",
+    ]
     for path in PAPER_CONFIGS:
         config = load_config(path)
         assert (config.data.num_examples, config.data.seq_len, config.seeds) == (1_000_000, 256, [0, 1, 2])
@@ -28,7 +34,9 @@ def test_plan_arithmetic_on_the_pythia_setting():
 
     result = plan(load_config(PAPER_CONFIGS[1]))
     # a dry run lists the stages a real run executes, from the same graph
-    assert [row["stage"] for row in result["stages"]] == [stage.name for stage in stage_graph(load_config(PAPER_CONFIGS[1]))]
+    assert [row["stage"] for row in result["stages"]] == [
+        stage.name for stage in stage_graph(load_config(PAPER_CONFIGS[1]))
+    ]
     stages = {row["stage"]: row for row in result["stages"]}
     tokens = 256_000_000
     assert stages["teacher"]["flops"] == pytest.approx(6 * 11.85e9 * tokens * 3)
@@ -36,17 +44,23 @@ def test_plan_arithmetic_on_the_pythia_setting():
     assert stages["soft"]["flops"] == pytest.approx((6 * 1.41e9 + 2 * 5120 * 50_304) * tokens * 4)
     assert stages["cache:train"]["flops"] == pytest.approx(2 * 11.85e9 * tokens)
     assert result["teacher_cache"] == "hidden"
-    assert result["teacher_cache_bytes"] == (1_000_000 * 255 + 50_304) * 5120 * 2  # bf16 states, and the output layer once
+    assert (
+        result["teacher_cache_bytes"] == (1_000_000 * 255 + 50_304) * 5120 * 2
+    )  # bf16 states, and the output layer once
     sampled = plan(load_config(PAPER_CONFIGS[1], overrides=["soft.cache_kind=sampled"]))
     assert {row["stage"]: row for row in sampled["stages"]}["soft"]["flops"] == pytest.approx(6 * 1.41e9 * tokens * 4)
-    assert sampled["teacher_cache_bytes"] == 1_000_000 * 255 * (8 * 64 + 12 * 16 * 4 + 4 * 4)  # top 64, 16 tail samples x 4 epochs, T = 1..4
+    assert sampled["teacher_cache_bytes"] == 1_000_000 * 255 * (
+        8 * 64 + 12 * 16 * 4 + 4 * 4
+    )  # top 64, 16 tail samples x 4 epochs, T = 1..4
     logits = plan(load_config(PAPER_CONFIGS[1], overrides=["soft.cache_kind=logits"]))
     assert logits["teacher_cache_bytes"] == 1_000_000 * 255 * 50_304 * 4
     total = sum(row["flops"] for row in result["stages"])
     assert result["total_gpu_hours"] == pytest.approx(total / (PEAK_FLOPS * UTILIZATION) / 3600)
     live = plan(load_config(PAPER_CONFIGS[1], overrides=["soft.teacher_cache=false"]))
     live_soft = {row["stage"]: row for row in live["stages"]}["soft"]["flops"]
-    assert live_soft == pytest.approx((6 * 1.41e9 * 4 + 2 * 11.85e9 * 4) * tokens) and live["teacher_cache_bytes"] is None
+    assert (
+        live_soft == pytest.approx((6 * 1.41e9 * 4 + 2 * 11.85e9 * 4) * tokens) and live["teacher_cache_bytes"] is None
+    )
 
 
 def test_parameters_of_a_local_model_come_from_its_config_alone(tiny_bases):
@@ -74,14 +88,28 @@ def test_dry_run_offline_says_so_at_once_and_takes_counts_from_a_flag(capsys, ca
     messages = [r.getMessage() for r in caplog.records if "Cannot look up" in r.getMessage()]
     assert len(messages) == 2 and "Qwen/Qwen3-8B" in messages[0] and "--parameters" in messages[0]
     assert "unknown" in capsys.readouterr().out
-    assert cli.main(["run", str(PAPER_CONFIGS[-1]), "--dry-run", "--parameters", "teacher=8.19e9,student=2.03e9", *overrides]) == 0
+    assert (
+        cli.main(
+            ["run", str(PAPER_CONFIGS[-1]), "--dry-run", "--parameters", "teacher=8.19e9,student=2.03e9", *overrides]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "8.19B parameters" in printed and "total" in printed and "unknown" not in printed.split("total")[-1]
     assert cli.main(["run", str(PAPER_CONFIGS[-1]), "--dry-run", "--parameters", "teacher=lots"]) == 2
 
 
-@pytest.mark.parametrize("name", ["EleutherAI/pythia-12b", "EleutherAI/pythia-1.4b", "allenai/OLMo-2-1124-7B", "allenai/OLMo-2-0425-1B",
-                                  "Qwen/Qwen3-8B-Base", "Qwen/Qwen3-1.7B-Base"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "EleutherAI/pythia-12b",
+        "EleutherAI/pythia-1.4b",
+        "allenai/OLMo-2-1124-7B",
+        "allenai/OLMo-2-0425-1B",
+        "Qwen/Qwen3-8B-Base",
+        "Qwen/Qwen3-1.7B-Base",
+    ],
+)
 def test_the_parameter_table_matches_a_count_of_each_models_config(name):
     """KNOWN_PARAMETERS, the plan's arithmetic checked against itself before: here against the
     parameters of a model built (empty, on the meta device) from the model's own config.json."""

@@ -71,10 +71,18 @@ def test_flagging_reaches_the_target_recall_and_the_report_counts():
     assert info["flagged"] < len(frame)  # it does not simply flag everything
     with pytest.raises(ValueError, match="at least 4"):
         flag_examples(frame, np.zeros(len(frame), dtype=bool))
-    constant = frame.assign(**{column: 1.0 for column in FEATURES})  # every example gets the same risk
+    constant = frame.assign(**dict.fromkeys(FEATURES, 1.0))  # every example gets the same risk
     with pytest.raises(ValueError, match="flags all 2000 examples"):
         flag_examples(constant, memorized)
     report = filtering_report({"a", "b", "c"}, {"b", "d", "e"}, {"a", "d"}, 4.0, 4.1)
-    assert report == {"memorized_before": 3, "memorized_after": 3, "removed_and_memorized_before": 1, "still_memorized": 1,
-                      "new_after": 2, "new_after_among_removed": 1, "val_loss_before": 4.0, "val_loss_after": 4.1,
-                      "val_loss_cost": pytest.approx(0.1)}
+    assert report == {
+        "memorized_before": 3,
+        "memorized_after": 3,
+        "removed_and_memorized_before": 1,
+        "still_memorized": 1,
+        "new_after": 2,
+        "new_after_among_removed": 1,
+        "val_loss_before": 4.0,
+        "val_loss_after": 4.1,
+        "val_loss_cost": pytest.approx(0.1),
+    }

@@ -84,7 +84,10 @@ def test_a_lookalike_keeps_the_architecture_and_shrinks_width_and_depth(name, tm
     assert shared == tied
     assert (model.config.hidden_size, model.config.num_hidden_layers) == (size.hidden, size.layers)
     if hasattr(real, "num_key_value_heads"):  # grouped-query attention keeps its ratio
-        assert model.config.num_attention_heads // model.config.num_key_value_heads == real.num_attention_heads // real.num_key_value_heads
+        assert (
+            model.config.num_attention_heads // model.config.num_key_value_heads
+            == real.num_attention_heads // real.num_key_value_heads
+        )
     assert info["real_sizes"]["hidden_size"] == real.hidden_size > size.hidden
 
 
@@ -108,7 +111,9 @@ def test_extraction_verdicts_equal_generate_on_olmo2_and_qwen3_lookalikes_in_bfl
         model.get_output_embeddings().weight.mul_(40)
     torch.manual_seed(0)
     prefix, suffix, examples = 10, 30, 192
-    ids = greedy_continuations(model, torch.randint(0, 8000, (examples, prefix)), prefix, prefix + suffix, batch_size=64)
+    ids = greedy_continuations(
+        model, torch.randint(0, 8000, (examples, prefix)), prefix, prefix + suffix, batch_size=64
+    )
     changed_at = torch.randint(0, suffix + 1, (examples,))  # suffix: unchanged
     for row, k in enumerate(changed_at.tolist()):
         if k < suffix:
@@ -117,7 +122,9 @@ def test_extraction_verdicts_equal_generate_on_olmo2_and_qwen3_lookalikes_in_bfl
     truth = greedy_matched_tokens(model, ids, prefix, suffix, batch_size=64)
     assert torch.equal(truth, changed_at)  # the construction holds under generate itself
     for full in (False, True):
-        verdicts = extract_memorized(model, rows, prefix, suffix, batch_size=None, full=full, prefix_lens=[prefix] if full else [])
+        verdicts = extract_memorized(
+            model, rows, prefix, suffix, batch_size=None, full=full, prefix_lens=[prefix] if full else []
+        )
         assert verdicts["matched_tokens"].tolist() == truth.tolist()
         assert verdicts["memorized"].tolist() == (truth == suffix).tolist()
 
@@ -145,7 +152,10 @@ def _check_rehearsal(result: dict, output: Path, teacher_rows: int, student_rows
     config = load_config(run / "config.yaml")
     assert config.data.seq_len == 256 and (config.extraction.prefix_len, config.extraction.suffix_len) == (50, 50)
     assert config.teacher.training.bf16 and config.inference_dtype == "bfloat16" and config.seeds == [0, 1, 2]
-    assert (result["lookalikes"]["teacher"]["vocab_size"], result["lookalikes"]["student"]["vocab_size"]) == (teacher_rows, student_rows)
+    assert (result["lookalikes"]["teacher"]["vocab_size"], result["lookalikes"]["student"]["vocab_size"]) == (
+        teacher_rows,
+        student_rows,
+    )
     summary = json.loads((run / "summary.json").read_text())
     expected = {"teacher", "baseline", "soft", "hard", "soft-T1", "soft-T3", "soft-T4", "soft-filtered"}
     expected |= {f"{kind}-seed{s}" for kind in ("baseline", "soft", "hard") for s in (1, 2)}
@@ -180,7 +190,10 @@ def test_rehearsal_fails_loudly_on_the_features_bug(pythia, tmp_path, monkeypatc
     shutil.rmtree(copy / "run" / "models" / "soft-filtered")
     monkeypatch.setattr(features, "on_shared_vocabulary", lambda *tensors: tensors)  # the code before the fix
     config = load_config(PAPER / "pythia-fineweb.yaml", overrides=OFFLINE_DATA)
-    with pytest.raises(RehearsalError, match=r"failed in stage features .*size of tensor a \(50688\) must match the size of tensor b \(50304\)"):
+    with pytest.raises(
+        RehearsalError,
+        match=r"failed in stage features .*size of tensor a \(50688\) must match the size of tensor b \(50304\)",
+    ):
         rehearse(config, copy, examples=EXAMPLES)
     assert json.loads((copy / "rehearsal.json").read_text())["stage"] == "features"
 
@@ -198,7 +211,9 @@ def test_offline_a_hub_dataset_gets_one_clear_message(tmp_path):
 
 def test_offline_a_model_without_a_fixture_names_the_fix(tmp_path):
     config = load_config(PAPER / "pythia-fineweb.yaml", overrides=OFFLINE_DATA + ["teacher.model=someone/unknown-7b"])
-    with pytest.raises(RehearsalError, match=r"cannot read the config.json and tokenizer of someone/unknown-7b.*--lookalikes"):
+    with pytest.raises(
+        RehearsalError, match=r"cannot read the config.json and tokenizer of someone/unknown-7b.*--lookalikes"
+    ):
         rehearse(config, tmp_path)
 
 
@@ -212,8 +227,15 @@ def test_lookalikes_folder_is_read_before_the_hub(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, rows", [("olmo2-fineweb", (100352, 100352)), ("qwen3-fineweb", (151936, 151936)),
-                                        ("pythia-wikitext", (50688, 50304)), ("pythia-nemotron", (50688, 50304))])
+@pytest.mark.parametrize(
+    "name, rows",
+    [
+        ("olmo2-fineweb", (100352, 100352)),
+        ("qwen3-fineweb", (151936, 151936)),
+        ("pythia-wikitext", (50688, 50304)),
+        ("pythia-nemotron", (50688, 50304)),
+    ],
+)
 def test_rehearsal_of_the_other_paper_configs(name, rows, tmp_path_factory):
     result, output = _rehearsed(name, tmp_path_factory)
     _check_rehearsal(result, output, *rows)

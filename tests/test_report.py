@@ -10,8 +10,17 @@ def row(memorized, auc=None):
 
 
 def test_reduction_compares_with_the_baseline_of_the_same_seed():
-    summary = {"models": {"teacher": row(30), "baseline": row(12), "baseline-seed1": row(20), "soft": row(3),
-                          "soft-seed1": row(5), "soft-T4": row(0), "hard": row(12, auc=0.61)}}
+    summary = {
+        "models": {
+            "teacher": row(30),
+            "baseline": row(12),
+            "baseline-seed1": row(20),
+            "soft": row(3),
+            "soft-seed1": row(5),
+            "soft-T4": row(0),
+            "hard": row(12, auc=0.61),
+        }
+    }
     assert reduction_vs_baseline(summary, "soft") == 4.0
     assert reduction_vs_baseline(summary, "soft-seed1") == 4.0
     assert reduction_vs_baseline(summary, "soft-T4") == float("inf")  # a sweep student: the first seed's baseline
@@ -27,18 +36,49 @@ def test_reduction_compares_with_the_baseline_of_the_same_seed():
 
 def paper_like():
     """A summary and analysis that agree with the paper on every analysis (3 seeds, a second family)."""
-    summary = {"models": {"teacher": row(30) | {"val_loss": 3.0}, "baseline": row(12) | {"val_loss": 4.0}, "soft": row(3) | {"val_loss": 3.8}}}
-    overlap = {"student": 10, "share_easy": 0.9, "inherited": 1, "teacher_only": 40, "inherited_share_of_teacher_only": 0.025, "suppressed": 7}
+    summary = {
+        "models": {
+            "teacher": row(30) | {"val_loss": 3.0},
+            "baseline": row(12) | {"val_loss": 4.0},
+            "soft": row(3) | {"val_loss": 3.8},
+        }
+    }
+    overlap = {
+        "student": 10,
+        "share_easy": 0.9,
+        "inherited": 1,
+        "teacher_only": 40,
+        "inherited_share_of_teacher_only": 0.025,
+        "suppressed": 7,
+    }
     analysis = {
         "overlap": {"soft": overlap | {"student": 3}, "soft_union": overlap},
         # [baseline seeds, student seeds]: what 3 student seeds memorize, 3 baseline seeds do
         "seed_consistency": {"soft": [[500, 1, 0, 0], [20, 2, 0, 0], [5, 1, 1, 0], [4, 0, 1, 3]]},
         "cross_family": {"zlib_pearson": 0.97, "overlap": {"baseline": {"jaccard": 0.0}}},
-        "features": {"easy_vs_rest": {"selected": {"zlib_entropy": 120.0, "baseline_ppl": 1.5}, "rest": {"zlib_entropy": 140.0, "baseline_ppl": 2.2}}},
-        "predictor": {"soft": {"paper_protocol": {"auc": {"mean": 0.95, "std": 0.02}, "coefficients": {"zlib_entropy": -1.3, "teacher_ppl": -0.2}}}},
+        "features": {
+            "easy_vs_rest": {
+                "selected": {"zlib_entropy": 120.0, "baseline_ppl": 1.5},
+                "rest": {"zlib_entropy": 140.0, "baseline_ppl": 2.2},
+            }
+        },
+        "predictor": {
+            "soft": {
+                "paper_protocol": {
+                    "auc": {"mean": 0.95, "std": 0.02},
+                    "coefficients": {"zlib_entropy": -1.3, "teacher_ppl": -0.2},
+                }
+            }
+        },
         "filtering": {"student": "soft", "memorized_before": 10, "memorized_after": 2, "new_after": 2},
-        "mechanism": {"soft": {"suppressed": 7, "teacher": {"entropy_last_k": 1.1, "log_prob": -25.0}, "baseline": {"entropy_last_k": 1.3, "log_prob": -30.0},
-                               "soft": {"entropy_last_k": 2.2, "log_prob": -90.0}}},
+        "mechanism": {
+            "soft": {
+                "suppressed": 7,
+                "teacher": {"entropy_last_k": 1.1, "log_prob": -25.0},
+                "baseline": {"entropy_last_k": 1.3, "log_prob": -30.0},
+                "soft": {"entropy_last_k": 2.2, "log_prob": -90.0},
+            }
+        },
         "soft_vs_hard": {"inherited_hard": 5, "inherited_soft": 1},
         "temperature_sweep": [{"temperature": t, "memorized": m} for t, m in ((1, 9), (2, 3), (3, 3), (4, 0))],
     }
@@ -53,7 +93,7 @@ def verdicts(summary, analysis):
 
 def test_findings_agree_with_the_paper_where_the_numbers_do():
     summary, analysis = paper_like()
-    assert verdicts(summary, analysis) == {number: "yes" for number in range(1, 11)}
+    assert verdicts(summary, analysis) == dict.fromkeys(range(1, 11), "yes")
 
 
 def test_findings_disagree_where_the_numbers_go_the_other_way():
@@ -64,7 +104,12 @@ def test_findings_disagree_where_the_numbers_go_the_other_way():
     changed = copy.deepcopy(summary)
     changed["models"]["soft"]["val_loss"] = 4.5  # memorizes less, but at a higher loss than the baseline
     flip["overlap"]["soft_union"]["share_easy"] = 0.4
-    flip["seed_consistency"]["soft"] = [[500, 1, 0, 3], [20, 2, 0, 0], [5, 1, 1, 0], [4, 0, 1, 0]]  # 3 student seeds, no baseline seed
+    flip["seed_consistency"]["soft"] = [
+        [500, 1, 0, 3],
+        [20, 2, 0, 0],
+        [5, 1, 1, 0],
+        [4, 0, 1, 0],
+    ]  # 3 student seeds, no baseline seed
     flip["cross_family"]["overlap"]["baseline"]["jaccard"] = 0.8
     flip["features"]["easy_vs_rest"]["selected"]["zlib_entropy"] = 150.0
     flip["predictor"]["soft"]["paper_protocol"]["coefficients"]["zlib_entropy"] = 0.4
@@ -72,7 +117,7 @@ def test_findings_disagree_where_the_numbers_go_the_other_way():
     flip["mechanism"]["soft"]["soft"]["log_prob"] = -20.0
     flip["soft_vs_hard"] = {"inherited_hard": 1, "inherited_soft": 1}
     flip["temperature_sweep"][2]["memorized"] = 5  # rises from T = 2 to T = 3
-    assert verdicts(changed, flip) == {number: "no" for number in range(1, 11)}
+    assert verdicts(changed, flip) == dict.fromkeys(range(1, 11), "no")
 
 
 def test_findings_without_data_are_not_applicable():
@@ -80,7 +125,9 @@ def test_findings_without_data_are_not_applicable():
     analysis = {
         "overlap": {"soft": {"student": 0}},
         "seed_consistency": {"skipped": "one seed only"},
-        "features": {"easy_vs_rest": {"selected": None, "rest": {"zlib_entropy": 140.0, "baseline_ppl": 2.2}}},  # as analyze writes it
+        "features": {
+            "easy_vs_rest": {"selected": None, "rest": {"zlib_entropy": 140.0, "baseline_ppl": 2.2}}
+        },  # as analyze writes it
         "predictor": {"soft": {"paper_protocol": {"skipped": "needs at least 2 memorized examples, found 1"}}},
         "filtering": {"student": "soft", "memorized_before": 3, "memorized_after": 0, "stand_in": "a rehearsal"},
         "mechanism": {"soft": {"suppressed": 0}},
@@ -95,8 +142,8 @@ def test_findings_without_data_are_not_applicable():
 
 
 def test_the_findings_table_in_markdown_keeps_characters_and_escapes_data():
-    from kdmem.report.html import _markdown_data, findings_table
     from kdmem.report.findings import paper_findings
+    from kdmem.report.html import _markdown_data, findings_table
 
     table = findings_table(paper_findings(*paper_like()))
     assert table.count("\n") == 11 and "| 6 | Predicting student memorization |" in table and "student's" in table

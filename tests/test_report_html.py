@@ -14,8 +14,23 @@ from .browser import render_page, require_browser
 from .conftest import HOSTILE_NAME
 
 SECTIONS = [
-    "findings", "paper-findings", "headline", "overlaps", "seed-consistency", "features", "predictor", "mechanism", "temperature",
-    "soft-vs-hard", "cross-family", "filtering", "prefix-curve", "membership", "canaries", "examples", "provenance",
+    "findings",
+    "paper-findings",
+    "headline",
+    "overlaps",
+    "seed-consistency",
+    "features",
+    "predictor",
+    "mechanism",
+    "temperature",
+    "soft-vs-hard",
+    "cross-family",
+    "filtering",
+    "prefix-curve",
+    "membership",
+    "canaries",
+    "examples",
+    "provenance",
 ]
 ARTIFACTS = Path(os.environ.get("KDMEM_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
@@ -28,7 +43,14 @@ def test_the_run_writes_a_self_contained_report(hostile_run):
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch: every image is a data URI
     figures = sorted(p.stem for p in (out / "figures").glob("*.png"))
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(figures)
-    for stem in ("venn_soft", "seed_consistency_soft", "temperature_sweep", "prefix_curve", "membership_roc", "canary_exposure"):
+    for stem in (
+        "venn_soft",
+        "seed_consistency_soft",
+        "temperature_sweep",
+        "prefix_curve",
+        "membership_roc",
+        "canary_exposure",
+    ):
         assert stem in figures
     # The predictor's ROC is drawn exactly when a student's predictor was scored on held-out
     # examples; when none was (tiny students memorize too few), the page says why instead.
@@ -42,9 +64,13 @@ def test_the_run_writes_a_self_contained_report(hostile_run):
     # the training text's markup shows as text: escaped once, not twice
     assert "&lt;script&gt;window.__kdmem_pwned=" in page and "&amp;lt;" not in page
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    assert markdown.count("\n| ") == (1 + len(summary["models"])) + (1 + 10)  # the headline table, then the paper's findings
+    assert markdown.count("\n| ") == (1 + len(summary["models"])) + (
+        1 + 10
+    )  # the headline table, then the paper's findings
     # Markdown renderers pass HTML through: the run's name (data) is backslash-escaped, never entity-escaped
-    assert "## Key findings" in markdown and "# kdmem report: \\<script\\>window" in markdown and "&lt;" not in markdown
+    assert (
+        "## Key findings" in markdown and "# kdmem report: \\<script\\>window" in markdown and "&lt;" not in markdown
+    )
     assert "soft student's" in markdown and "&#x27;" not in markdown
 
 
@@ -98,7 +124,9 @@ def test_report_and_compare_commands(finished_run, hostile_run, tmp_path, capsys
     assert list(comparison["runs"]) == [str(out), str(hostile)] and len(comparison["pairs"]) == 1
     pair = comparison["pairs"][0]
     assert pair["same_tokenizer"] and pair["shared_examples"] == 0  # same tokenizer, different text
-    assert f"{summary['models']['teacher']['memorized']:>12d} / {summary['models']['teacher']['examples']:<5d}" in printed
+    assert (
+        f"{summary['models']['teacher']['memorized']:>12d} / {summary['models']['teacher']['examples']:<5d}" in printed
+    )
     assert cli.main(["compare", str(out)]) == 2
     assert "at least two" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path / "nothing")]) == 2
@@ -117,7 +145,11 @@ def test_report_in_headless_chromium(hostile_run):
     assert page.console_errors == [] and page.page_errors == [] and page.dialogs == []
     assert page.blocked_requests == [] and page.broken_images == []
     assert page.script_count == 0 and page.window_flags is None  # no payload ran
-    assert HOSTILE_NAME in page.title and "<img src=x onerror=" in page.text and "<script>window.__kdmem_pwned=" in page.text
+    assert (
+        HOSTILE_NAME in page.title
+        and "<img src=x onerror=" in page.text
+        and "<script>window.__kdmem_pwned=" in page.text
+    )
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

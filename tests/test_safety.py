@@ -69,7 +69,12 @@ def test_source_loads_no_pickle():
         for match in re.finditer(r"torch\.load\(([^)]*)\)", text):
             if "weights_only=True" not in match.group(1):
                 offenders.append(f"{path.name}: {match.group(0)}")
-        for pattern in (r"\bpickle\.loads?\(", r"\bjoblib\.load\(", r"(?<![.\w])eval\(", r"\bnp\.load\([^)]*allow_pickle=True"):
+        for pattern in (
+            r"\bpickle\.loads?\(",
+            r"\bjoblib\.load\(",
+            r"(?<![.\w])eval\(",
+            r"\bnp\.load\([^)]*allow_pickle=True",
+        ):
             offenders += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
     assert offenders == []
 

@@ -22,30 +22,53 @@ def direct_logits(teacher, rows):
 def test_full_and_topk_caches_round_trip(teacher_and_rows, tmp_path):
     teacher, rows = teacher_and_rows
     logits = direct_logits(teacher, rows)
-    full = build_teacher_cache(teacher, rows, tmp_path / "full", teacher_id="tiny", kind="logits", shard_size=8, batch_size=3)
+    full = build_teacher_cache(
+        teacher, rows, tmp_path / "full", teacher_id="tiny", kind="logits", shard_size=8, batch_size=3
+    )
     assert full.spec.num_shards == 3 and full.spec.bytes_per_token == 4 * logits.shape[-1]
     picked = [19, 0, 8, 7]  # across shards, out of order
     torch.testing.assert_close(full.rows(picked)["logits"], logits[picked], rtol=1e-5, atol=1e-5)
-    top = build_teacher_cache(teacher, rows, tmp_path / "top", teacher_id="tiny", kind="sampled", top_k=16, shard_size=8, batch_size=3)
+    top = build_teacher_cache(
+        teacher, rows, tmp_path / "top", teacher_id="tiny", kind="sampled", top_k=16, shard_size=8, batch_size=3
+    )
     cached = top.rows(picked)
     expected_logits, expected_ids = logits[picked].topk(16, dim=-1)
     torch.testing.assert_close(cached["top_logits"], expected_logits, rtol=1e-5, atol=1e-5)
     assert torch.equal(cached["top_ids"].long(), expected_ids)
     assert top.spec.temperatures == (1.0, 2.0, 3.0, 4.0) and top.spec.tail_samples == 16
     for column, temperature in enumerate(top.spec.temperatures):
-        torch.testing.assert_close(cached["log_partition"][..., column], torch.logsumexp(logits[picked] / temperature, -1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            cached["log_partition"][..., column],
+            torch.logsumexp(logits[picked] / temperature, -1),
+            rtol=1e-5,
+            atol=1e-5,
+        )
     tail_ids = cached["tail_ids"].long()
     assert tail_ids.shape == (4, logits.shape[1], 16)
     assert not (tail_ids[..., :, None] == expected_ids[..., None, :]).any()  # drawn from the tail only
     torch.testing.assert_close(cached["tail_logits"], logits[picked].gather(-1, tail_ids), rtol=1e-5, atol=1e-5)
-    proposal = torch.log_softmax(logits[picked].scatter(-1, expected_ids, -torch.inf) / 4.0, -1)  # the highest temperature served
+    proposal = torch.log_softmax(
+        logits[picked].scatter(-1, expected_ids, -torch.inf) / 4.0, -1
+    )  # the highest temperature served
     torch.testing.assert_close(cached["tail_log_proposal"], proposal.gather(-1, tail_ids), rtol=1e-5, atol=1e-5)
     assert top.spec.bytes_per_token == 8 * 16 + 12 * 16 + 4 * 4
-    drawn = build_teacher_cache(teacher, rows, tmp_path / "drawn", teacher_id="tiny", kind="sampled", top_k=16, tail_samples=4, tail_draws=3, shard_size=8)
+    drawn = build_teacher_cache(
+        teacher,
+        rows,
+        tmp_path / "drawn",
+        teacher_id="tiny",
+        kind="sampled",
+        top_k=16,
+        tail_samples=4,
+        tail_draws=3,
+        shard_size=8,
+    )
     tail = drawn.rows(picked)["tail_ids"]
     assert tail.shape[-1] == 12 and drawn.spec.bytes_per_token == 8 * 16 + 12 * 12 + 4 * 4
     blocks = [drawn.teacher_at(drawn.rows(picked), 2.0, draw)[0][..., 16:] for draw in range(4)]
-    assert [torch.equal(block, tail[..., 4 * (d % 3) : 4 * (d % 3) + 4]) for d, block in enumerate(blocks)] == [True] * 4  # draw 3 is draw 0
+    assert [torch.equal(block, tail[..., 4 * (d % 3) : 4 * (d % 3) + 4]) for d, block in enumerate(blocks)] == [
+        True
+    ] * 4  # draw 3 is draw 0
     assert not torch.equal(blocks[0], blocks[1])
     with pytest.raises(IndexError, match="outside"):
         top.rows([20])
@@ -54,7 +77,9 @@ def test_full_and_topk_caches_round_trip(teacher_and_rows, tmp_path):
 def test_a_hidden_state_cache_gives_back_the_teachers_logits(teacher_and_rows, tmp_path):
     teacher, rows = teacher_and_rows
     logits = direct_logits(teacher, rows)
-    cache = build_teacher_cache(teacher, rows, tmp_path / "hidden", teacher_id="tiny", shard_size=8, batch_size=3)  # the default kind
+    cache = build_teacher_cache(
+        teacher, rows, tmp_path / "hidden", teacher_id="tiny", shard_size=8, batch_size=3
+    )  # the default kind
     assert cache.spec.kind == "hidden" and cache.names == ("hidden",)
     assert cache.spec.bytes_per_token == 4 * teacher.config.hidden_size  # float32 states, not the vocabulary
     picked = [19, 0, 8, 7]
@@ -96,7 +121,9 @@ def test_a_hidden_state_cache_at_paper_shapes_in_bfloat16(name, shared, tmp_path
     teacher = _paper_shaped(name)
     vocab = teacher.config.vocab_size
     rows = _random_rows(6, 33, 50_277)
-    cache = build_teacher_cache(teacher, rows, tmp_path, teacher_id=name, vocab_size=shared, shard_size=4, batch_size=4)
+    cache = build_teacher_cache(
+        teacher, rows, tmp_path, teacher_id=name, vocab_size=shared, shard_size=4, batch_size=4
+    )
     kept = shared or vocab
     assert (cache.spec.vocab_size, cache.spec.hidden_dtype, cache.spec.bytes_per_token) == (kept, "bfloat16", 2 * 64)
     with torch.no_grad():
@@ -111,21 +138,34 @@ def test_a_model_that_transforms_its_logits_is_refused_for_a_hidden_state_cache(
     """Gemma-2 soft-caps its logits after the output layer: the hidden states alone would lose that."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    config = Gemma2Config(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                          num_key_value_heads=1, head_dim=16, final_logit_softcapping=0.5)
+    config = Gemma2Config(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        final_logit_softcapping=0.5,
+    )
     teacher = Gemma2ForCausalLM(config).eval()
     rows = _random_rows(2, 9, 256)
     with pytest.raises(ValueError, match="transforms them further .* soft.cache_kind=logits"):
         build_teacher_cache(teacher, rows, tmp_path / "hidden", teacher_id="gemma")
     logits = build_teacher_cache(teacher, rows, tmp_path / "logits", teacher_id="gemma", kind="logits")
     with torch.no_grad():
-        torch.testing.assert_close(logits.logits(logits.rows([0, 1])), teacher(input_ids=as_tensor(rows)[:, :-1].to(teacher.device)).logits.cpu())
+        torch.testing.assert_close(
+            logits.logits(logits.rows([0, 1])),
+            teacher(input_ids=as_tensor(rows)[:, :-1].to(teacher.device)).logits.cpu(),
+        )
 
 
 def test_the_loss_from_the_cache_equals_the_loss_from_the_teacher(teacher_and_rows, tmp_path):
     teacher, rows = teacher_and_rows
     vocab = teacher.config.vocab_size
-    cache = build_teacher_cache(teacher, rows, tmp_path / "all", teacher_id="tiny", kind="sampled", top_k=vocab, shard_size=8)
+    cache = build_teacher_cache(
+        teacher, rows, tmp_path / "all", teacher_id="tiny", kind="sampled", top_k=vocab, shard_size=8
+    )
     student = torch.randn(4, rows["input_ids"].iloc[0].shape[0] - 1, vocab)
     cached = cache.rows([0, 1, 2, 3])
     for temperature in (1.0, 2.0, 4.0):  # one cache, every temperature it serves
@@ -154,7 +194,10 @@ def test_a_killed_build_resumes_and_equals_an_uninterrupted_one(kind, teacher_an
     monkeypatch.setattr(teacher, "forward", dying_forward)
     with pytest.raises(RuntimeError, match="killed"):
         build_teacher_cache(teacher, rows, tmp_path / "resumed", **options)
-    assert sorted(p.name for p in (tmp_path / "resumed").glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("shard-*")) == [
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
     with pytest.raises(FileNotFoundError, match="missing 3 of 5 shards"):
         TeacherLogitCache(tmp_path / "resumed")
     calls.clear()
@@ -175,7 +218,9 @@ def test_a_cache_of_other_settings_is_refused(teacher_and_rows, tmp_path):
     with pytest.raises(ValueError, match="top_k must be between 1"):
         build_teacher_cache(teacher, rows, tmp_path / "bad", teacher_id="tiny", kind="sampled", top_k=0)
     with pytest.raises(ValueError, match="needs tail_samples >= 1"):
-        build_teacher_cache(teacher, rows, tmp_path / "no-tail", teacher_id="tiny", kind="sampled", top_k=8, tail_samples=0)
+        build_teacher_cache(
+            teacher, rows, tmp_path / "no-tail", teacher_id="tiny", kind="sampled", top_k=8, tail_samples=0
+        )
     assert json.loads((tmp_path / "spec.json").read_text())["top_k"] == 8
 
 
@@ -205,11 +250,15 @@ def test_two_processes_under_accelerate_build_the_same_cache(tiny_bases, teacher
     script = tmp_path / "build.py"
     script.write_text(BUILD_SCRIPT)
     for kind in ("hidden", "sampled"):
-        build_teacher_cache(teacher, rows, tmp_path / "one" / kind, teacher_id="tiny", kind=kind, top_k=8, shard_size=4, batch_size=4)
+        build_teacher_cache(
+            teacher, rows, tmp_path / "one" / kind, teacher_id="tiny", kind=kind, top_k=8, shard_size=4, batch_size=4
+        )
     result = two_cpu_processes(str(script), str(tiny_bases["teacher"]), str(data), str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 0 of 2" in result.stdout and "process 1 of 2" in result.stdout
     for kind in ("hidden", "sampled"):
-        names = [f"shard-{index:05d}.safetensors" for index in range(5)] + (["head.safetensors"] if kind == "hidden" else [])
+        names = [f"shard-{index:05d}.safetensors" for index in range(5)] + (
+            ["head.safetensors"] if kind == "hidden" else []
+        )
         for name in names:
             assert (tmp_path / "two" / kind / name).read_bytes() == (tmp_path / "one" / kind / name).read_bytes()

@@ -5,9 +5,8 @@ from kdmem.config import SoftDistillConfig, TrainingConfig
 from kdmem.data import as_tensor
 from kdmem.losses import distillation_loss
 from kdmem.models import load_model
-from kdmem.models.decoding import greedy_config, greedy_continuations
+from kdmem.models.decoding import greedy_config, greedy_continuations, plain_generation_defaults
 from kdmem.train import distill, fine_tune
-from kdmem.models.decoding import plain_generation_defaults
 
 
 def mean_kl(student, teacher, ids):
@@ -55,8 +54,13 @@ WEIGHT_BOUND = 80 * SGD_NOISE
 
 def _sgd(batch: int, accumulation: int = 1, steps_of: int = 1) -> TrainingConfig:
     return TrainingConfig(
-        epochs=steps_of, learning_rate=1.0, batch_size=batch, gradient_accumulation_steps=accumulation, lr_scheduler="constant",
-        weight_decay=0.0, extra_args={"optim": "sgd"},
+        epochs=steps_of,
+        learning_rate=1.0,
+        batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        lr_scheduler="constant",
+        weight_decay=0.0,
+        extra_args={"optim": "sgd"},
     )
 
 
@@ -68,7 +72,9 @@ def micro_batch_normalised(compute_loss):
     """The broken normalisation: each micro-batch divided by its own tokens, not the window's."""
 
     def broken(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        return compute_loss(self, model, inputs, return_outputs, num_items_in_batch=inputs["labels"][:, 1:].ne(-100).sum())
+        return compute_loss(
+            self, model, inputs, return_outputs, num_items_in_batch=inputs["labels"][:, 1:].ne(-100).sum()
+        )
 
     return broken
 
@@ -87,11 +93,16 @@ def test_distillation_loss_is_normalised_over_the_accumulation_window(tiny_bases
     base = _state(load_model(str(tiny_bases["student"])))
     assert largest_difference(whole, base) > 5e-3  # measured: the step moves a weight by 9.7e-3
     for batch, accumulation in ((4, 2), (2, 4)):
-        assert largest_difference(one_step(batch, accumulation, f"{batch}x{accumulation}"), whole) < WEIGHT_BOUND  # measured 7.5e-9
+        assert (
+            largest_difference(one_step(batch, accumulation, f"{batch}x{accumulation}"), whole) < WEIGHT_BOUND
+        )  # measured 7.5e-9
     # Measured: 9.7e-3 (4 x 2) and 2.9e-2 (2 x 4): the step is 2x and 4x too large.
     monkeypatch.setattr(DistillationTrainer, "compute_loss", micro_batch_normalised(DistillationTrainer.compute_loss))
     for batch, accumulation in ((4, 2), (2, 4)):
-        assert largest_difference(one_step(batch, accumulation, f"broken-{batch}x{accumulation}"), whole) > 100 * WEIGHT_BOUND
+        assert (
+            largest_difference(one_step(batch, accumulation, f"broken-{batch}x{accumulation}"), whole)
+            > 100 * WEIGHT_BOUND
+        )
 
 
 def test_ce_weight_adds_cross_entropy_over_the_accumulation_window(tiny_bases, tiny_data, tmp_path):
@@ -102,7 +113,9 @@ def test_ce_weight_adds_cross_entropy_over_the_accumulation_window(tiny_bases, t
     train = tiny_data.train.iloc[:8]
     temperature, weight = 2.0, 0.5
     cfg = SoftDistillConfig(temperature=temperature, ce_weight=weight, training=_sgd(4, 2))
-    trained = _state(distill(load_model(str(tiny_bases["student"])), teacher, train, cfg, tmp_path / "trained", seed=0))
+    trained = _state(
+        distill(load_model(str(tiny_bases["student"])), teacher, train, cfg, tmp_path / "trained", seed=0)
+    )
 
     def by_hand(ce_weight):
         student = load_model(str(tiny_bases["student"])).double().train()
@@ -111,7 +124,9 @@ def test_ce_weight_adds_cross_entropy_over_the_accumulation_window(tiny_bases, t
         with torch.no_grad():
             target = teacher.double()(ids).logits[:, :-1] / temperature
         teacher.float()
-        kl = (target.softmax(-1) * (target.log_softmax(-1) - (logits / temperature).log_softmax(-1))).sum(-1) * temperature**2
+        kl = (target.softmax(-1) * (target.log_softmax(-1) - (logits / temperature).log_softmax(-1))).sum(
+            -1
+        ) * temperature**2
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         ((kl.sum() + ce_weight * ce.sum()) / kl.numel()).backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -121,7 +136,9 @@ def test_ce_weight_adds_cross_entropy_over_the_accumulation_window(tiny_bases, t
         return _state(student.float())
 
     assert largest_difference(trained, by_hand(weight)) < WEIGHT_BOUND  # measured: 1.5e-8
-    assert largest_difference(trained, by_hand(0.0)) > 100 * WEIGHT_BOUND  # the CE term is really there (measured: 5.4e-2)
+    assert (
+        largest_difference(trained, by_hand(0.0)) > 100 * WEIGHT_BOUND
+    )  # the CE term is really there (measured: 5.4e-2)
 
 
 def test_bf16_training_follows_float32_within_bf16_precision(tiny_bases, tiny_data, tmp_path):
@@ -136,7 +153,9 @@ def test_bf16_training_follows_float32_within_bf16_precision(tiny_bases, tiny_da
     base = _state(load_model(str(tiny_bases["student"])))
     trainers = {
         "fine_tune": lambda cfg, path: fine_tune(load_model(str(tiny_bases["student"])), train, cfg, path, seed=0),
-        "distill": lambda cfg, path: distill(load_model(str(tiny_bases["student"])), teacher, train, SoftDistillConfig(training=cfg), path, seed=0),
+        "distill": lambda cfg, path: distill(
+            load_model(str(tiny_bases["student"])), teacher, train, SoftDistillConfig(training=cfg), path, seed=0
+        ),
     }
     for name, train_with in trainers.items():
         steps = {}
@@ -194,20 +213,55 @@ def test_distilling_from_the_teacher_logit_cache_equals_distilling_from_the_teac
     cfg = SoftDistillConfig(temperature=2.0, training=_sgd(4))  # 4 steps
 
     def student(name, cache=None):
-        return _state(distill(load_model(str(tiny_bases["student"])), teacher, train, cfg, tmp_path / name, seed=0, cache=cache))
+        return _state(
+            distill(load_model(str(tiny_bases["student"])), teacher, train, cfg, tmp_path / name, seed=0, cache=cache)
+        )
 
     def cache(name, kind, top_k=64):
-        return build_teacher_cache(teacher, train, tmp_path / f"cache-{name}", teacher_id="tiny", kind=kind, vocab_size=vocab, top_k=top_k, shard_size=5)
+        return build_teacher_cache(
+            teacher,
+            train,
+            tmp_path / f"cache-{name}",
+            teacher_id="tiny",
+            kind=kind,
+            vocab_size=vocab,
+            top_k=top_k,
+            shard_size=5,
+        )
 
     direct = student("direct")
-    for name, kind, top_k in (("hidden", "hidden", 0), ("logits", "logits", 0), ("all", "sampled", vocab)):  # all exact
-        assert largest_difference(student(name, cache(name, kind, top_k)), direct) < WEIGHT_BOUND  # measured 0, 7.5e-9 and 1.2e-7
+    for name, kind, top_k in (
+        ("hidden", "hidden", 0),
+        ("logits", "logits", 0),
+        ("all", "sampled", vocab),
+    ):  # all exact
+        assert (
+            largest_difference(student(name, cache(name, kind, top_k)), direct) < WEIGHT_BOUND
+        )  # measured 0, 7.5e-9 and 1.2e-7
     approximate = student("top8", cache("top8", "sampled", 8))
     assert largest_difference(approximate, direct) > 1e-2  # k = 8 of 512: visibly approximate (measured 4.5e-2)
     with pytest.raises(ValueError, match="serves forward_kl only"):
-        distill(load_model(str(tiny_bases["student"])), teacher, train, SoftDistillConfig(kind="jsd"), tmp_path / "jsd", seed=0, cache=cache("top8", "sampled", 8))
+        distill(
+            load_model(str(tiny_bases["student"])),
+            teacher,
+            train,
+            SoftDistillConfig(kind="jsd"),
+            tmp_path / "jsd",
+            seed=0,
+            cache=cache("top8", "sampled", 8),
+        )
     jsd = SoftDistillConfig(kind="jsd", temperature=2.0, training=_sgd(4))  # an exact cache serves every kind
-    from_hidden = _state(distill(load_model(str(tiny_bases["student"])), None, train, jsd, tmp_path / "jsd-hidden", seed=0, cache=cache("hidden", "hidden")))
+    from_hidden = _state(
+        distill(
+            load_model(str(tiny_bases["student"])),
+            None,
+            train,
+            jsd,
+            tmp_path / "jsd-hidden",
+            seed=0,
+            cache=cache("hidden", "hidden"),
+        )
+    )
     live = _state(distill(load_model(str(tiny_bases["student"])), teacher, train, jsd, tmp_path / "jsd-live", seed=0))
     assert largest_difference(from_hidden, live) < WEIGHT_BOUND
 
@@ -218,11 +272,25 @@ def test_each_epoch_reads_a_fresh_draw_of_the_tail(tiny_bases, tiny_data, tmp_pa
 
     teacher = load_model(str(tiny_bases["teacher"]))
     train = tiny_data.train.iloc[:8]
-    cache = build_teacher_cache(teacher, train, tmp_path / "cache", teacher_id="tiny", kind="sampled", top_k=8, tail_samples=4, tail_draws=2)
+    cache = build_teacher_cache(
+        teacher, train, tmp_path / "cache", teacher_id="tiny", kind="sampled", top_k=8, tail_samples=4, tail_draws=2
+    )
     read = []
     exact = TeacherLogitCache.teacher_at
-    monkeypatch.setattr(TeacherLogitCache, "teacher_at", lambda self, cached, temperature, draw=0: read.append(draw % 2) or exact(self, cached, temperature, draw))
-    distill(load_model(str(tiny_bases["student"])), None, train, SoftDistillConfig(training=_sgd(4, steps_of=3)), tmp_path / "soft", seed=0, cache=cache)
+    monkeypatch.setattr(
+        TeacherLogitCache,
+        "teacher_at",
+        lambda self, cached, temperature, draw=0: read.append(draw % 2) or exact(self, cached, temperature, draw),
+    )
+    distill(
+        load_model(str(tiny_bases["student"])),
+        None,
+        train,
+        SoftDistillConfig(training=_sgd(4, steps_of=3)),
+        tmp_path / "soft",
+        seed=0,
+        cache=cache,
+    )
     assert read == [0, 0, 1, 1, 0, 0]  # two steps per epoch
 
 
@@ -275,13 +343,24 @@ def test_two_processes_distill_like_one_with_the_same_global_batch(tiny_bases, t
     script.write_text(DISTILL_SCRIPT)
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     models = [str(tiny_bases["teacher"]), str(tiny_bases["student"]), str(data)]
-    one = subprocess.run([sys.executable, str(script), *models, str(tmp_path / "one"), "8", "exact", "1"], env=env, capture_output=True, text=True)
+    one = subprocess.run(
+        [sys.executable, str(script), *models, str(tmp_path / "one"), "8", "exact", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    for name, batch, normalisation, accumulation in (("exact", "4", "exact", "1"), ("broken", "4", "broken", "1"), ("accumulated", "2", "exact", "2")):
+    for name, batch, normalisation, accumulation in (
+        ("exact", "4", "exact", "1"),
+        ("broken", "4", "broken", "1"),
+        ("accumulated", "2", "exact", "2"),
+    ):
         two = two_cpu_processes(str(script), *models, str(tmp_path / name), batch, normalisation, accumulation)
         assert two.returncode == 0, two.stderr[-3000:]
         assert "process 0 of 2" in two.stdout and "process 1 of 2" in two.stdout
-    single, double, broken, accumulated = (load_file(str(tmp_path / name / "weights.safetensors")) for name in ("one", "exact", "broken", "accumulated"))
+    single, double, broken, accumulated = (
+        load_file(str(tmp_path / name / "weights.safetensors")) for name in ("one", "exact", "broken", "accumulated")
+    )
     base = load_model(str(tiny_bases["student"])).state_dict()
     assert largest_difference(single, base) > 5e-3
     assert largest_difference(double, single) < WEIGHT_BOUND  # measured: 7.5e-9
@@ -303,7 +382,9 @@ def test_a_stage_killed_after_a_checkpoint_resumes_from_it(tiny_bases, tiny_data
             if state.global_step == 3:
                 raise KeyboardInterrupt("killed")
 
-    cfg = TrainingConfig(epochs=1, learning_rate=5e-3, batch_size=8, extra_args={"save_strategy": "steps", "save_steps": 2})
+    cfg = TrainingConfig(
+        epochs=1, learning_rate=5e-3, batch_size=8, extra_args={"save_strategy": "steps", "save_steps": 2}
+    )
     rows = tiny_data.train.iloc[:40]
     whole = fine_tune(load_model(str(tiny_bases["student"])), rows, cfg, tmp_path / "whole", seed=0)
     with pytest.raises(KeyboardInterrupt):

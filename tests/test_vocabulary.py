@@ -48,11 +48,15 @@ def test_features_compare_teacher_and_baseline_over_the_shared_vocabulary(padded
         p = F.log_softmax(teacher(ids).logits[..., :STUDENT_ROWS].double(), -1)
         q = F.log_softmax(baseline(ids).logits.double(), -1)
     expected = (p.exp() * (p - q)).sum(-1).mean(-1)
-    torch.testing.assert_close(torch.tensor(features["teacher_baseline_kl"].values, dtype=torch.float64), expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(features["teacher_baseline_kl"].values, dtype=torch.float64), expected, rtol=1e-4, atol=1e-6
+    )
     assert (features["teacher_baseline_kl"] > 0).all()
 
 
-def test_soft_distillation_from_a_wider_teacher_reads_the_shared_vocabulary(padded_pair, tiny_data, tmp_path, monkeypatch):
+def test_soft_distillation_from_a_wider_teacher_reads_the_shared_vocabulary(
+    padded_pair, tiny_data, tmp_path, monkeypatch
+):
     teacher, student, _ = padded_pair
     rows = tiny_data.train.iloc[:8]
     seen = []
@@ -63,7 +67,9 @@ def test_soft_distillation_from_a_wider_teacher_reads_the_shared_vocabulary(padd
         return exact(self, student_logits, *args)
 
     monkeypatch.setattr(DistillationTrainer, "_divergence", recorded)
-    trained = distill(copy.deepcopy(student), teacher, rows, SoftDistillConfig(training=_sgd(8)), tmp_path / "soft", seed=0)
+    trained = distill(
+        copy.deepcopy(student), teacher, rows, SoftDistillConfig(training=_sgd(8)), tmp_path / "soft", seed=0
+    )
     assert seen == [STUDENT_ROWS]
     assert largest_difference(trained.state_dict(), student.state_dict()) > 1e-3
     ids = as_tensor(rows)

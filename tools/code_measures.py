@@ -62,7 +62,10 @@ def file_measures(path: Path) -> dict:
 
 
 def summarize(measures: dict[str, dict]) -> dict:
-    total = {key: sum(m[key] for m in measures.values()) for key in ("lines", "over_100", "over_119", "over_120", "code_tokens", "code_lines", "noqa")}
+    total = {
+        key: sum(m[key] for m in measures.values())
+        for key in ("lines", "over_100", "over_119", "over_120", "code_tokens", "code_lines", "noqa")
+    }
     return {
         "files": len(measures),
         "lines": total["lines"],
@@ -73,9 +76,14 @@ def summarize(measures: dict[str, dict]) -> dict:
         "over_120_share": total["over_120"] / total["lines"],
         "code_tokens_per_line": total["code_tokens"] / total["code_lines"],
         "noqa": total["noqa"],
-        "functions": {f"{path}:{name}": length for path, m in measures.items() for name, length in m["functions"].items()},
+        "functions": {
+            f"{path}:{name}": length for path, m in measures.items() for name, length in m["functions"].items()
+        },
         "densest_files": {
-            path: {"over_120": m["over_120"], "code_tokens_per_line": round(m["code_tokens"] / max(1, m["code_lines"]), 1)}
+            path: {
+                "over_120": m["over_120"],
+                "code_tokens_per_line": round(m["code_tokens"] / max(1, m["code_lines"]), 1),
+            }
             for path, m in sorted(measures.items(), key=lambda item: -item[1]["over_120"])[:5]
         },
     }
@@ -93,7 +101,9 @@ def main() -> None:
         return
     print(f"{result['files']} files, {result['lines']} lines")
     print(f"lines over 100 characters: {result['over_100_share']:.1%} ({result['over_100']})")
-    print(f"lines over 120 characters: {result['over_120_share']:.1%} ({result['over_120']}); over 119: {result['over_119']}")
+    print(
+        f"lines over 120 characters: {result['over_120_share']:.1%} ({result['over_120']}); over 119: {result['over_119']}"
+    )
     print(f"code tokens per line:      {result['code_tokens_per_line']:.1f}")
     print(f"# noqa markers:            {result['noqa']}")
     for name, length in result["functions"].items():

@@ -10,9 +10,9 @@ The Python API behind the ``kdmem`` command::
 
 __version__ = "0.1.0"
 
-from kdmem.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
-from kdmem.losses import distillation_loss  # noqa: E402
-from kdmem.pipeline import run  # noqa: E402
-from kdmem.rehearsal import rehearse  # noqa: E402
+from kdmem.config import ConfigError, ExperimentConfig, load_config
+from kdmem.losses import distillation_loss
+from kdmem.pipeline import run
+from kdmem.rehearsal import rehearse
 
 __all__ = ["ConfigError", "ExperimentConfig", "__version__", "distillation_loss", "load_config", "rehearse", "run"]

@@ -41,15 +41,33 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML config file (keys as in kdmem.config.ExperimentConfig)")
     run.add_argument("--preset", help=f"named preset: {', '.join(available_presets())}")
     run.add_argument("--output", "-o", help="output folder (default: runs/NAME)")
-    run.add_argument("--overwrite", action="store_true", help="when --output holds a run of another config, recompute the stages the change affects (default: refuse)")
-    run.add_argument("--dry-run", action="store_true", help="validate the config and print the plan and a compute estimate; train nothing")
-    run.add_argument("--rehearse", action="store_true",
-                     help="run the whole pipeline of CONFIG on shrunken look-alikes of its models (random weights, real vocabularies, "
-                     "tokenizers and dtypes) in minutes on a CPU, into runs/NAME-rehearsal; checks every stage's outputs")
-    run.add_argument("--lookalikes", metavar="DIR",
-                     help="with --rehearse: a folder holding ORG/NAME/config.json and tokenizer files for the config's models, read instead of the hub")
-    run.add_argument("--parameters", metavar="MODEL=N,...", default="",
-                     help="with --dry-run: parameter counts to use instead of looking them up, e.g. teacher=8.19e9,student=2.03e9")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="when --output holds a run of another config, recompute the stages the change affects (default: refuse)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config and print the plan and a compute estimate; train nothing",
+    )
+    run.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="run the whole pipeline of CONFIG on shrunken look-alikes of its models (random weights, real vocabularies, "
+        "tokenizers and dtypes) in minutes on a CPU, into runs/NAME-rehearsal; checks every stage's outputs",
+    )
+    run.add_argument(
+        "--lookalikes",
+        metavar="DIR",
+        help="with --rehearse: a folder holding ORG/NAME/config.json and tokenizer files for the config's models, read instead of the hub",
+    )
+    run.add_argument(
+        "--parameters",
+        metavar="MODEL=N,...",
+        default="",
+        help="with --dry-run: parameter counts to use instead of looking them up, e.g. teacher=8.19e9,student=2.03e9",
+    )
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.num_examples=200")
 
     extract = commands.add_parser(
@@ -59,7 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         "model.generate's, computed with forward passes and early exit.",
     )
     extract.add_argument("--model", required=True, help="hub name or save_pretrained folder")
-    extract.add_argument("--data", required=True, help="a Parquet file with input_ids (e.g. OUT/data/train.parquet), a text file or folder, builtin:python-docs, or a hub dataset")
+    extract.add_argument(
+        "--data",
+        required=True,
+        help="a Parquet file with input_ids (e.g. OUT/data/train.parquet), a text file or folder, builtin:python-docs, or a hub dataset",
+    )
     extract.add_argument("--prefix-len", type=int, default=50)
     extract.add_argument("--suffix-len", type=int, default=50)
     extract.add_argument("--output", "-o", required=True, help="Parquet file to write")
@@ -68,17 +90,34 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--text-field", default="text")
     extract.add_argument("--subset", help="hub dataset config name")
     extract.add_argument("--split", default="train")
-    extract.add_argument("--batch-size", type=int, help="sequences per forward pass (default: the largest that fits in memory)")
-    extract.add_argument("--full", action="store_true", help="also suffix_token_accuracy, suffix_loss and prefix curves (one full pass)")
-    extract.add_argument("--prefix-lens", default="", help="with --full: comma-separated prefix lengths, e.g. 10,20,50,100")
+    extract.add_argument(
+        "--batch-size", type=int, help="sequences per forward pass (default: the largest that fits in memory)"
+    )
+    extract.add_argument(
+        "--full", action="store_true", help="also suffix_token_accuracy, suffix_loss and prefix curves (one full pass)"
+    )
+    extract.add_argument(
+        "--prefix-lens", default="", help="with --full: comma-separated prefix lengths, e.g. 10,20,50,100"
+    )
     extract.add_argument("--margin-tolerance", type=float, default=1e-3)
     extract.add_argument("--shard-size", type=int, default=10_000, help="examples per resumable output shard")
-    extract.add_argument("--approximate-sample", type=int, default=0, metavar="N",
-                         help="also decode N random examples with greedy generate: token match rate, edit distance, longest common run")
-    extract.add_argument("--approximate-ids", default="", metavar="IDS",
-                         help="... and these examples: comma-separated example ids, or a file with one id per line")
+    extract.add_argument(
+        "--approximate-sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also decode N random examples with greedy generate: token match rate, edit distance, longest common run",
+    )
+    extract.add_argument(
+        "--approximate-ids",
+        default="",
+        metavar="IDS",
+        help="... and these examples: comma-separated example ids, or a file with one id per line",
+    )
     extract.add_argument("--seed", type=int, default=0, help="seed of the approximate sample")
-    extract.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype the model is audited in (paper configs: bfloat16)")
+    extract.add_argument(
+        "--dtype", default="float32", choices=DTYPES, help="dtype the model is audited in (paper configs: bfloat16)"
+    )
     extract.add_argument("--trust-remote-code", action="store_true")
 
     membership = commands.add_parser(
@@ -87,13 +126,25 @@ def _parser() -> argparse.ArgumentParser:
         description="Scores: loss, zlib_ratio, min_k_prob, reference_ratio; formulas in the output's Parquet metadata.",
     )
     membership.add_argument("--model", required=True, help="hub name or save_pretrained folder")
-    membership.add_argument("--members", required=True, help="Parquet file with input_ids the model was trained on (e.g. OUT/data/train.parquet)")
-    membership.add_argument("--non-members", required=True, help="Parquet file with input_ids it was not trained on (e.g. OUT/data/validation.parquet)")
-    membership.add_argument("--reference", help="reference model for reference_ratio (e.g. the base before fine-tuning)")
+    membership.add_argument(
+        "--members",
+        required=True,
+        help="Parquet file with input_ids the model was trained on (e.g. OUT/data/train.parquet)",
+    )
+    membership.add_argument(
+        "--non-members",
+        required=True,
+        help="Parquet file with input_ids it was not trained on (e.g. OUT/data/validation.parquet)",
+    )
+    membership.add_argument(
+        "--reference", help="reference model for reference_ratio (e.g. the base before fine-tuning)"
+    )
     membership.add_argument("--min-k", type=float, default=0.2, help="k of Min-K%% Prob")
     membership.add_argument("--batch-size", type=int, default=64)
     membership.add_argument("--output", "-o", required=True, help="Parquet file to write")
-    membership.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype the models are scored in (paper configs: bfloat16)")
+    membership.add_argument(
+        "--dtype", default="float32", choices=DTYPES, help="dtype the models are scored in (paper configs: bfloat16)"
+    )
     membership.add_argument("--trust-remote-code", action="store_true")
 
     analyze = commands.add_parser(
@@ -102,7 +153,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Writes OUT/analysis.json, OUT/features.parquet (if missing), OUT/categories.parquet and OUT/figures/ (PNG and SVG).",
     )
     analyze.add_argument("output", help="a run folder written by `kdmem run`")
-    analyze.add_argument("--repeats", type=int, default=100, help="repetitions of the predictor's 1:3 protocol (paper: 100)")
+    analyze.add_argument(
+        "--repeats", type=int, default=100, help="repetitions of the predictor's 1:3 protocol (paper: 100)"
+    )
 
     predict = commands.add_parser(
         "predict",
@@ -110,12 +163,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Fits the predictor on a finished, analyzed run and scores DATA with a teacher (and baseline).",
     )
     predict.add_argument("run", help="an analyzed run folder (it holds features.parquet)")
-    predict.add_argument("--data", required=True, help="a Parquet file with input_ids, a text file or folder, builtin:python-docs, or a hub dataset")
+    predict.add_argument(
+        "--data",
+        required=True,
+        help="a Parquet file with input_ids, a text file or folder, builtin:python-docs, or a hub dataset",
+    )
     predict.add_argument("--output", "-o", required=True, help="Parquet file to write: example_id, risk, features")
     predict.add_argument("--student", default="soft", choices=["soft", "hard"], help="whose memorization to predict")
     predict.add_argument("--teacher", help="teacher model (default: the run's)")
     predict.add_argument("--baseline", help="baseline model (default: the run's)")
-    predict.add_argument("--teacher-only", action="store_true", help="use teacher perplexity and zlib entropy only (no baseline)")
+    predict.add_argument(
+        "--teacher-only", action="store_true", help="use teacher perplexity and zlib entropy only (no baseline)"
+    )
     predict.add_argument("--seq-len", type=int, help="sequence length when --data is text (default: the run's)")
     predict.add_argument("--num-examples", type=int)
     predict.add_argument("--text-field", default="text")
@@ -158,7 +217,8 @@ def _membership(args) -> None:
     remote = args.trust_remote_code
     tokenizer = load_tokenizer(args.model, trust_remote_code=remote)
     members, non_members = (
-        load_sequences(DataConfig(source=path, num_examples=None, validation_examples=0), tokenizer) for path in (args.members, args.non_members)
+        load_sequences(DataConfig(source=path, num_examples=None, validation_examples=0), tokenizer)
+        for path in (args.members, args.non_members)
     )
     model = load_model(args.model, trust_remote_code=remote, dtype=args.dtype)
     reference = load_model(args.reference, trust_remote_code=remote, dtype=args.dtype) if args.reference else None
@@ -173,10 +233,19 @@ def _predict(args) -> None:
     from kdmem.io import write_parquet_atomic
 
     data = _audited_data(args, args.seq_len or load_config(Path(args.run) / "config.yaml").data.seq_len)
-    risk = predict(args.run, data, student=args.student, teacher=args.teacher, baseline=args.baseline, teacher_only=args.teacher_only)
+    risk = predict(
+        args.run,
+        data,
+        student=args.student,
+        teacher=args.teacher,
+        baseline=args.baseline,
+        teacher_only=args.teacher_only,
+    )
     write_parquet_atomic(Path(args.output), risk)
     top = risk["risk"].quantile(0.99)
-    print(f"scored {len(risk)} sequences; mean risk {risk['risk'].mean():.4f}, 99th percentile {top:.4f}; wrote {args.output}")
+    print(
+        f"scored {len(risk)} sequences; mean risk {risk['risk'].mean():.4f}, 99th percentile {top:.4f}; wrote {args.output}"
+    )
 
 
 def _parameter_counts(text: str) -> dict[str, float]:
@@ -267,11 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     # argparse takes `run`'s positional overrides only before its first flag; key=value pairs
     # after a flag (kdmem run CONFIG --dry-run data.seq_len=128) are overrides too.
     args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "command", None) == "run" and all("=" in item and not item.startswith("-") for item in extra):
+    if (
+        extra
+        and getattr(args, "command", None) == "run"
+        and all("=" in item and not item.startswith("-") for item in extra)
+    ):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     try:
         if args.command == "run":
             from kdmem.pipeline import run

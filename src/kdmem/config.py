@@ -216,9 +216,14 @@ class SoftDistillConfig(Section):
         if self.cache_kind not in CACHE_KINDS:
             self.fail("cache_kind", f"must be one of {', '.join(CACHE_KINDS)}, got {self.cache_kind!r}.")
         if self.teacher_cache and self.cache_kind == "sampled" and self.kind != "forward_kl":
-            self.fail("cache_kind", f"= sampled serves forward_kl only, not {self.kind}; set soft.cache_kind=hidden (exact).")
+            self.fail(
+                "cache_kind", f"= sampled serves forward_kl only, not {self.kind}; set soft.cache_kind=hidden (exact)."
+            )
         if self.cache_top_k < 1 or self.cache_tail_samples < 0:
-            self.fail("cache_top_k" if self.cache_top_k < 1 else "cache_tail_samples", "must be at least 1 (top_k) and 0 (tail samples).")
+            self.fail(
+                "cache_top_k" if self.cache_top_k < 1 else "cache_tail_samples",
+                "must be at least 1 (top_k) and 0 (tail samples).",
+            )
 
 
 @dataclass
@@ -293,7 +298,9 @@ class ExtractionConfig(Section):
             )
         for length in self.prefix_lens:
             if length + self.suffix_len > seq_len:
-                raise ConfigError(f"extraction.prefix_lens entry {length} plus suffix_len {self.suffix_len} does not fit {where} = {seq_len}.")
+                raise ConfigError(
+                    f"extraction.prefix_lens entry {length} plus suffix_len {self.suffix_len} does not fit {where} = {seq_len}."
+                )
 
 
 @dataclass
@@ -392,7 +399,10 @@ class TinySizeConfig(Section):
 
     def check(self) -> None:
         if min(self.layers, self.hidden, self.heads) < 1 or self.hidden % self.heads:
-            self.fail("hidden", f"and heads must be positive, the heads dividing the hidden size; got hidden {self.hidden}, heads {self.heads}, layers {self.layers}.")
+            self.fail(
+                "hidden",
+                f"and heads must be positive, the heads dividing the hidden size; got hidden {self.hidden}, heads {self.heads}, layers {self.layers}.",
+            )
 
 
 @dataclass
@@ -443,9 +453,13 @@ class ExperimentConfig(Section):
         )
     )
     hard: HardDistillConfig = field(
-        default_factory=lambda: HardDistillConfig(training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32))
+        default_factory=lambda: HardDistillConfig(
+            training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32)
+        )
     )
-    extraction: ExtractionConfig = field(default_factory=lambda: ExtractionConfig(full=True, prefix_lens=[8, 16, 24, 32]))
+    extraction: ExtractionConfig = field(
+        default_factory=lambda: ExtractionConfig(full=True, prefix_lens=[8, 16, 24, 32])
+    )
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     filtering: FilteringConfig = field(default_factory=lambda: FilteringConfig(enabled=True, student="hard"))
     """On in the default run, for the hard student: at this scale the soft student (T = 2) memorizes
@@ -465,7 +479,9 @@ class ExperimentConfig(Section):
     def check(self) -> None:
         """What no section can check alone: the settings that must fit one another."""
         if self.inference_dtype not in INFERENCE_DTYPES:
-            raise ConfigError(f"inference_dtype must be one of {', '.join(INFERENCE_DTYPES)}; got {self.inference_dtype!r}.")
+            raise ConfigError(
+                f"inference_dtype must be one of {', '.join(INFERENCE_DTYPES)}; got {self.inference_dtype!r}."
+            )
         self.extraction.check_fits(self.data.seq_len, "data.seq_len")
         if not self.hard.prefix_len < self.data.seq_len:
             raise ConfigError(

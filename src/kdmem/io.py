@@ -9,9 +9,10 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -149,7 +150,9 @@ def split_across_processes(
     mine = compute(rows.iloc[start:stop], int(start))
     write_parquet_atomic(parts / f"part-{state.process_index:04d}.parquet", mine)
     state.wait_for_everyone()
-    result = pd.concat([pd.read_parquet(parts / f"part-{i:04d}.parquet") for i in range(state.num_processes)], ignore_index=True)
+    result = pd.concat(
+        [pd.read_parquet(parts / f"part-{i:04d}.parquet") for i in range(state.num_processes)], ignore_index=True
+    )
     result.attrs = dict(mine.attrs)
     state.wait_for_everyone()  # all have read the parts before they go
     if state.is_main_process:

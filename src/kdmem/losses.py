@@ -37,7 +37,9 @@ from kdmem.config import SOFT_KINDS
 KINDS = SOFT_KINDS  # the config's soft.kind takes the same names
 
 
-def _per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float, jsd_beta: float) -> torch.Tensor:
+def _per_token(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float, jsd_beta: float
+) -> torch.Tensor:
     """(n, vocab) logits of any float dtype -> (n,) float32 divergences, T^2 included; every kind
     but forward KL, which ``_FusedForwardKL`` computes."""
     log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
@@ -46,7 +48,9 @@ def _per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind:
         value = (log_s.exp() * (log_s - log_t)).sum(-1)
     elif kind == "jsd":
         log_m = torch.logsumexp(torch.stack([log_t + math.log(jsd_beta), log_s + math.log(1 - jsd_beta)]), dim=0)
-        value = jsd_beta * (log_t.exp() * (log_t - log_m)).sum(-1) + (1 - jsd_beta) * (log_s.exp() * (log_s - log_m)).sum(-1)
+        value = jsd_beta * (log_t.exp() * (log_t - log_m)).sum(-1) + (1 - jsd_beta) * (
+            log_s.exp() * (log_s - log_m)
+        ).sum(-1)
     else:  # tvd
         value = 0.5 * (log_t.exp() - log_s.exp()).abs().sum(-1)
     return value * temperature**2
@@ -102,12 +106,24 @@ def distillation_loss(
             f"shape; the vocabulary sizes are {student_logits.shape[-1]} (student) and {teacher_logits.shape[-1]} (teacher)."
         )
     if kind == "forward_kl":
-        return _forward_kl(student_logits, [teacher_logits.detach()], _full_target, temperature, mask, reduction, chunk_size)
+        return _forward_kl(
+            student_logits, [teacher_logits.detach()], _full_target, temperature, mask, reduction, chunk_size
+        )
     teacher_flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
-    return _reduce(_per_token, student_logits, [teacher_flat], (kind, temperature, jsd_beta), mask, reduction, chunk_size)
+    return _reduce(
+        _per_token, student_logits, [teacher_flat], (kind, temperature, jsd_beta), mask, reduction, chunk_size
+    )
 
 
-def _reduce(per_token_fn, student_logits: torch.Tensor, teacher_flat: list[torch.Tensor], options: tuple, mask, reduction: str, chunk_size: int) -> torch.Tensor:
+def _reduce(
+    per_token_fn,
+    student_logits: torch.Tensor,
+    teacher_flat: list[torch.Tensor],
+    options: tuple,
+    mask,
+    reduction: str,
+    chunk_size: int,
+) -> torch.Tensor:
     """``per_token_fn(student rows, *teacher rows, *options)`` one chunk of tokens at a time
     (recomputed in the backward pass), masked and reduced."""
     student_flat = student_logits.reshape(-1, student_logits.shape[-1])
@@ -214,7 +230,15 @@ def _sparse_target(ids: torch.Tensor, log_probs: torch.Tensor, weights: torch.Te
     return p_t, (weights * log_probs.float()).sum(-1), weights.sum(-1)
 
 
-def _forward_kl(student_logits: torch.Tensor, teacher: list[torch.Tensor], target, temperature: float, mask, reduction: str, chunk_size: int):
+def _forward_kl(
+    student_logits: torch.Tensor,
+    teacher: list[torch.Tensor],
+    target,
+    temperature: float,
+    mask,
+    reduction: str,
+    chunk_size: int,
+):
     leading = student_logits.shape[:-1]
     if not leading:
         raise ValueError("Logits need at least one token dimension: (tokens, vocab) or (batch, seq, vocab).")

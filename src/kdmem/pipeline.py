@@ -31,11 +31,20 @@ import torch
 
 from kdmem.analysis.analyze import analyze, model_feature_table
 from kdmem.analysis.compare import compare_runs
-from kdmem.analysis.overlaps import memorized_ids
 from kdmem.analysis.filtering import MIN_MEMORIZED_TO_FILTER, flag_examples, stand_in_memorized
+from kdmem.analysis.overlaps import memorized_ids
 from kdmem.config import (
-    CanaryConfig, ConfigError, EmbeddedModelsConfig, ExperimentConfig, ExtractionConfig, ModelConfig, SoftDistillConfig, config_from_dict,
-    config_to_dict, save_config, second_family_config,
+    CanaryConfig,
+    ConfigError,
+    EmbeddedModelsConfig,
+    ExperimentConfig,
+    ExtractionConfig,
+    ModelConfig,
+    SoftDistillConfig,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+    second_family_config,
 )
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_documents, write_sequences
 from kdmem.io import process_state, split_across_processes, write_json_atomic, write_parquet_atomic
@@ -89,11 +98,22 @@ class RunContext:
         return self._cached(("base", spec["model"]), lambda: resolve_model_name(spec["model"], self.embedded))
 
     def load_base(self, spec: dict, dtype: str | None = None):
-        return load_model(self.base(spec), revision=spec["revision"], trust_remote_code=spec["trust_remote_code"], device=self.state.device, dtype=dtype)
+        return load_model(
+            self.base(spec),
+            revision=spec["revision"],
+            trust_remote_code=spec["trust_remote_code"],
+            device=self.state.device,
+            dtype=dtype,
+        )
 
     def tokenizer(self, spec: dict | None = None):
         spec = spec or self.tokenizer_spec
-        return self._cached(("tokenizer", spec["model"]), lambda: load_tokenizer(self.base(spec), revision=spec["revision"], trust_remote_code=spec["trust_remote_code"]))
+        return self._cached(
+            ("tokenizer", spec["model"]),
+            lambda: load_tokenizer(
+                self.base(spec), revision=spec["revision"], trust_remote_code=spec["trust_remote_code"]
+            ),
+        )
 
     def sequences(self, split: str) -> pd.DataFrame:
         return self._cached(("rows", split), lambda: read_sequences(self.layout.data(split)))
@@ -120,7 +140,10 @@ class RunContext:
         return min(teacher.config.get_text_config().vocab_size, model_vocab_size(self.base(student), _spec(student)))
 
     def teacher(self, dtype: str):
-        return self._cached(("teacher", dtype), lambda: load_model(str(self.layout.model("teacher")), device=self.state.device, dtype=dtype))
+        return self._cached(
+            ("teacher", dtype),
+            lambda: load_model(str(self.layout.model("teacher")), device=self.state.device, dtype=dtype),
+        )
 
     def trained_model(self, name: str, dtype: str):
         """A model this run trained, for the stages that score it. Only the last one loaded is
@@ -130,7 +153,9 @@ class RunContext:
         key = ("trained", name, dtype)
         if key not in self._loaded:
             self.release_models(("trained",))
-        return self._cached(key, lambda: load_model(str(self.layout.model(name)), device=self.state.device, dtype=dtype))
+        return self._cached(
+            key, lambda: load_model(str(self.layout.model(name)), device=self.state.device, dtype=dtype)
+        )
 
     def release_models(self, kinds: tuple[str, ...] = ("teacher", "trained")) -> None:
         for key in [key for key in self._loaded if isinstance(key, tuple) and key[0] in kinds]:
@@ -167,7 +192,12 @@ def _publish_model(tokenizer, path: Path, info: dict, work_dir: Path) -> None:
 
 def _git_revision() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -210,16 +240,29 @@ def _provenance(versions: dict, seeds: list[int], seconds: dict[str, float]) -> 
 # --- The stages' actions, in the order of the recipe -------------------------------------------
 
 
-def prepare_data(ctx: RunContext, *, data, tokenizer: dict, canary_repeats: list[int], canary_seed: int, canary_key_length: int) -> None:
+def prepare_data(
+    ctx: RunContext, *, data, tokenizer: dict, canary_repeats: list[int], canary_seed: int, canary_key_length: int
+) -> None:
     """D and validation (and the canaries, whose keys are their first ``canary_key_length`` tokens)."""
     tokens = ctx.tokenizer(tokenizer)
     splits = prepare_sequences(data, tokens)
     write_sequences(ctx.layout.data("validation"), splits.validation)
     if canary_repeats:
-        canaries = make_canaries(CanaryConfig(repeats=canary_repeats, seed=canary_seed), len(tokens), data.seq_len, canary_key_length, tokens.all_special_ids)
+        canaries = make_canaries(
+            CanaryConfig(repeats=canary_repeats, seed=canary_seed),
+            len(tokens),
+            data.seq_len,
+            canary_key_length,
+            tokens.all_special_ids,
+        )
         write_parquet_atomic(ctx.layout.data("canaries"), canaries)
     write_sequences(ctx.layout.data("train"), splits.train)
-    logger.info("D: %d training and %d validation sequences of %d tokens", len(splits.train), len(splits.validation), data.seq_len)
+    logger.info(
+        "D: %d training and %d validation sequences of %d tokens",
+        len(splits.train),
+        len(splits.validation),
+        data.seq_len,
+    )
 
 
 def _trackers(ctx: RunContext, name: str, tracking: dict | None, batch_size: int | None) -> list[MemorizationTracker]:
@@ -227,7 +270,11 @@ def _trackers(ctx: RunContext, name: str, tracking: dict | None, batch_size: int
         return []
     train = ctx.sequences("train")
     sample = train if tracking["examples"] is None else train.iloc[: tracking["examples"]]
-    return [MemorizationTracker(sample, tracking["prefix_len"], tracking["suffix_len"], tracking["every_epochs"], batch_size, name)]
+    return [
+        MemorizationTracker(
+            sample, tracking["prefix_len"], tracking["suffix_len"], tracking["every_epochs"], batch_size, name
+        )
+    ]
 
 
 def _trained(ctx: RunContext, name: str, kind: str, seed: int, base: dict, callbacks, train) -> None:
@@ -243,7 +290,16 @@ def _trained(ctx: RunContext, name: str, kind: str, seed: int, base: dict, callb
 
 
 def train_with_cross_entropy(
-    ctx: RunContext, *, name: str, kind: str, base: dict, training, seed: int, rows: str, tracking: dict | None, batch_size: int | None = None
+    ctx: RunContext,
+    *,
+    name: str,
+    kind: str,
+    base: dict,
+    training,
+    seed: int,
+    rows: str,
+    tracking: dict | None,
+    batch_size: int | None = None,
 ) -> dict | None:
     """The teacher, a baseline or a hard student: next-token cross-entropy on ``rows`` (``train``:
     D and canaries; ``hard``: the teacher's continuations; ``hard-kept``: those of the examples
@@ -256,14 +312,32 @@ def train_with_cross_entropy(
     else:
         data = ctx.training_rows() if rows == "train" else ctx.sequences(rows)
     callbacks = _trackers(ctx, name, tracking, batch_size)
-    _trained(ctx, name, kind, seed, base, callbacks,
-             lambda save_to: fine_tune(ctx.load_base(base), data, training, ctx.layout.work(name), seed, callbacks, save_to=save_to))
+    _trained(
+        ctx,
+        name,
+        kind,
+        seed,
+        base,
+        callbacks,
+        lambda save_to: fine_tune(
+            ctx.load_base(base), data, training, ctx.layout.work(name), seed, callbacks, save_to=save_to
+        ),
+    )
     return None
 
 
 def build_cache(
-    ctx: RunContext, *, rows: str, student: dict, kind: str, top_k: int, tail_samples: int, tail_draws: int, temperatures: list[float],
-    dtype: str, batch_size: int | None = None,
+    ctx: RunContext,
+    *,
+    rows: str,
+    student: dict,
+    kind: str,
+    top_k: int,
+    tail_samples: int,
+    tail_draws: int,
+    temperatures: list[float],
+    dtype: str,
+    batch_size: int | None = None,
 ) -> dict | None:
     """The teacher cache over ``rows`` (``train``, or ``kept``: the examples the filtering kept),
     read by every soft student of those rows."""
@@ -272,16 +346,45 @@ def build_cache(
         return {"skipped": "the filtering was skipped (filtering.json says why)"}
     data = ctx.training_rows(without_flagged=kept)
     root = ctx.layout.teacher_cache(rows)
-    settings = {"kind": kind, "top_k": top_k, "tail_samples": tail_samples, "tail_draws": tail_draws, "temperatures": temperatures}
-    if complete_teacher_cache(root, data, teacher_id=ctx.teacher_id, **settings) is None:  # else never load the teacher
+    settings = {
+        "kind": kind,
+        "top_k": top_k,
+        "tail_samples": tail_samples,
+        "tail_draws": tail_draws,
+        "temperatures": temperatures,
+    }
+    if (
+        complete_teacher_cache(root, data, teacher_id=ctx.teacher_id, **settings) is None
+    ):  # else never load the teacher
         teacher = ctx.teacher(dtype)
-        build_teacher_cache(teacher, data, root, teacher_id=ctx.teacher_id, vocab_size=ctx.shared_vocabulary(teacher, student), batch_size=batch_size or 32, **settings)
+        build_teacher_cache(
+            teacher,
+            data,
+            root,
+            teacher_id=ctx.teacher_id,
+            vocab_size=ctx.shared_vocabulary(teacher, student),
+            batch_size=batch_size or 32,
+            **settings,
+        )
     return None
 
 
 def distill_softly(
-    ctx: RunContext, *, name: str, student: dict, kind: str, temperature: float, jsd_beta: float, ce_weight: float, training, seed: int,
-    rows: str, cached: bool, teacher_dtype: str, tracking: dict | None, batch_size: int | None = None,
+    ctx: RunContext,
+    *,
+    name: str,
+    student: dict,
+    kind: str,
+    temperature: float,
+    jsd_beta: float,
+    ce_weight: float,
+    training,
+    seed: int,
+    rows: str,
+    cached: bool,
+    teacher_dtype: str,
+    tracking: dict | None,
+    batch_size: int | None = None,
 ) -> dict | None:
     """A soft student: the divergence from the teacher's softened distributions over ``rows``
     (``train``, or ``kept``), read from the teacher cache when ``cached``, else from the teacher."""
@@ -289,24 +392,55 @@ def distill_softly(
     if kept and ctx.flagged() is None:
         return {"skipped": "the filtering was skipped (filtering.json says why)"}
     data = ctx.training_rows(without_flagged=kept)
-    soft = SoftDistillConfig(kind=kind, temperature=temperature, jsd_beta=jsd_beta, ce_weight=ce_weight, training=training)
+    soft = SoftDistillConfig(
+        kind=kind, temperature=temperature, jsd_beta=jsd_beta, ce_weight=ce_weight, training=training
+    )
     cache = TeacherLogitCache(ctx.layout.teacher_cache(rows)) if cached else None
     teacher = None if cached else ctx.teacher(teacher_dtype)
     callbacks = _trackers(ctx, name, tracking, batch_size)
-    _trained(ctx, name, "soft", seed, student, callbacks,
-             lambda save_to: distill(ctx.load_base(student), teacher, data, soft, ctx.layout.work(name), seed, callbacks, cache=cache, save_to=save_to))
+    _trained(
+        ctx,
+        name,
+        "soft",
+        seed,
+        student,
+        callbacks,
+        lambda save_to: distill(
+            ctx.load_base(student),
+            teacher,
+            data,
+            soft,
+            ctx.layout.work(name),
+            seed,
+            callbacks,
+            cache=cache,
+            save_to=save_to,
+        ),
+    )
     return {"temperature": temperature}
 
 
-def generate_hard_data(ctx: RunContext, *, prefix_len: int, seq_len: int, student: dict, dtype: str, generation_batch_size: int) -> None:
+def generate_hard_data(
+    ctx: RunContext, *, prefix_len: int, seq_len: int, student: dict, dtype: str, generation_batch_size: int
+) -> None:
     """The teacher's greedy continuation of every training row, for the hard students. The
     teacher writes only ids the student can read (the smaller embedding matrix)."""
     teacher = ctx.teacher(dtype)
     shared_vocabulary = ctx.shared_vocabulary(teacher, student)
 
     def generate(share: pd.DataFrame, offset: int) -> pd.DataFrame:
-        generated = greedy_continuations(teacher, as_tensor(share), prefix_len, seq_len, generation_batch_size, desc="hard data", vocab_size=shared_vocabulary)
-        return pd.DataFrame({"example_id": share["example_id"].to_numpy(), "input_ids": list(generated.numpy().astype("int32"))})
+        generated = greedy_continuations(
+            teacher,
+            as_tensor(share),
+            prefix_len,
+            seq_len,
+            generation_batch_size,
+            desc="hard data",
+            vocab_size=shared_vocabulary,
+        )
+        return pd.DataFrame(
+            {"example_id": share["example_id"].to_numpy(), "input_ids": list(generated.numpy().astype("int32"))}
+        )
 
     hard = split_across_processes(ctx.training_rows(), generate, ctx.layout.work("parts-hard-data"), ctx.state)
     if ctx.main:
@@ -349,13 +483,17 @@ def score_validation(ctx: RunContext, *, name: str, dtype: str, batch_size: int 
     splits them across the processes."""
     if skipped := _skipped(ctx, name):
         return skipped
-    loss = validation_loss(ctx.trained_model(name, dtype), ctx.sequences("validation"), batch_size=_scoring_batch(ctx, name, batch_size))
+    loss = validation_loss(
+        ctx.trained_model(name, dtype), ctx.sequences("validation"), batch_size=_scoring_batch(ctx, name, batch_size)
+    )
     if ctx.main:
         write_json_atomic(ctx.layout.validation(name), {"val_loss": loss, "val_ppl": math.exp(loss)})
     return None
 
 
-def score_membership(ctx: RunContext, *, name: str, base: dict, min_k: float, reference: bool, dtype: str, batch_size: int | None = None) -> dict | None:
+def score_membership(
+    ctx: RunContext, *, name: str, base: dict, min_k: float, reference: bool, dtype: str, batch_size: int | None = None
+) -> dict | None:
     """Membership inference on model ``name``: every score of D (members) and of the held-out
     sequences (non-members), and how well each separates them: ``membership/NAME.parquet``.
     Each process scores its share; the main one writes."""
@@ -377,7 +515,15 @@ def score_membership(ctx: RunContext, *, name: str, base: dict, min_k: float, re
 
 
 def score_canaries(
-    ctx: RunContext, *, name: str, num_candidates: int, seed: int, prefix_len: int, suffix_len: int, dtype: str, batch_size: int | None = None,
+    ctx: RunContext,
+    *,
+    name: str,
+    num_candidates: int,
+    seed: int,
+    prefix_len: int,
+    suffix_len: int,
+    dtype: str,
+    batch_size: int | None = None,
 ) -> dict | None:
     """The exposure of each canary's secret under model ``name``, and whether its key extracts
     it: ``canaries/NAME.parquet``."""
@@ -385,8 +531,15 @@ def score_canaries(
         return skipped
     tokenizer = ctx.tokenizer()
     exposure = canary_exposure(
-        ctx.trained_model(name, dtype), ctx.canaries(), prefix_len, suffix_len, vocab_size=len(tokenizer), excluded_token_ids=tokenizer.all_special_ids,
-        num_candidates=num_candidates, seed=seed, batch_size=_scoring_batch(ctx, name, batch_size),
+        ctx.trained_model(name, dtype),
+        ctx.canaries(),
+        prefix_len,
+        suffix_len,
+        vocab_size=len(tokenizer),
+        excluded_token_ids=tokenizer.all_special_ids,
+        num_candidates=num_candidates,
+        seed=seed,
+        batch_size=_scoring_batch(ctx, name, batch_size),
     )
     write_parquet_atomic(ctx.layout.canaries(name), exposure)
     return None
@@ -408,14 +561,26 @@ def _evaluation_row(layout: RunLayout, name: str, prefix_lens: list[int], member
     if membership:
         row["membership"] = read_membership_metrics(layout.membership(name))
     if canaries:
-        row["canaries"] = pd.read_parquet(layout.canaries(name))[["canary_id", "repeats", "exposure", "extractable"]].to_dict("records")
+        row["canaries"] = pd.read_parquet(layout.canaries(name))[
+            ["canary_id", "repeats", "exposure", "extractable"]
+        ].to_dict("records")
     return row
 
 
-def compute_features(ctx: RunContext, *, last_k: int, suffix_span: list[int], dtype: str, batch_size: int | None = None) -> None:
+def compute_features(
+    ctx: RunContext, *, last_k: int, suffix_span: list[int], dtype: str, batch_size: int | None = None
+) -> None:
     """``features.parquet``: per example of D, what the first seed's models make of it (zlib,
     perplexities, the teacher-baseline KL, entropies over the spans)."""
-    model_feature_table(ctx.layout, ctx.sequences("train"), ctx.state, dtype=dtype, batch_size=batch_size, last_k=last_k, suffix_span=tuple(suffix_span))
+    model_feature_table(
+        ctx.layout,
+        ctx.sequences("train"),
+        ctx.state,
+        dtype=dtype,
+        batch_size=batch_size,
+        last_k=last_k,
+        suffix_span=tuple(suffix_span),
+    )
 
 
 def flag_for_filtering(ctx: RunContext, *, student: str, students: list[str], filtering, seed: int) -> None:
@@ -426,9 +591,13 @@ def flag_for_filtering(ctx: RunContext, *, student: str, students: list[str], fi
     stand_in = {}
     if len(target) < MIN_MEMORIZED_TO_FILTER and filtering.stand_in_examples:
         target = stand_in_memorized(pd.read_parquet(ctx.layout.memorization(students[0])), filtering.stand_in_examples)
-        stand_in = {"stand_in": f"a rehearsal: the {len(target)} examples the {student} student came closest to reproducing stand in for its memorized set"}
+        stand_in = {
+            "stand_in": f"a rehearsal: the {len(target)} examples the {student} student came closest to reproducing stand in for its memorized set"
+        }
     try:
-        removed, info = flag_examples(features, features["example_id"].isin(target).to_numpy(), filtering.target_recall, seed)
+        removed, info = flag_examples(
+            features, features["example_id"].isin(target).to_numpy(), filtering.target_recall, seed
+        )
         info |= stand_in
     except ValueError as error:
         # What the students memorized decides this, not the config alone: the run goes on,
@@ -451,7 +620,15 @@ def compare_families(ctx: RunContext) -> None:
 
 
 def summarize(
-    ctx: RunContext, *, models: list[str], prefix_len: int, suffix_len: int, prefix_lens: list[int], seq_len: int, membership: bool, canaries: bool,
+    ctx: RunContext,
+    *,
+    models: list[str],
+    prefix_len: int,
+    suffix_len: int,
+    prefix_lens: list[int],
+    seq_len: int,
+    membership: bool,
+    canaries: bool,
     graph_names: list[str],
 ) -> None:
     """``summary.json``: every trained model's row (what its scoring stages measured), its
@@ -463,8 +640,14 @@ def summarize(
         "name": ctx.run_name,
         "models": rows,
         "extraction": {"prefix_len": prefix_len, "suffix_len": suffix_len},
-        "memorization_over_training": {name: json.loads(layout.model_done(name).read_text())["memorization_over_training"] for name in trained},
-        "data": {"train_examples": len(ctx.sequences("train")), "validation_examples": len(ctx.sequences("validation")), "seq_len": seq_len},
+        "memorization_over_training": {
+            name: json.loads(layout.model_done(name).read_text())["memorization_over_training"] for name in trained
+        },
+        "data": {
+            "train_examples": len(ctx.sequences("train")),
+            "validation_examples": len(ctx.sequences("validation")),
+            "seq_len": seq_len,
+        },
         "stage_seconds": stage_seconds(layout.root, graph_names),
     }
     if layout.work_root.exists() and not any(layout.work_root.iterdir()):
@@ -505,7 +688,15 @@ def run_context(config: ExperimentConfig, layout: RunLayout, graph: list[Stage] 
     # The cache knows its teacher by the teacher stage's fingerprint (its settings and data), not
     # by a path, which changes with the working directory or an --output spelled another way.
     teacher_id = f"kdmem teacher stage {fingerprints(graph)['teacher']}"
-    return RunContext(layout, process_state(), config.embedded, model_spec(config.teacher), config.canaries.seed, run_name=config.name, teacher_id=teacher_id)
+    return RunContext(
+        layout,
+        process_state(),
+        config.embedded,
+        model_spec(config.teacher),
+        config.canaries.seed,
+        run_name=config.name,
+        teacher_id=teacher_id,
+    )
 
 
 def _total_flops(graph: list[Stage], sizes) -> float | None:
@@ -524,7 +715,12 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
     # Memorization over training is part of a training stage's output: what it measures shapes it.
     tracking = None
     if ext.track_every_epochs:
-        tracking = {"every_epochs": ext.track_every_epochs, "examples": ext.track_examples, "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len}
+        tracking = {
+            "every_epochs": ext.track_every_epochs,
+            "examples": ext.track_examples,
+            "prefix_len": ext.prefix_len,
+            "suffix_len": ext.suffix_len,
+        }
     speed = {"batch_size": ext.batch_size}
 
     def model_outputs(name: str) -> tuple[Path, ...]:
@@ -534,71 +730,210 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
     def size(name: str) -> str:
         return "teacher" if name == "teacher" else "student"
 
-    def cross_entropy(name: str, kind: str, base: dict, training, seed: int, rows: str, needs: tuple[str, ...]) -> None:
-        settings = {"name": name, "kind": kind, "base": base, "training": training, "seed": seed, "rows": rows, "tracking": tracking}
-        cost = lambda z: per_token(z.tokens, (6 * training.epochs, getattr(z, size(name))))  # noqa: E731
-        graph.append(Stage(name, train_with_cross_entropy, settings, needs, model_outputs(name), distributed=True, speed=speed, flops=cost))
-
-    def soft_student(name: str, temperature: float, seed: int, rows: str, needs: tuple[str, ...], tracked: bool = True) -> None:
+    def cross_entropy(
+        name: str, kind: str, base: dict, training, seed: int, rows: str, needs: tuple[str, ...]
+    ) -> None:
         settings = {
-            "name": name, "student": student_spec, "kind": soft.kind, "temperature": temperature, "jsd_beta": soft.jsd_beta,
-            "ce_weight": soft.ce_weight, "training": soft.training, "seed": seed, "rows": rows, "cached": soft.teacher_cache,
-            "teacher_dtype": dtype, "tracking": tracking if tracked else None,
+            "name": name,
+            "kind": kind,
+            "base": base,
+            "training": training,
+            "seed": seed,
+            "rows": rows,
+            "tracking": tracking,
+        }
+        cost = lambda z: per_token(z.tokens, (6 * training.epochs, getattr(z, size(name))))  # noqa: E731
+        graph.append(
+            Stage(
+                name,
+                train_with_cross_entropy,
+                settings,
+                needs,
+                model_outputs(name),
+                distributed=True,
+                speed=speed,
+                flops=cost,
+            )
+        )
+
+    def soft_student(
+        name: str, temperature: float, seed: int, rows: str, needs: tuple[str, ...], tracked: bool = True
+    ) -> None:
+        settings = {
+            "name": name,
+            "student": student_spec,
+            "kind": soft.kind,
+            "temperature": temperature,
+            "jsd_beta": soft.jsd_beta,
+            "ce_weight": soft.ce_weight,
+            "training": soft.training,
+            "seed": seed,
+            "rows": rows,
+            "cached": soft.teacher_cache,
+            "teacher_dtype": dtype,
+            "tracking": tracking if tracked else None,
         }
         epochs = soft.training.epochs
 
-        def cost(z):  # the student's steps, and the teacher's forward passes (live) or output layer (a hidden-state cache)
+        def cost(
+            z,
+        ):  # the student's steps, and the teacher's forward passes (live) or output layer (a hidden-state cache)
             if not soft.teacher_cache:
                 return per_token(z.tokens, (6 * epochs, z.student), (2 * epochs, z.teacher))
-            return per_token(z.tokens, (6 * epochs, z.student), *([(2 * epochs, z.head)] if soft.cache_kind == "hidden" and z.head is not None else []))
+            return per_token(
+                z.tokens,
+                (6 * epochs, z.student),
+                *([(2 * epochs, z.head)] if soft.cache_kind == "hidden" and z.head is not None else []),
+            )
 
-        graph.append(Stage(name, distill_softly, settings, needs, model_outputs(name), distributed=True, speed=speed, flops=cost))
+        graph.append(
+            Stage(
+                name, distill_softly, settings, needs, model_outputs(name), distributed=True, speed=speed, flops=cost
+            )
+        )
 
     def teacher_cache(rows: str, needs: tuple[str, ...]) -> str:
-        settings = {"rows": rows, "student": student_spec, "kind": soft.cache_kind, "dtype": dtype, "top_k": 0, "tail_samples": 0, "tail_draws": 1,
-                    "temperatures": []}
+        settings = {
+            "rows": rows,
+            "student": student_spec,
+            "kind": soft.cache_kind,
+            "dtype": dtype,
+            "top_k": 0,
+            "tail_samples": 0,
+            "tail_draws": 1,
+            "temperatures": [],
+        }
         if soft.cache_kind == "sampled":  # its samples, and the temperatures it serves
-            settings |= {"top_k": soft.cache_top_k, "tail_samples": soft.cache_tail_samples, "tail_draws": soft.cache_draws,
-                         "temperatures": list(soft.cache_temperatures)}
-        graph.append(Stage(f"cache:{rows}", build_cache, settings, needs, (layout.teacher_cache(rows),), distributed=True, speed=speed,
-                           flops=lambda z: per_token(z.tokens, (2, z.teacher))))
+            settings |= {
+                "top_k": soft.cache_top_k,
+                "tail_samples": soft.cache_tail_samples,
+                "tail_draws": soft.cache_draws,
+                "temperatures": list(soft.cache_temperatures),
+            }
+        graph.append(
+            Stage(
+                f"cache:{rows}",
+                build_cache,
+                settings,
+                needs,
+                (layout.teacher_cache(rows),),
+                distributed=True,
+                speed=speed,
+                flops=lambda z: per_token(z.tokens, (2, z.teacher)),
+            )
+        )
         return f"cache:{rows}"
 
     def evaluated(name: str, base: dict) -> None:
         """Model ``name``'s scoring stages: each reads the model and its own settings only, so a
         scoring setting (membership.min_k) rescores that and nothing else."""
         n = size(name)
-        verdicts = {k: v for k, v in dataclasses.asdict(ext).items() if k not in ("batch_size", "track_every_epochs", "track_examples")}
-        graph.append(Stage(f"extract:{name}", extract, {"name": name, "extraction": verdicts, "dtype": dtype}, (name, "data"),
-                           (layout.memorization(name),), distributed=True, speed=speed, flops=lambda z: per_token(z.tokens, (2, getattr(z, n)))))
-        graph.append(Stage(f"validation:{name}", score_validation, {"name": name, "dtype": dtype}, (name, "data"), (layout.validation(name),),
-                           distributed=True, speed=speed, flops=lambda z: per_token(z.held_out_tokens, (2, getattr(z, n)))))
+        verdicts = {
+            k: v
+            for k, v in dataclasses.asdict(ext).items()
+            if k not in ("batch_size", "track_every_epochs", "track_examples")
+        }
+        graph.append(
+            Stage(
+                f"extract:{name}",
+                extract,
+                {"name": name, "extraction": verdicts, "dtype": dtype},
+                (name, "data"),
+                (layout.memorization(name),),
+                distributed=True,
+                speed=speed,
+                flops=lambda z: per_token(z.tokens, (2, getattr(z, n))),
+            )
+        )
+        graph.append(
+            Stage(
+                f"validation:{name}",
+                score_validation,
+                {"name": name, "dtype": dtype},
+                (name, "data"),
+                (layout.validation(name),),
+                distributed=True,
+                speed=speed,
+                flops=lambda z: per_token(z.held_out_tokens, (2, getattr(z, n))),
+            )
+        )
         if config.membership.enabled:  # D and the held-out sequences under the model and, with a reference, its base
             membership = config.membership
             passes = 1 + membership.reference
-            graph.append(Stage(f"membership:{name}", score_membership,
-                               {"name": name, "base": base, "min_k": membership.min_k, "reference": membership.reference, "dtype": dtype},
-                               (name, "data"), (layout.membership(name),), distributed=True, speed=speed,
-                               flops=lambda z: per_token(z.scored_tokens, (2 * passes, getattr(z, n)))))
+            graph.append(
+                Stage(
+                    f"membership:{name}",
+                    score_membership,
+                    {
+                        "name": name,
+                        "base": base,
+                        "min_k": membership.min_k,
+                        "reference": membership.reference,
+                        "dtype": dtype,
+                    },
+                    (name, "data"),
+                    (layout.membership(name),),
+                    distributed=True,
+                    speed=speed,
+                    flops=lambda z: per_token(z.scored_tokens, (2 * passes, getattr(z, n))),
+                )
+            )
         if config.canaries.repeats:
-            graph.append(Stage(f"canaries:{name}", score_canaries, {
-                "name": name, "num_candidates": config.canaries.num_candidates, "seed": config.canaries.seed,
-                "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len, "dtype": dtype,
-            }, (name, "data"), (layout.canaries(name),), speed=speed))
+            graph.append(
+                Stage(
+                    f"canaries:{name}",
+                    score_canaries,
+                    {
+                        "name": name,
+                        "num_candidates": config.canaries.num_candidates,
+                        "seed": config.canaries.seed,
+                        "prefix_len": ext.prefix_len,
+                        "suffix_len": ext.suffix_len,
+                        "dtype": dtype,
+                    },
+                    (name, "data"),
+                    (layout.canaries(name),),
+                    speed=speed,
+                )
+            )
 
     # Data: D, validation and canaries, tokenized by the teacher base's tokenizer.
-    graph.append(Stage("data", prepare_data, {
-        "data": config.data, "tokenizer": teacher_spec | {"embedded": config.embedded}, "canary_repeats": config.canaries.repeats,
-        "canary_seed": config.canaries.seed, "canary_key_length": ext.prefix_len if config.canaries.repeats else 0,
-    }, (), (layout.data("train"), layout.data("validation"), layout.data("canaries"))))
+    graph.append(
+        Stage(
+            "data",
+            prepare_data,
+            {
+                "data": config.data,
+                "tokenizer": teacher_spec | {"embedded": config.embedded},
+                "canary_repeats": config.canaries.repeats,
+                "canary_seed": config.canaries.seed,
+                "canary_key_length": ext.prefix_len if config.canaries.repeats else 0,
+            },
+            (),
+            (layout.data("train"), layout.data("validation"), layout.data("canaries")),
+        )
+    )
     # The teacher, fine-tuned on D with cross-entropy.
     cross_entropy("teacher", "teacher", teacher_spec, config.teacher.training, config.seeds[0], "train", ("data",))
     # The soft students read the teacher through its cache, when there is one.
     soft_source = teacher_cache("train", ("teacher",)) if soft.teacher_cache else "teacher"
-    graph.append(Stage("hard_data", generate_hard_data, {
-        "prefix_len": config.hard.prefix_len, "seq_len": config.data.seq_len, "student": student_spec, "dtype": dtype,
-        "generation_batch_size": config.hard.generation_batch_size,
-    }, ("teacher",), (layout.data("hard"),), distributed=True, flops=lambda z: per_token(z.tokens, (2, z.teacher))))
+    graph.append(
+        Stage(
+            "hard_data",
+            generate_hard_data,
+            {
+                "prefix_len": config.hard.prefix_len,
+                "seq_len": config.data.seq_len,
+                "student": student_spec,
+                "dtype": dtype,
+                "generation_batch_size": config.hard.generation_batch_size,
+            },
+            ("teacher",),
+            (layout.data("hard"),),
+            distributed=True,
+            flops=lambda z: per_token(z.tokens, (2, z.teacher)),
+        )
+    )
     # Per seed: the baseline (cross-entropy, the student's size), the soft and the hard student.
     for seed in config.seeds:
         suffix = seed_suffix(seed, config)
@@ -608,50 +943,134 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
     # The temperature sweep: one more soft student per temperature (first seed).
     for temperature, name in temperature_sweep(config).items():
         if name != "soft":
-            soft_student(name, temperature, config.seeds[0], "train", (soft_source,), tracked=False)  # the sweep's extra students are not tracked
+            soft_student(
+                name, temperature, config.seeds[0], "train", (soft_source,), tracked=False
+            )  # the sweep's extra students are not tracked
     # Every trained model: extraction, then scoring.
     filtered = filtered_name(config)
     for name in model_names(config):
         if name != filtered or not config.filtering.enabled:
             evaluated(name, teacher_spec if name == "teacher" else student_spec)
-    graph.append(Stage("features", compute_features, {"last_k": ext.suffix_len, "suffix_span": [ext.prefix_len, ext.suffix_len], "dtype": dtype},
-                       FIRST_SEED_MODELS + ("data",), (layout.features,), distributed=True, speed=speed,
-                       flops=lambda z: per_token(z.tokens, (2, z.teacher), (6, z.student))))  # the first seed's four models
+    graph.append(
+        Stage(
+            "features",
+            compute_features,
+            {"last_k": ext.suffix_len, "suffix_span": [ext.prefix_len, ext.suffix_len], "dtype": dtype},
+            FIRST_SEED_MODELS + ("data",),
+            (layout.features,),
+            distributed=True,
+            speed=speed,
+            flops=lambda z: per_token(z.tokens, (2, z.teacher), (6, z.student)),
+        )
+    )  # the first seed's four models
     # Filtering: remove what the predictor flags, distill the student again (first seed).
     if config.filtering.enabled:
         kind = config.filtering.student
         students = [kind + seed_suffix(seed, config) for seed in config.seeds]
-        graph.append(Stage("filtering", flag_for_filtering, {"student": kind, "students": students, "filtering": config.filtering, "seed": config.seeds[0]},
-                           ("features", *(f"extract:{name}" for name in students)), (layout.filtering,)))
+        graph.append(
+            Stage(
+                "filtering",
+                flag_for_filtering,
+                {"student": kind, "students": students, "filtering": config.filtering, "seed": config.seeds[0]},
+                ("features", *(f"extract:{name}" for name in students)),
+                (layout.filtering,),
+            )
+        )
         if kind == "soft":
             source = teacher_cache("kept", ("teacher", "filtering")) if soft.teacher_cache else "teacher"
             soft_student(filtered, soft.temperature, config.seeds[0], "kept", ("filtering", source))
         else:  # the teacher's continuations of the kept examples (and of the canaries' copies)
-            cross_entropy(filtered, "hard", student_spec, config.hard.training, config.seeds[0], "hard-kept", ("filtering", "hard_data"))
+            cross_entropy(
+                filtered,
+                "hard",
+                student_spec,
+                config.hard.training,
+                config.seeds[0],
+                "hard-kept",
+                ("filtering", "hard_data"),
+            )
         evaluated(filtered, student_spec)
     # The second family: the same documents and recipe under another family, then the two compared.
     if config.second_family.enabled:
         family = second_family_config(config)
         family_flops = lambda z: _total_flops(stage_graph(family), z)  # noqa: E731  (at this family's sizes: an estimate)
         # Its marker's output is its summary: a stale second family is rerun in place, and reuses what its own markers say is current.
-        settings = {"config": {key: value for key, value in config_to_dict(family).items() if key != "name"}}  # a name changes no result
-        graph.append(Stage("second_family", run_second_family, settings, (), (layout.second_family / "summary.json",),
-                           distributed=True, flops=family_flops))
-        graph.append(Stage("cross_family", compare_families, {}, ("second_family", *(f"extract:{name}" for name in FIRST_SEED_MODELS)),
-                           (layout.cross_family,)))
+        settings = {
+            "config": {key: value for key, value in config_to_dict(family).items() if key != "name"}
+        }  # a name changes no result
+        graph.append(
+            Stage(
+                "second_family",
+                run_second_family,
+                settings,
+                (),
+                (layout.second_family / "summary.json",),
+                distributed=True,
+                flops=family_flops,
+            )
+        )
+        graph.append(
+            Stage(
+                "cross_family",
+                compare_families,
+                {},
+                ("second_family", *(f"extract:{name}" for name in FIRST_SEED_MODELS)),
+                (layout.cross_family,),
+            )
+        )
     scored = tuple(stage.name for stage in graph if stage.action in SCORING_ACTIONS)
     names = [stage.name for stage in graph]
-    graph.append(Stage("summary", summarize, {
-        "models": model_names(config), "prefix_len": ext.prefix_len, "suffix_len": ext.suffix_len, "prefix_lens": ext.prefix_lens,
-        "seq_len": config.data.seq_len, "membership": config.membership.enabled, "canaries": bool(config.canaries.repeats), "graph_names": names,
-    }, scored, (layout.summary,), rebuilt_freely=True))
-    read = ("summary", "features", *(("filtering",) if config.filtering.enabled else ()), *(("cross_family",) if config.second_family.enabled else ()))
-    graph.append(Stage("analysis", run_analysis, {}, read, (layout.analysis, layout.figures, layout.categories), rebuilt_freely=True))
-    graph.append(Stage("report", render_report, {}, ("analysis",), (layout.report_html, layout.report_markdown), rebuilt_freely=True))
+    graph.append(
+        Stage(
+            "summary",
+            summarize,
+            {
+                "models": model_names(config),
+                "prefix_len": ext.prefix_len,
+                "suffix_len": ext.suffix_len,
+                "prefix_lens": ext.prefix_lens,
+                "seq_len": config.data.seq_len,
+                "membership": config.membership.enabled,
+                "canaries": bool(config.canaries.repeats),
+                "graph_names": names,
+            },
+            scored,
+            (layout.summary,),
+            rebuilt_freely=True,
+        )
+    )
+    read = (
+        "summary",
+        "features",
+        *(("filtering",) if config.filtering.enabled else ()),
+        *(("cross_family",) if config.second_family.enabled else ()),
+    )
+    graph.append(
+        Stage(
+            "analysis",
+            run_analysis,
+            {},
+            read,
+            (layout.analysis, layout.figures, layout.categories),
+            rebuilt_freely=True,
+        )
+    )
+    graph.append(
+        Stage(
+            "report",
+            render_report,
+            {},
+            ("analysis",),
+            (layout.report_html, layout.report_markdown),
+            rebuilt_freely=True,
+        )
+    )
     return graph
 
 
-def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite: bool = False, documents=None) -> dict:
+def run(
+    config: ExperimentConfig, output: str | Path | None = None, *, overwrite: bool = False, documents=None
+) -> dict:
     """Run (or finish) the experiment in ``output`` (default ``runs/NAME``); return the summary.
 
     ``documents``, in memory (a ``datasets.Dataset``, a pandas DataFrame with a
@@ -676,12 +1095,16 @@ def run(config: ExperimentConfig, output: str | Path | None = None, *, overwrite
     state.wait_for_everyone()  # every process has looked before the main one writes
     with state.main_process_first():  # the main process checks (or clears) the folder first
         if earlier_kdmem and not overwrite:
-            raise ConfigError(f"{layout.root} holds a run of an earlier kdmem (no stages/ markers). Use another --output, or pass --overwrite to discard it.")
+            raise ConfigError(
+                f"{layout.root} holds a run of an earlier kdmem (no stages/ markers). Use another --output, or pass --overwrite to discard it."
+            )
         if earlier_kdmem and state.is_main_process:
             shutil.rmtree(layout.root)
         check_markers(graph, layout.root, overwrite and state.is_main_process)
         if state.is_main_process:
-            (layout.root / "stages").mkdir(parents=True, exist_ok=True)  # before the config: a folder of this kdmem from its start
+            (layout.root / "stages").mkdir(
+                parents=True, exist_ok=True
+            )  # before the config: a folder of this kdmem from its start
             _remove_leftovers(layout.root)
             save_config(config, layout.config)
     context = run_context(config, layout, graph)

@@ -58,7 +58,9 @@ def model_config(name: str, revision: str | None = None, trust_remote_code: bool
     if name.startswith("builtin:"):
         return None  # built at run time from the embedded config
     try:
-        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True)
+        return AutoConfig.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True
+        )
     except Exception:  # not a local folder, and not in the local hub cache
         pass
     fixture = offline_fixture(name)
@@ -121,7 +123,13 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
         shape = teacher_text.hidden_size, min(teacher_text.vocab_size, student_text.vocab_size)
     examples = config.data.num_examples
     tokens = None if examples is None else examples * config.data.seq_len
-    sizes = Sizes(teacher_n, student_n, tokens, None if shape is None else float(shape[0] * shape[1]), config.data.validation_examples * config.data.seq_len)
+    sizes = Sizes(
+        teacher_n,
+        student_n,
+        tokens,
+        None if shape is None else float(shape[0] * shape[1]),
+        config.data.validation_examples * config.data.seq_len,
+    )
     # The same graph kdmem run executes: its stages, and each stage's own cost formula.
     from kdmem.pipeline import stage_graph
 
@@ -133,26 +141,45 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
         predicted = tokens - examples
         if soft.cache_kind == "sampled":
             cache_bytes = predicted * cache_bytes_per_token(
-                "sampled", top_k=soft.cache_top_k, tail_samples=soft.cache_tail_samples * soft.cache_draws, temperatures=len(soft.cache_temperatures)
+                "sampled",
+                top_k=soft.cache_top_k,
+                tail_samples=soft.cache_tail_samples * soft.cache_draws,
+                temperatures=len(soft.cache_temperatures),
             )
-        elif shape is not None and soft.cache_kind == "hidden":  # the states in inference_dtype, and the output layer once
+        elif (
+            shape is not None and soft.cache_kind == "hidden"
+        ):  # the states in inference_dtype, and the output layer once
             width = 2 if config.inference_dtype in ("bfloat16", "float16") else 4
-            cache_bytes = (predicted + shape[1]) * cache_bytes_per_token("hidden", hidden_size=shape[0], hidden_bytes=width)
+            cache_bytes = (predicted + shape[1]) * cache_bytes_per_token(
+                "hidden", hidden_size=shape[0], hidden_bytes=width
+            )
         elif shape is not None:
             cache_bytes = predicted * cache_bytes_per_token("logits", vocab_size=shape[1])
     return {
         "name": config.name,
         "models": {"teacher": config.teacher.model, "student": config.student.model},
         "parameters": {"teacher": teacher_n, "student": student_n},
-        "data": {"source": config.data.source, "examples": examples, "seq_len": config.data.seq_len, "tokens": tokens,
-                 "validation_examples": config.data.validation_examples},
+        "data": {
+            "source": config.data.source,
+            "examples": examples,
+            "seq_len": config.data.seq_len,
+            "tokens": tokens,
+            "validation_examples": config.data.validation_examples,
+        },
         "trained_models": model_names(config),
         "teacher_cache": soft.cache_kind if cache else None,
         "teacher_cache_bytes": cache_bytes,
-        "stages": [{"stage": name, "flops": f, "gpu_hours": None if f is None else f / (PEAK_FLOPS * UTILIZATION) / 3600} for name, f in stages],
+        "stages": [
+            {"stage": name, "flops": f, "gpu_hours": None if f is None else f / (PEAK_FLOPS * UTILIZATION) / 3600}
+            for name, f in stages
+        ],
         "total_gpu_hours": None if total is None else total / (PEAK_FLOPS * UTILIZATION) / 3600,
         "assumptions": f"2N FLOPs/token forward, 6N training; {PEAK_FLOPS / 1e12:.0f} TFLOP/s at {UTILIZATION:.0%} utilization"
-        + ("; the hidden-state cache's output layer not counted (no config of the teacher or student here)" if cache and soft.cache_kind == "hidden" and shape is None else ""),
+        + (
+            "; the hidden-state cache's output layer not counted (no config of the teacher or student here)"
+            if cache and soft.cache_kind == "hidden" and shape is None
+            else ""
+        ),
     }
 
 

@@ -74,7 +74,9 @@ def _shrink_training(training) -> None:
 
 
 def rehearsal_config(
-    config: ExperimentConfig, lookalikes: str | Path | None = None, examples: tuple[int, int] = (TRAIN_EXAMPLES, VALIDATION_EXAMPLES)
+    config: ExperimentConfig,
+    lookalikes: str | Path | None = None,
+    examples: tuple[int, int] = (TRAIN_EXAMPLES, VALIDATION_EXAMPLES),
 ) -> tuple[ExperimentConfig, dict]:
     """CONFIG with look-alike models (built once into the model cache) and the shrunken budget:
     ``examples`` training and validation sequences; and what each look-alike kept."""
@@ -90,7 +92,10 @@ def rehearsal_config(
     rehearsal = copy.deepcopy(config)
     rehearsal.name = f"{config.name}-rehearsal"
     found = {}
-    for role, spec, size, seed in (("teacher", rehearsal.teacher, TEACHER_SIZE, 0), ("student", rehearsal.student, STUDENT_SIZE, 1)):
+    for role, spec, size, seed in (
+        ("teacher", rehearsal.teacher, TEACHER_SIZE, 0),
+        ("student", rehearsal.student, STUDENT_SIZE, 1),
+    ):
         if spec.model.startswith("builtin:"):  # already tiny, built and pre-trained locally
             found[role] = {"source": spec.model, "found_in": "the embedded family"}
             continue
@@ -99,7 +104,9 @@ def rehearsal_config(
         info_path = folder / "kdmem_lookalike.json"
         if not info_path.exists():
             logger.info("[rehearsal] %s look-alike of %s from %s", role, spec.model, where)
-            build_lookalike(source, folder, size, revision=spec.revision, trust_remote_code=spec.trust_remote_code, seed=seed)
+            build_lookalike(
+                source, folder, size, revision=spec.revision, trust_remote_code=spec.trust_remote_code, seed=seed
+            )
         found[role] = json.loads(info_path.read_text()) | {"model": spec.model, "found_in": where}
         spec.model, spec.revision = str(folder), None
     from_fixtures = [info["model"] for info in found.values() if info["found_in"] == OFFLINE_FIXTURE]
@@ -114,7 +121,12 @@ def rehearsal_config(
     data.validation_examples = min(data.validation_examples, examples[1])
     if _is_hub_name(data.source):
         data.streaming = True  # read the slice, not the whole dataset
-    for training in (rehearsal.teacher.training, rehearsal.student.training, rehearsal.soft.training, rehearsal.hard.training):
+    for training in (
+        rehearsal.teacher.training,
+        rehearsal.student.training,
+        rehearsal.soft.training,
+        rehearsal.hard.training,
+    ):
         _shrink_training(training)
     ext = rehearsal.extraction
     ext.approximate_sample = min(ext.approximate_sample, 4)
@@ -131,7 +143,11 @@ def rehearsal_config(
 def _lookalike_folder(role: str, source: str, revision: str | None, size: TinySizeConfig, seed: int) -> Path:
     """One folder per source, size and seed, so a look-alike made from other files is never reused,
     and one that is the same is built once for every rehearsal folder."""
-    files = {name: (Path(source) / name).read_text() for name in ("config.json", "tokenizer_config.json") if (Path(source) / name).is_file()}
+    files = {
+        name: (Path(source) / name).read_text()
+        for name in ("config.json", "tokenizer_config.json")
+        if (Path(source) / name).is_file()
+    }
     key = settings_hash([source, revision, files, size.__dict__, seed])
     return cache_dir() / "lookalikes" / f"{role}-{key}"
 
@@ -147,27 +163,38 @@ def check_outputs(config: ExperimentConfig, root: Path) -> list[str]:
         checked.append(what)
 
     train = pd.read_parquet(layout.data("train"))
-    require(len(train) == config.data.num_examples and all(len(ids) == config.data.seq_len for ids in train["input_ids"]),
-            f"D holds {config.data.num_examples} sequences of {config.data.seq_len} tokens")
+    require(
+        len(train) == config.data.num_examples and all(len(ids) == config.data.seq_len for ids in train["input_ids"]),
+        f"D holds {config.data.num_examples} sequences of {config.data.seq_len} tokens",
+    )
     summary = json.loads(layout.summary.read_text())
     for name in model_names(config):
         if name not in summary["models"]:  # only the filtered student may be missing, when filtering was skipped
-            require("skipped" in json.loads(layout.filtering.read_text()), f"{name} is trained and evaluated, or its filtering says why not")
+            require(
+                "skipped" in json.loads(layout.filtering.read_text()),
+                f"{name} is trained and evaluated, or its filtering says why not",
+            )
             continue
         verdicts = pd.read_parquet(layout.memorization(name))
-        require(len(verdicts) == len(train) and all(f"memorized_p{p}" in verdicts for p in config.extraction.prefix_lens),
-                f"{name}: trained, and every example of D has a verdict (prefix curve {config.extraction.prefix_lens or 'off'})")
+        require(
+            len(verdicts) == len(train) and all(f"memorized_p{p}" in verdicts for p in config.extraction.prefix_lens),
+            f"{name}: trained, and every example of D has a verdict (prefix curve {config.extraction.prefix_lens or 'off'})",
+        )
     if config.soft.teacher_cache:
         spec = json.loads((layout.teacher_cache("train") / "spec.json").read_text())
         require(spec.get("kind") == config.soft.cache_kind, f"teacher cache of kind {config.soft.cache_kind}")
     hard = pd.read_parquet(layout.data("hard"))
     require(len(hard) >= len(train), "hard-KD data: a teacher continuation of every training row")
     features = pd.read_parquet(layout.features)
-    require(len(features) == len(train) and features["teacher_baseline_kl"].notna().all(),
-            "features: teacher-baseline KL (over the shared vocabulary) of every example")
+    require(
+        len(features) == len(train) and features["teacher_baseline_kl"].notna().all(),
+        "features: teacher-baseline KL (over the shared vocabulary) of every example",
+    )
     analysis = json.loads(layout.analysis.read_text())
     require(bool(analysis), "analysis.json written")
-    require(layout.report_html.stat().st_size > 0 and layout.report_markdown.exists(), "report.html and report.md written")
+    require(
+        layout.report_html.stat().st_size > 0 and layout.report_markdown.exists(), "report.html and report.md written"
+    )
     return checked
 
 
@@ -191,7 +218,9 @@ def rehearse(
     root = Path(output) if output else Path("runs") / f"{config.name}-rehearsal"
     marker = root / "rehearsal.json"
     if (root / "config.yaml").exists() and not marker.exists():
-        raise RehearsalError(f"{root} holds a run that is not a rehearsal; a rehearsal never writes into a real run's folder. Use another --output.")
+        raise RehearsalError(
+            f"{root} holds a run that is not a rehearsal; a rehearsal never writes into a real run's folder. Use another --output."
+        )
     started = time.perf_counter()
     rehearsal, lookalike_models = rehearsal_config(config, lookalikes, examples)
     write_json_atomic(marker, {"config": config.name, "status": "running", "lookalikes": lookalike_models})
@@ -201,8 +230,16 @@ def rehearse(
         notes = [note for note in getattr(error, "__notes__", []) if note.startswith("kdmem stage: ")]
         where = notes[0].removeprefix("kdmem stage: ") if notes else "setup"
         logger.error("[rehearsal] %s failed in stage %s", config.name, where, exc_info=error)
-        write_json_atomic(marker, {"config": config.name, "status": "failed", "stage": where, "error": f"{type(error).__name__}: {error}",
-                                   "lookalikes": lookalike_models})
+        write_json_atomic(
+            marker,
+            {
+                "config": config.name,
+                "status": "failed",
+                "stage": where,
+                "error": f"{type(error).__name__}: {error}",
+                "lookalikes": lookalike_models,
+            },
+        )
         reason = " ".join(str(error).split())[:600]
         raise RehearsalError(
             f"The rehearsal of {config.name} failed in stage {where} after {time.perf_counter() - started:.0f} s: "

@@ -24,9 +24,10 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kdmem.config import ConfigError
 from kdmem.io import jsonable, settings_hash, write_json_atomic
@@ -90,7 +91,9 @@ def fingerprints(graph: list[Stage]) -> dict[str, str]:
         missing = [name for name in stage.needs if name not in prints]
         if missing:
             raise ValueError(f"stage {stage.name} needs {', '.join(missing)}, which no earlier stage of the graph is")
-        prints[stage.name] = settings_hash({"settings": stage.settings, "upstream": [prints[name] for name in stage.needs]})
+        prints[stage.name] = settings_hash(
+            {"settings": stage.settings, "upstream": [prints[name] for name in stage.needs]}
+        )
     return prints
 
 
@@ -108,7 +111,9 @@ def check_markers(graph: list[Stage], root: Path, overwrite: bool) -> None:
     ``overwrite``: then remove just those stages' outputs and markers."""
     prints = fingerprints(graph)
     markers = {stage.name: read_marker(root, stage.name) for stage in graph}
-    stale = [stage for stage in graph if markers[stage.name] and markers[stage.name]["fingerprint"] != prints[stage.name]]
+    stale = [
+        stage for stage in graph if markers[stage.name] and markers[stage.name]["fingerprint"] != prints[stage.name]
+    ]
     if any(not stage.rebuilt_freely for stage in stale) and not overwrite:
         kept = sorted(name for name, marker in markers.items() if marker and marker["fingerprint"] == prints[name])
         raise ConfigError(
@@ -159,16 +164,19 @@ def execute(graph: list[Stage], context, versions: dict, provenance: Callable[[]
             if stage.distributed:
                 state.wait_for_everyone()
             if state.is_main_process:
-                write_json_atomic(marker_path(root, stage.name), {
-                    "stage": stage.name,
-                    "fingerprint": prints[stage.name],
-                    "settings": jsonable(stage.settings),
-                    "upstream": {name: prints[name] for name in stage.needs},
-                    "seconds": round(time.perf_counter() - start, 2),
-                    "versions": versions["versions"],
-                    "git_revision": versions["git_revision"],
-                    **reported,
-                })
+                write_json_atomic(
+                    marker_path(root, stage.name),
+                    {
+                        "stage": stage.name,
+                        "fingerprint": prints[stage.name],
+                        "settings": jsonable(stage.settings),
+                        "upstream": {name: prints[name] for name in stage.needs},
+                        "seconds": round(time.perf_counter() - start, 2),
+                        "versions": versions["versions"],
+                        "git_revision": versions["git_revision"],
+                        **reported,
+                    },
+                )
                 write_json_atomic(context.layout.provenance, provenance())
     state.wait_for_everyone()
 

@@ -19,7 +19,13 @@ from kdmem.analysis import figures
 from kdmem.analysis.features import model_features
 from kdmem.analysis.filtering import filtering_report
 from kdmem.analysis.overlaps import categories, memorized_ids, overlap, seed_consistency, soft_vs_hard
-from kdmem.analysis.predictor import FEATURES, TEACHER_ONLY_FEATURES, deployment_protocol, fit_risk_model, paper_protocol
+from kdmem.analysis.predictor import (
+    FEATURES,
+    TEACHER_ONLY_FEATURES,
+    deployment_protocol,
+    fit_risk_model,
+    paper_protocol,
+)
 from kdmem.config import DataConfig, load_config
 from kdmem.data import load_sequences, read_sequences, write_documents
 from kdmem.io import split_across_processes, write_json_atomic, write_parquet_atomic
@@ -33,17 +39,29 @@ STUDENT_KINDS = ("soft", "hard")
 
 def memorized_over_seeds(layout: RunLayout, config, kind: str) -> set[str]:
     """The example ids any seed's ``kind`` model (``soft``, ``hard``, ``baseline``) memorizes."""
-    return set().union(*(memorized_ids(pd.read_parquet(layout.memorization(kind + seed_suffix(s, config)))) for s in config.seeds))
+    return set().union(
+        *(memorized_ids(pd.read_parquet(layout.memorization(kind + seed_suffix(s, config)))) for s in config.seeds)
+    )
 
 
 def feature_spans(config) -> dict:
     """The spans ``model_features`` averages entropy over: the paper's last K tokens (K = the suffix
     length) and the suffix extraction judges."""
-    return {"last_k": config.extraction.suffix_len, "suffix_span": (config.extraction.prefix_len, config.extraction.suffix_len)}
+    return {
+        "last_k": config.extraction.suffix_len,
+        "suffix_span": (config.extraction.prefix_len, config.extraction.suffix_len),
+    }
 
 
 def model_feature_table(
-    layout: RunLayout, train: pd.DataFrame, state=None, *, dtype: str, batch_size: int | None, last_k: int, suffix_span: tuple[int, int]
+    layout: RunLayout,
+    train: pd.DataFrame,
+    state=None,
+    *,
+    dtype: str,
+    batch_size: int | None,
+    last_k: int,
+    suffix_span: tuple[int, int],
 ) -> pd.DataFrame:
     """``model_features`` of D under teacher, baseline and the first seed's students, computed once
     and kept in ``features.parquet``.
@@ -60,10 +78,15 @@ def model_feature_table(
             return features
     tokenizer = load_tokenizer(str(layout.model("teacher")))
     device = state.device if state else None
-    models = {name: load_model(str(layout.model(name)), device=device, dtype=dtype) for name in ["teacher", "baseline", *STUDENT_KINDS]}
+    models = {
+        name: load_model(str(layout.model(name)), device=device, dtype=dtype)
+        for name in ["teacher", "baseline", *STUDENT_KINDS]
+    }
     features = split_across_processes(
         train,
-        lambda share, offset: model_features(models, share, tokenizer, batch_size=batch_size, last_k=last_k, suffix_span=suffix_span),
+        lambda share, offset: model_features(
+            models, share, tokenizer, batch_size=batch_size, last_k=last_k, suffix_span=suffix_span
+        ),
         layout.work("parts-features"),
         state,
     )
@@ -84,10 +107,17 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
     config = load_config(layout.config)
     train = read_sequences(layout.data("train"))
     suffixes = [seed_suffix(seed, config) for seed in config.seeds]
-    memorized = {path.stem: memorized_ids(pd.read_parquet(path)) for path in sorted((layout.root / "memorization").glob("*.parquet"))}
+    memorized = {
+        path.stem: memorized_ids(pd.read_parquet(path))
+        for path in sorted((layout.root / "memorization").glob("*.parquet"))
+    }
     teacher = memorized["teacher"]
     figure_dir = layout.figures
-    result: dict = {"examples": len(train), "seeds": len(config.seeds), "memorized": {name: len(ids) for name, ids in memorized.items()}}
+    result: dict = {
+        "examples": len(train),
+        "seeds": len(config.seeds),
+        "memorized": {name: len(ids) for name, ids in memorized.items()},
+    }
 
     # 1. Set overlaps: each student against the teacher and the baseline of its own seed, and the
     #    union over seeds against the union of baselines (the paper's set analyses use the union).
@@ -100,7 +130,9 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
             comparisons[kind + suffix] = (memorized["baseline" + suffix], memorized[kind + suffix])
         if len(suffixes) > 1:
             comparisons[f"{kind}_union"] = (union("baseline"), union(kind))
-    result["overlap"] = {name: overlap(teacher, baseline, student) for name, (baseline, student) in comparisons.items()}
+    result["overlap"] = {
+        name: overlap(teacher, baseline, student) for name, (baseline, student) in comparisons.items()
+    }
     for name, (baseline, student) in comparisons.items():
         regions = categories(train["example_id"], teacher, baseline, student).value_counts().to_dict()
         figures.venn(regions, name, figure_dir / f"venn_{name}")
@@ -109,20 +141,28 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
     if len(suffixes) > 1:
         result["seed_consistency"] = {}
         for kind in STUDENT_KINDS:
-            matrix = seed_consistency(train["example_id"], [memorized["baseline" + s] for s in suffixes], [memorized[kind + s] for s in suffixes])
+            matrix = seed_consistency(
+                train["example_id"],
+                [memorized["baseline" + s] for s in suffixes],
+                [memorized[kind + s] for s in suffixes],
+            )
             result["seed_consistency"][kind] = matrix.tolist()
             figures.seed_heatmap(matrix, kind, figure_dir / f"seed_consistency_{kind}")
     else:
         result["seed_consistency"] = {"skipped": "one seed only; set seeds=[0,1,2] for the heatmap"}
 
     # 3. Per-example features under teacher, baseline and the first seed's students.
-    features = model_feature_table(layout, train, dtype=config.inference_dtype, batch_size=config.extraction.batch_size, **feature_spans(config))
+    features = model_feature_table(
+        layout, train, dtype=config.inference_dtype, batch_size=config.extraction.batch_size, **feature_spans(config)
+    )
     # The analysis's own per-example table: the features stage's output is never rewritten.
     labels = pd.DataFrame({"example_id": features["example_id"]})
     for name in ["teacher", "baseline", *STUDENT_KINDS]:
         labels[f"memorized_{name}"] = features["example_id"].isin(memorized[name])
     for kind in STUDENT_KINDS:
-        labels[f"category_{kind}"] = categories(features["example_id"], teacher, memorized["baseline"], memorized[kind]).to_numpy()
+        labels[f"category_{kind}"] = categories(
+            features["example_id"], teacher, memorized["baseline"], memorized[kind]
+        ).to_numpy()
     write_parquet_atomic(layout.categories, labels)
     easy = features["example_id"].isin(teacher & memorized["baseline"]).to_numpy()
     figures.zlib_vs_perplexity(features, easy, figure_dir / "zlib_vs_baseline_ppl")
@@ -147,7 +187,9 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
             "all_remaining_examples": deployment,
         }
     if held_out:
-        figures.roc_curves(held_out, "Predicting student memorization (held-out examples)", figure_dir / "predictor_roc")
+        figures.roc_curves(
+            held_out, "Predicting student memorization (held-out examples)", figure_dir / "predictor_roc"
+        )
 
     # 5. Mechanism: what the suppressed examples look like to each model.
     result["mechanism"] = {}
@@ -174,7 +216,11 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
     sweep = temperature_sweep(config)
     if sweep:
         rows = [
-            {"temperature": t, "model": name, **{k: summary["models"][name][k] for k in ("memorized", "rate", "val_loss")}}
+            {
+                "temperature": t,
+                "model": name,
+                **{k: summary["models"][name][k] for k in ("memorized", "rate", "val_loss")},
+            }
             for t, name in sweep.items()
         ]
         result["temperature_sweep"] = rows
@@ -190,8 +236,16 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
         removed = set(flagging.pop("removed_ids"))
         kind, name = config.filtering.student, filtered_name(config)
         after = memorized_ids(pd.read_parquet(layout.memorization(name)))
-        result["filtering"] = {"student": kind, "model": name} | flagging | filtering_report(
-            memorized[kind], after, removed, summary["models"][kind]["val_loss"], summary["models"][name]["val_loss"]
+        result["filtering"] = (
+            {"student": kind, "model": name}
+            | flagging
+            | filtering_report(
+                memorized[kind],
+                after,
+                removed,
+                summary["models"][kind]["val_loss"],
+                summary["models"][name]["val_loss"],
+            )
         )
     else:
         result["filtering"] = {"skipped": "not run; set filtering.enabled=true"}
@@ -204,7 +258,9 @@ def analyze(output: str | Path, *, repeats: int = 100) -> dict:
     if config.second_family.enabled and layout.cross_family.exists():
         result["cross_family"] = json.loads(layout.cross_family.read_text())
     else:
-        result["cross_family"] = {"skipped": "no second family; set second_family.enabled=true (and data.packing=documents)"}
+        result["cross_family"] = {
+            "skipped": "no second family; set second_family.enabled=true (and data.packing=documents)"
+        }
     write_json_atomic(layout.analysis, result)
     logger.info("analysis written to %s", layout.analysis)
     return result
@@ -218,7 +274,10 @@ def _membership_roc(layout: RunLayout, figure_dir: Path) -> dict:
     curves = {}
     for path in paths:
         scores = pd.read_parquet(path, columns=["split", "loss"])
-        curves[path.stem] = ((scores["split"] == "train").to_numpy(), -scores["loss"].to_numpy())  # lower loss: more likely a member
+        curves[path.stem] = (
+            (scores["split"] == "train").to_numpy(),
+            -scores["loss"].to_numpy(),
+        )  # lower loss: more likely a member
     figures.roc_curves(curves, "Membership inference by loss", figure_dir / "membership_roc")
     return {"models": list(curves)}
 
@@ -231,7 +290,9 @@ def _prefix_curve(layout: RunLayout, config, figure_dir: Path) -> dict:
     counts = {}
     for path in sorted((layout.root / "memorization").glob("*.parquet")):
         verdicts = pd.read_parquet(path)
-        if all(f"memorized_p{k}" in verdicts for k in lengths):  # verdicts written by hand or by `kdmem extract` may lack them
+        if all(
+            f"memorized_p{k}" in verdicts for k in lengths
+        ):  # verdicts written by hand or by `kdmem extract` may lack them
             counts[path.stem] = {k: int(verdicts[f"memorized_p{k}"].sum()) for k in lengths}
     if not counts:
         return {"skipped": f"no verdicts hold the memorized_pP columns for prefix lengths {lengths}"}
@@ -247,7 +308,9 @@ def _canaries(layout: RunLayout, figure_dir: Path) -> dict:
     exposure = pd.concat([pd.read_parquet(path).assign(model=path.stem) for path in paths], ignore_index=True)
     figures.canary_exposure(exposure, figure_dir / "canary_exposure")
     by_repeats = exposure.groupby(["model", "repeats"])["exposure"].mean()
-    return {name: {str(r): float(v) for r, v in rows.droplevel(0).items()} for name, rows in by_repeats.groupby(level=0)}
+    return {
+        name: {str(r): float(v) for r, v in rows.droplevel(0).items()} for name, rows in by_repeats.groupby(level=0)
+    }
 
 
 def _means(features: pd.DataFrame, selected: np.ndarray, columns: list[str]) -> dict:

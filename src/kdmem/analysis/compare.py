@@ -24,7 +24,9 @@ from kdmem.layout import RunLayout
 from kdmem.models import load_tokenizer
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path, models: tuple[str, ...] = ("teacher", "baseline", "soft", "hard")) -> dict:
+def compare_runs(
+    run_a: str | Path, run_b: str | Path, models: tuple[str, ...] = ("teacher", "baseline", "soft", "hard")
+) -> dict:
     """Overlap of each model's memorized set between two runs, and the Pearson correlation of the
     two runs' zlib entropy over the examples they share."""
     a, b = RunLayout(Path(run_a)), RunLayout(Path(run_b))
@@ -78,9 +80,5 @@ def compare_many(runs: list[str | Path]) -> dict:
         if not summary_path.exists():
             raise FileNotFoundError(f"{run} holds no finished run (no summary.json); run `kdmem run` first.")
         headline[str(run)] = json.loads(summary_path.read_text())["models"]
-    pairs = [
-        {"a": str(a), "b": str(b)} | compare_runs(a, b)
-        for i, a in enumerate(runs)
-        for b in runs[i + 1 :]
-    ]
+    pairs = [{"a": str(a), "b": str(b)} | compare_runs(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]]
     return {"runs": headline, "pairs": pairs}

@@ -31,7 +31,9 @@ from kdmem.data import as_tensor, zlib_entropy
 from kdmem.losses import on_shared_vocabulary
 
 
-def _token_statistics(logits: torch.Tensor, targets: torch.Tensor, last_k: int, suffix: slice) -> dict[str, torch.Tensor]:
+def _token_statistics(
+    logits: torch.Tensor, targets: torch.Tensor, last_k: int, suffix: slice
+) -> dict[str, torch.Tensor]:
     """(batch, positions, vocab) logits predicting (batch, positions) targets -> per-row statistics;
     ``suffix`` indexes the positions that predict the extraction suffix."""
     log_probs = F.log_softmax(logits.float(), dim=-1)
@@ -93,7 +95,9 @@ def model_features(
         # up to about eight float32 copies of a batch's logits are alive at once (two models' logits,
         # log-softmax and products), so the search starts at an eighth of extraction's batch
         first = next(iter(models.values()))
-        columns, _ = largest_fitting_batch(feature_columns, max(1, starting_batch_size(first, input_ids.shape[1]) // 8))
+        columns, _ = largest_fitting_batch(
+            feature_columns, max(1, starting_batch_size(first, input_ids.shape[1]) // 8)
+        )
     else:
         columns = feature_columns(batch_size)
     frame = pd.DataFrame({"example_id": sequences["example_id"].to_numpy()})

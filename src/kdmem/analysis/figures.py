@@ -7,12 +7,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Circle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Circle
 
-from kdmem.analysis.overlaps import CATEGORIES  # noqa: E402
+from kdmem.analysis.overlaps import CATEGORIES
 
 
 def save(figure, stem: Path) -> list[Path]:
@@ -36,8 +36,12 @@ def venn(region_counts: dict[str, int], student: str, stem: Path) -> list[Path]:
         axes.text(x * 1.9, y * 1.9 + (0.25 if y > 0 else -0.3), name, ha="center", fontsize=11, weight="bold")
     # Where each region's count is printed: (in teacher, in baseline, in student) -> (x, y).
     spots = {
-        (True, False, False): (-1.0, 0.65), (False, True, False): (1.0, 0.65), (False, False, True): (0.0, -1.05),
-        (True, True, False): (0.0, 0.75), (True, False, True): (-0.6, -0.35), (False, True, True): (0.6, -0.35),
+        (True, False, False): (-1.0, 0.65),
+        (False, True, False): (1.0, 0.65),
+        (False, False, True): (0.0, -1.05),
+        (True, True, False): (0.0, 0.75),
+        (True, False, True): (-0.6, -0.35),
+        (False, True, True): (0.6, -0.35),
         (True, True, True): (0.0, 0.0),
     }
     for membership, (x, y) in spots.items():
@@ -65,13 +69,23 @@ def seed_heatmap(matrix: np.ndarray, student: str, stem: Path) -> list[Path]:
     return save(figure, stem)
 
 
-def zlib_vs_perplexity(features: pd.DataFrame, easy: np.ndarray, stem: Path, sample: int = 500, seed: int = 0) -> list[Path]:
+def zlib_vs_perplexity(
+    features: pd.DataFrame, easy: np.ndarray, stem: Path, sample: int = 500, seed: int = 0
+) -> list[Path]:
     """zlib entropy against baseline perplexity: easy-to-memorize examples against a random sample."""
     figure, axes = plt.subplots(figsize=(5.5, 4))
     others = features[~easy]
     others = others.sample(min(sample, len(others)), random_state=seed)
-    axes.scatter(others["zlib_entropy"], others["baseline_ppl"], s=8, alpha=0.4, label="random sample", color="tab:gray")
-    axes.scatter(features.loc[easy, "zlib_entropy"], features.loc[easy, "baseline_ppl"], s=14, label="easy (teacher ∩ baseline)", color="tab:red")
+    axes.scatter(
+        others["zlib_entropy"], others["baseline_ppl"], s=8, alpha=0.4, label="random sample", color="tab:gray"
+    )
+    axes.scatter(
+        features.loc[easy, "zlib_entropy"],
+        features.loc[easy, "baseline_ppl"],
+        s=14,
+        label="easy (teacher ∩ baseline)",
+        color="tab:red",
+    )
     axes.set_yscale("log")
     axes.set_xlabel("zlib entropy (compressed bytes)")
     axes.set_ylabel("baseline perplexity")
@@ -99,12 +113,16 @@ def temperature_curve(rows: list[dict], baseline: dict, stem: Path) -> list[Path
     with the baseline's as reference lines."""
     figure, count_axes = plt.subplots(figsize=(5.5, 4))
     temperatures = [row["temperature"] for row in rows]
-    count_axes.plot(temperatures, [row["memorized"] for row in rows], "o-", color="tab:green", label="student memorized")
+    count_axes.plot(
+        temperatures, [row["memorized"] for row in rows], "o-", color="tab:green", label="student memorized"
+    )
     count_axes.axhline(baseline["memorized"], color="tab:green", linestyle=":", label="baseline memorized")
     count_axes.set_xlabel("temperature T")
     count_axes.set_ylabel("memorized examples")
     loss_axes = count_axes.twinx()
-    loss_axes.plot(temperatures, [row["val_loss"] for row in rows], "s--", color="tab:purple", label="student val loss")
+    loss_axes.plot(
+        temperatures, [row["val_loss"] for row in rows], "s--", color="tab:purple", label="student val loss"
+    )
     loss_axes.axhline(baseline["val_loss"], color="tab:purple", linestyle=":", label="baseline val loss")
     loss_axes.set_ylabel("validation loss (nats)")
     handles = count_axes.get_legend_handles_labels()[0] + loss_axes.get_legend_handles_labels()[0]

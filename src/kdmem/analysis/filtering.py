@@ -14,12 +14,13 @@ from sklearn.model_selection import train_test_split
 
 from kdmem.analysis.predictor import FEATURES, fit_risk_model, precision_at_recall
 
-
 MIN_MEMORIZED_TO_FILTER = 4
 """Memorized examples the predictor needs: two to fit on and two to calibrate the threshold on."""
 
 
-def flag_examples(features: pd.DataFrame, memorized: np.ndarray, target_recall: float = 0.99, seed: int = 0) -> tuple[set[str], dict]:
+def flag_examples(
+    features: pd.DataFrame, memorized: np.ndarray, target_recall: float = 0.99, seed: int = 0
+) -> tuple[set[str], dict]:
     """The example ids to remove, and how the threshold was chosen.
 
     Raises ValueError when the student memorizes too few examples to fit and calibrate a predictor,

@@ -64,10 +64,14 @@ def overlap(teacher: set, baseline: set, student: set) -> dict[str, float]:
 def categories(example_ids: Iterable[str], teacher: set, baseline: set, student: set) -> pd.Series:
     """Each example's Venn region (one of ``CATEGORIES``' values), indexed like ``example_ids``."""
     ids = list(example_ids)
-    return pd.Series([CATEGORIES[(i in teacher, i in baseline, i in student)] for i in ids], index=ids, name="category")
+    return pd.Series(
+        [CATEGORIES[(i in teacher, i in baseline, i in student)] for i in ids], index=ids, name="category"
+    )
 
 
-def seed_consistency(example_ids: Sequence[str], baseline_seeds: Sequence[set], student_seeds: Sequence[set]) -> np.ndarray:
+def seed_consistency(
+    example_ids: Sequence[str], baseline_seeds: Sequence[set], student_seeds: Sequence[set]
+) -> np.ndarray:
     """(n_baseline + 1, n_student + 1) int: entry [i, j] counts examples memorized by exactly i
     baseline seeds and j student seeds (the paper's heatmap)."""
     matrix = np.zeros((len(baseline_seeds) + 1, len(student_seeds) + 1), dtype=np.int64)

@@ -21,7 +21,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, precision_recall_curve, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -70,7 +76,9 @@ def paper_protocol(
         sampled = rng.choice(negatives, size=min(len(negatives), negative_ratio * len(positives)), replace=False)
         rows = np.concatenate([positives, sampled])
         x, y = x_all[rows], memorized[rows]
-        x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, stratify=y, random_state=seed + repeat)
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, y, test_size=test_size, stratify=y, random_state=seed + repeat
+        )
         model = _classifier().fit(x_train, y_train)
         probability = model.predict_proba(x_test)[:, 1]
         scores["auc"].append(roc_auc_score(y_test, probability))
@@ -80,7 +88,9 @@ def paper_protocol(
         coefficients.append(model[-1].coef_[0])
     result = {name: {"mean": float(np.mean(v)), "std": float(np.std(v))} for name, v in scores.items()}
     result["coefficients"] = dict(zip(columns, np.mean(coefficients, axis=0).tolist()))
-    result.update(features=list(columns), positives=int(len(positives)), negatives_per_repeat=int(len(sampled)), repeats=repeats)
+    result.update(
+        features=list(columns), positives=int(len(positives)), negatives_per_repeat=int(len(sampled)), repeats=repeats
+    )
     return result
 
 
@@ -111,7 +121,9 @@ def deployment_protocol(
     if memorized.sum() < 4:
         return {"skipped": f"needs at least 4 memorized examples, found {int(memorized.sum())}"}, None, None
     x = features[list(columns)].to_numpy(dtype=float)
-    x_train, x_test, y_train, y_test = train_test_split(x, memorized, train_size=train_size, stratify=memorized, random_state=seed)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, memorized, train_size=train_size, stratify=memorized, random_state=seed
+    )
     model = _classifier().fit(x_train, y_train)
     score = model.predict_proba(x_test)[:, 1]
     p90, t90 = precision_at_recall(y_test, score, 0.90)

@@ -14,9 +14,9 @@ import itertools
 import json
 import logging
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import datasets
 import numpy as np
@@ -59,7 +59,7 @@ def document_id(text: str) -> str:
 
 def held_out(text: str, share: float, seed: int) -> bool:
     """Whether a document goes to validation: a hash of the seed and its text below ``share``."""
-    return int(hashlib.sha256(f"{seed}\x00{text}".encode("utf-8")).hexdigest()[:8], 16) < share * 0x100000000
+    return int(hashlib.sha256(f"{seed}\x00{text}".encode()).hexdigest()[:8], 16) < share * 0x100000000
 
 
 def zlib_entropy(text: str) -> int:
@@ -87,7 +87,11 @@ class PackingStats:
     """Documents shorter than a sequence (``packing: documents``), dropped."""
 
     def describe(self, seq_len: int) -> str:
-        short = f"; {self.short_documents:,} documents were shorter than {seq_len} tokens and were dropped" if self.short_documents else ""
+        short = (
+            f"; {self.short_documents:,} documents were shorter than {seq_len} tokens and were dropped"
+            if self.short_documents
+            else ""
+        )
         return (
             f"read {self.documents:,} documents ({self.tokens:,} tokens with separators); "
             f"{self.dropped_tokens:,} tokens did not fill a sequence of {seq_len} tokens and were dropped{short}"
@@ -129,7 +133,12 @@ def _cutter(tokenizer, seq_len: int, stats: PackingStats):
 
 
 def iter_packed(
-    documents, tokenizer, seq_len: int, dedupe: bool = True, stats: PackingStats | None = None, source: str = "the source",
+    documents,
+    tokenizer,
+    seq_len: int,
+    dedupe: bool = True,
+    stats: PackingStats | None = None,
+    source: str = "the source",
     packing: str = "concatenate",
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(example_id, int32 tokens) of each sequence, in order: tokenized in batches
@@ -139,7 +148,12 @@ def iter_packed(
     if isinstance(documents, datasets.Dataset):
         documents = documents.to_iterable_dataset()
     make = _cutter if packing == "documents" else _packer
-    packed = documents.map(make(tokenizer, seq_len, stats or PackingStats()), batched=True, batch_size=TOKENIZE_BATCH, remove_columns=["text"])
+    packed = documents.map(
+        make(tokenizer, seq_len, stats or PackingStats()),
+        batched=True,
+        batch_size=TOKENIZE_BATCH,
+        remove_columns=["text"],
+    )
     seen = set()
     rows = iter(packed)
     while True:
@@ -157,7 +171,13 @@ def iter_packed(
 
 
 def pack_sequences(
-    documents, tokenizer, seq_len: int, limit: int | None = None, dedupe: bool = True, stats: PackingStats | None = None, source: str = "the source",
+    documents,
+    tokenizer,
+    seq_len: int,
+    limit: int | None = None,
+    dedupe: bool = True,
+    stats: PackingStats | None = None,
+    source: str = "the source",
     packing: str = "concatenate",
 ) -> pd.DataFrame:
     """The first ``limit`` sequences (``iter_packed``) as a frame of ``example_id`` and
@@ -171,11 +191,18 @@ def stream_sequences(cfg: DataConfig, tokenizer) -> Path:
     cached Parquet file written one row group at a time: memory stays bounded by a row group (and
     the set of seen ids, for ``dedupe``) whatever the size of the source. For audits, which need
     no held-out split."""
-    path = cache_dir() / "data" / f"{_cache_key(dataclasses.replace(cfg, validation_examples=0), tokenizer)}-stream.parquet"
+    path = (
+        cache_dir()
+        / "data"
+        / f"{_cache_key(dataclasses.replace(cfg, validation_examples=0), tokenizer)}-stream.parquet"
+    )
     if path.exists():
         return path
     stats = PackingStats()
-    packed = itertools.islice(iter_packed(load_documents(cfg), tokenizer, cfg.seq_len, cfg.dedupe, stats, cfg.source, cfg.packing), cfg.num_examples)
+    packed = itertools.islice(
+        iter_packed(load_documents(cfg), tokenizer, cfg.seq_len, cfg.dedupe, stats, cfg.source, cfg.packing),
+        cfg.num_examples,
+    )
     schema = pa.schema([("example_id", pa.string()), ("input_ids", pa.list_(pa.int32()))])
     written = 0
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
@@ -223,8 +250,19 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
         documents = documents.to_iterable_dataset()
 
     def side(validation: bool, limit: int | None, stats: PackingStats) -> pd.DataFrame:
-        chosen = documents.filter(lambda batch: [held_out(text, share, cfg.seed) == validation for text in batch["text"]], batched=True)
-        return pack_sequences(chosen, tokenizer, cfg.seq_len, limit=limit, dedupe=cfg.dedupe, stats=stats, source=cfg.source, packing=cfg.packing)
+        chosen = documents.filter(
+            lambda batch: [held_out(text, share, cfg.seed) == validation for text in batch["text"]], batched=True
+        )
+        return pack_sequences(
+            chosen,
+            tokenizer,
+            cfg.seq_len,
+            limit=limit,
+            dedupe=cfg.dedupe,
+            stats=stats,
+            source=cfg.source,
+            packing=cfg.packing,
+        )
 
     stats = PackingStats()
     train = side(False, cfg.num_examples, stats)
@@ -244,7 +282,9 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
     if cfg.validation_examples:
         # a few more than asked for, in case some repeat a sequence of D and are dropped
         validation = side(True, cfg.validation_examples * 2, PackingStats())
-        validation = validation[~validation["example_id"].isin(set(train["example_id"]))].iloc[: cfg.validation_examples]
+        validation = validation[~validation["example_id"].isin(set(train["example_id"]))].iloc[
+            : cfg.validation_examples
+        ]
         if len(validation) < cfg.validation_examples:
             raise DataError(
                 f"{cfg.source} yields only {len(validation)} validation sequences of {cfg.seq_len} tokens from the "
@@ -298,7 +338,9 @@ def read_sequence_rows(path: Path, start: int, stop: int) -> pd.DataFrame:
     if "example_id" not in frame.columns:
         frame["example_id"] = [example_id(ids) for ids in frame["input_ids"]]
     if frame["input_ids"].map(len).nunique() > 1:
-        raise DataError(f"{path}: the input_ids rows differ in length; every sequence must have the same number of tokens.")
+        raise DataError(
+            f"{path}: the input_ids rows differ in length; every sequence must have the same number of tokens."
+        )
     return frame[["example_id", "input_ids"]].reset_index(drop=True)
 
 

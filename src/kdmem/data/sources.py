@@ -46,7 +46,9 @@ def _check_utf8(path: Path) -> None:
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8: it ends inside a multi-byte character. Convert the file to UTF-8.") from None
+        raise DataError(
+            f"{path} is not UTF-8: it ends inside a multi-byte character. Convert the file to UTF-8."
+        ) from None
 
 
 SAVED_DATASET_FILES = ("state.json", "dataset_info.json")
@@ -57,7 +59,9 @@ SAVED_DATASET_DICT_FILE = "dataset_dict.json"
 
 def is_saved_dataset(path: Path) -> bool:
     """A folder written by ``save_to_disk``, of a ``Dataset`` or a ``DatasetDict``."""
-    return path.is_dir() and ((path / SAVED_DATASET_DICT_FILE).is_file() or all((path / name).is_file() for name in SAVED_DATASET_FILES))
+    return path.is_dir() and (
+        (path / SAVED_DATASET_DICT_FILE).is_file() or all((path / name).is_file() for name in SAVED_DATASET_FILES)
+    )
 
 
 def _saved_dataset(path: Path, split: str) -> datasets.Dataset:
@@ -68,7 +72,9 @@ def _saved_dataset(path: Path, split: str) -> datasets.Dataset:
         raise unreadable_data(str(path), error) from None
     if isinstance(saved, datasets.DatasetDict):
         if split not in saved:
-            raise DataError(f"{path} is a DatasetDict with splits {', '.join(saved)}, not {split!r}. Set data.split to one of them.")
+            raise DataError(
+                f"{path} is a DatasetDict with splits {', '.join(saved)}, not {split!r}. Set data.split to one of them."
+            )
         saved = saved[split]
     return saved
 
@@ -127,7 +133,13 @@ def unreadable_data(source: str, error: BaseException) -> DataError:
     )
 
 
-READ_ERRORS = (datasets.exceptions.DatasetGenerationError, pa.ArrowException, json.JSONDecodeError, StopIteration, UnicodeDecodeError)
+READ_ERRORS = (
+    datasets.exceptions.DatasetGenerationError,
+    pa.ArrowException,
+    json.JSONDecodeError,
+    StopIteration,
+    UnicodeDecodeError,
+)
 """What ``datasets`` raises on a file it cannot parse."""
 
 
@@ -152,7 +164,9 @@ def load_documents(cfg: DataConfig) -> datasets.IterableDataset | datasets.Datas
             builder, files = _local_files(path)
             kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
             try:
-                documents = datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
+                documents = datasets.load_dataset(
+                    builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs
+                )
             except READ_ERRORS as error:
                 raise unreadable_data(cfg.source, error) from None
     else:
@@ -188,7 +202,9 @@ def write_documents(documents, folder: str | Path, text_field: str = "text") -> 
     if isinstance(documents, (datasets.Dataset, pd.DataFrame)):
         columns = list(documents.column_names if isinstance(documents, datasets.Dataset) else documents.columns)
         if text_field not in columns:
-            raise DataError(f"The documents have no text field {text_field!r}; their columns are {columns}. Set data.text_field to the column that holds the text.")
+            raise DataError(
+                f"The documents have no text field {text_field!r}; their columns are {columns}. Set data.text_field to the column that holds the text."
+            )
         texts = list(documents[text_field])
     elif isinstance(documents, (list, tuple)):
         texts = list(documents)
@@ -201,7 +217,9 @@ def write_documents(documents, folder: str | Path, text_field: str = "text") -> 
         raise DataError("The documents are empty: there is no text to train on or audit.")
     wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
     if wrong is not None:
-        raise DataError(f"Document {wrong} is a {type(texts[wrong]).__name__}, not a string: every document must be text.")
+        raise DataError(
+            f"Document {wrong} is a {type(texts[wrong]).__name__}, not a string: every document must be text."
+        )
     key = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
     path = Path(folder) / f"documents-{key}.parquet"
     if not path.exists():

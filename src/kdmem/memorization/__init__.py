@@ -3,7 +3,13 @@
 from kdmem.memorization.approximate import approximate_memorization, approximate_summary, sample_positions
 from kdmem.memorization.audit import AuditConfig, measure_memorization
 from kdmem.memorization.dynamics import MemorizationTracker
-from kdmem.memorization.extraction import TokenChecks, decisive, extract_memorized, greedy_matched_tokens, leading_matches
+from kdmem.memorization.extraction import (
+    TokenChecks,
+    decisive,
+    extract_memorized,
+    greedy_matched_tokens,
+    leading_matches,
+)
 
 __all__ = [
     "AuditConfig",

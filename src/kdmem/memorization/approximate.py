@@ -65,7 +65,9 @@ def approximate_memorization(
     if len(sequences) == 0:
         return pd.DataFrame(columns=["example_id", *APPROXIMATE_COLUMNS])
     input_ids = as_tensor(sequences)[:, : prefix_len + suffix_len]
-    generated = greedy_continuations(model, input_ids, prefix_len, prefix_len + suffix_len, batch_size, desc="approximate")
+    generated = greedy_continuations(
+        model, input_ids, prefix_len, prefix_len + suffix_len, batch_size, desc="approximate"
+    )
     rows = [suffix_similarity(g[prefix_len:].tolist(), t[prefix_len:].tolist()) for g, t in zip(generated, input_ids)]
     frame = pd.DataFrame(rows, columns=list(APPROXIMATE_COLUMNS))
     frame.insert(0, "example_id", sequences["example_id"].to_numpy())

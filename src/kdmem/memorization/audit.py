@@ -35,7 +35,9 @@ class AuditConfig(Section):
 
     model: str
     data: DataConfig
-    extraction: ExtractionConfig = field(default_factory=lambda: ExtractionConfig(prefix_len=50, suffix_len=50, batch_size=None, approximate_sample=0))
+    extraction: ExtractionConfig = field(
+        default_factory=lambda: ExtractionConfig(prefix_len=50, suffix_len=50, batch_size=None, approximate_sample=0)
+    )
     shard_size: int = 10_000
     """Examples per output shard: the unit of resumption and of work per process."""
     trust_remote_code: bool = False
@@ -72,7 +74,9 @@ def measure_memorization(
     listed = np.flatnonzero(rows["example_id"].isin(set(ext.approximate_ids)).to_numpy())
     positions = np.union1d(np.asarray(approximate_positions, dtype=np.int64), listed)
     if ext.approximate_sample or ext.approximate_ids:
-        measures = approximate_memorization(model, rows.iloc[positions], ext.prefix_len, ext.suffix_len, verdicts.attrs["batch_size"])
+        measures = approximate_memorization(
+            model, rows.iloc[positions], ext.prefix_len, ext.suffix_len, verdicts.attrs["batch_size"]
+        )
         verdicts = add_approximate(verdicts, positions, measures)
     return verdicts
 
@@ -121,7 +125,9 @@ def audit(cfg: AuditConfig, output: str | Path | None = None) -> pd.DataFrame:
             write_parquet_atomic(path, verdicts)
     state.wait_for_everyone()
     if state.is_main_process:
-        verdicts = pd.concat([pd.read_parquet(shards / f"shard-{i:05d}.parquet") for i in range(count)], ignore_index=True)
+        verdicts = pd.concat(
+            [pd.read_parquet(shards / f"shard-{i:05d}.parquet") for i in range(count)], ignore_index=True
+        )
         table = pa.Table.from_pandas(verdicts, preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), "kdmem": json.dumps(settings)})
         with atomic_path(output) as tmp:
@@ -136,15 +142,23 @@ def audit(cfg: AuditConfig, output: str | Path | None = None) -> pd.DataFrame:
 def _warn_about_missing_ids(verdicts: pd.DataFrame, listed: set[str]) -> None:
     missing = listed - set(verdicts["example_id"])
     if missing:
-        logger.warning("%d of the %d example ids listed for the approximate check are not in the data, e.g. %s",
-                       len(missing), len(listed), sorted(missing)[0])
+        logger.warning(
+            "%d of the %d example ids listed for the approximate check are not in the data, e.g. %s",
+            len(missing),
+            len(listed),
+            sorted(missing)[0],
+        )
 
 
 def _claim_shard_folder(shards: Path, settings: dict, state: PartialState) -> None:
     """Resume only shards written with the same settings; refuse to mix verdicts of two audits."""
     if state.is_main_process:
-        claim_folder(shards / "settings.json", settings, holds="shards of an unfinished audit",
-                     fix="rerun with the same settings to resume it, or delete that folder to start over.")
+        claim_folder(
+            shards / "settings.json",
+            settings,
+            holds="shards of an unfinished audit",
+            fix="rerun with the same settings to resume it, or delete that folder to start over.",
+        )
     state.wait_for_everyone()
 
 

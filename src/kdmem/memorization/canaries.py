@@ -35,7 +35,9 @@ def _canary_tokens(vocab_size: int, excluded_token_ids=()) -> np.ndarray:
     return np.setdiff1d(np.arange(vocab_size), np.asarray(excluded_token_ids, dtype=np.int64))
 
 
-def make_canaries(cfg: CanaryConfig, vocab_size: int, seq_len: int, prefix_len: int, excluded_token_ids=()) -> pd.DataFrame:
+def make_canaries(
+    cfg: CanaryConfig, vocab_size: int, seq_len: int, prefix_len: int, excluded_token_ids=()
+) -> pd.DataFrame:
     """One canary per entry of ``cfg.repeats``, drawn from ``numpy.random.default_rng(cfg.seed)``.
 
     Returns:
@@ -46,7 +48,9 @@ def make_canaries(cfg: CanaryConfig, vocab_size: int, seq_len: int, prefix_len: 
         raise ValueError(f"prefix_len = {prefix_len} must be between 1 and seq_len - 1 = {seq_len - 1}.")
     tokens = _canary_tokens(vocab_size, excluded_token_ids)
     if len(cfg.repeats) > len(tokens) ** prefix_len:
-        raise ValueError(f"{len(cfg.repeats)} canaries cannot have distinct keys of {prefix_len} tokens from {len(tokens)} token ids.")
+        raise ValueError(
+            f"{len(cfg.repeats)} canaries cannot have distinct keys of {prefix_len} tokens from {len(tokens)} token ids."
+        )
     rng = np.random.default_rng(cfg.seed)
     rows, keys = [], set()
     for repeats in cfg.repeats:
@@ -78,7 +82,9 @@ def inject_canaries(train: pd.DataFrame, canaries: pd.DataFrame, seed: int) -> p
 
 
 @torch.no_grad()
-def secret_log_likelihood(model: PreTrainedModel, key_and_secrets: torch.Tensor, prefix_len: int, batch_size: int = 64) -> torch.Tensor:
+def secret_log_likelihood(
+    model: PreTrainedModel, key_and_secrets: torch.Tensor, prefix_len: int, batch_size: int = 64
+) -> torch.Tensor:
     """(N,) float32: total log-probability (nats) of tokens ``prefix_len`` onwards of each (N, T)
     sequence, each token given all tokens before it (teacher forcing)."""
     model.eval()
@@ -133,7 +139,9 @@ def canary_exposure(
         ``matched_tokens`` (leading suffix tokens it reproduces).
     """
     true_ids = as_tensor(canaries)  # (C, T)
-    candidates = torch.from_numpy(candidate_secrets(canaries, prefix_len, num_candidates, vocab_size, excluded_token_ids, seed))
+    candidates = torch.from_numpy(
+        candidate_secrets(canaries, prefix_len, num_candidates, vocab_size, excluded_token_ids, seed)
+    )
     keys = true_ids[:, None, :prefix_len].expand(-1, num_candidates, -1)
     # Per canary: its true sequence, then its key followed by each candidate.
     scored = torch.cat([true_ids[:, None], torch.cat([keys, candidates], dim=2)], dim=1)  # (C, 1 + K, T)

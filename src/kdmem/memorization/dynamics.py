@@ -23,7 +23,15 @@ class MemorizationTracker(TrainerCallback):
     each record is also added to the Trainer's log history, so ``report_to`` loggers see it.
     """
 
-    def __init__(self, sequences: pd.DataFrame, prefix_len: int, suffix_len: int, every_epochs: int = 1, batch_size: int = 64, name: str = "model"):
+    def __init__(
+        self,
+        sequences: pd.DataFrame,
+        prefix_len: int,
+        suffix_len: int,
+        every_epochs: int = 1,
+        batch_size: int = 64,
+        name: str = "model",
+    ):
         self.sequences = sequences
         self.prefix_len = prefix_len
         self.suffix_len = suffix_len
@@ -41,7 +49,12 @@ class MemorizationTracker(TrainerCallback):
             model, self.sequences, self.prefix_len, self.suffix_len, self.batch_size, desc=f"track {self.name}"
         )
         model.train(was_training)
-        record = {"epoch": epoch, "step": state.global_step, "memorized": int(verdicts["memorized"].sum()), "examples": len(verdicts)}
+        record = {
+            "epoch": epoch,
+            "step": state.global_step,
+            "memorized": int(verdicts["memorized"].sum()),
+            "examples": len(verdicts),
+        }
         self.history.append(record)
         state.log_history.append({"memorized": record["memorized"], "epoch": epoch, "step": state.global_step})
         logger.info("%s epoch %d: memorized %d of %d", self.name, epoch, record["memorized"], record["examples"])

@@ -38,7 +38,6 @@ from transformers import PreTrainedModel
 from kdmem.data import as_tensor
 from kdmem.models.decoding import greedy_continuations
 
-
 RECHECK_ULPS = 4
 """Near-tie threshold in units in the last place of the top logit: two steps of prefill/decode
 noise on either of the two top logits."""
@@ -60,14 +59,14 @@ class TokenChecks:
     near_tie: torch.Tensor  # (batch, n) bool
 
     @classmethod
-    def of(cls, logits: torch.Tensor, targets: torch.Tensor, margin_tolerance: float) -> "TokenChecks":
+    def of(cls, logits: torch.Tensor, targets: torch.Tensor, margin_tolerance: float) -> TokenChecks:
         top = logits.topk(2, dim=-1)  # in the logits' dtype: exact, and no float32 copy of every logit
         values = top.values.float()
         gap = values[..., 0] - values[..., 1]
         tolerance = torch.clamp(RECHECK_ULPS * logit_spacing(values[..., 0], logits.dtype), min=margin_tolerance)
         return cls(top.indices[..., 0] == targets, gap, gap < tolerance)
 
-    def __getitem__(self, index) -> "TokenChecks":
+    def __getitem__(self, index) -> TokenChecks:
         return TokenChecks(self.correct[index], self.gap[index], self.near_tie[index])
 
 
@@ -86,7 +85,12 @@ def decisive(checks: TokenChecks, matched: torch.Tensor) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def _staged_checks(
-    model: PreTrainedModel, batch: torch.Tensor, prefix_len: int, suffix_len: int, first_stage_tokens: int, margin_tolerance: float
+    model: PreTrainedModel,
+    batch: torch.Tensor,
+    prefix_len: int,
+    suffix_len: int,
+    first_stage_tokens: int,
+    margin_tolerance: float,
 ) -> TokenChecks:
     """Checks of every suffix position an example reaches before its first mismatch.
 
@@ -95,7 +99,9 @@ def _staged_checks(
     """
     first = min(first_stage_tokens, suffix_len)
     output = model(input_ids=batch[:, : prefix_len + first - 1], use_cache=first < suffix_len)
-    stage_one = TokenChecks.of(output.logits[:, prefix_len - 1 :], batch[:, prefix_len : prefix_len + first], margin_tolerance)
+    stage_one = TokenChecks.of(
+        output.logits[:, prefix_len - 1 :], batch[:, prefix_len : prefix_len + first], margin_tolerance
+    )
     size = (batch.shape[0], suffix_len)
     correct = torch.zeros(size, dtype=torch.bool, device=batch.device)
     gap = torch.full(size, torch.inf, device=batch.device)
@@ -107,15 +113,28 @@ def _staged_checks(
         cache = output.cache if "cache" in output else output.past_key_values
         cache.batch_select_indices(alive)
         cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        rest = model(input_ids=batch[alive, prefix_len + first - 1 : prefix_len + suffix_len - 1], **{cache_argument: cache})
-        stage_two = TokenChecks.of(rest.logits, batch[alive, prefix_len + first : prefix_len + suffix_len], margin_tolerance)
-        correct[alive, first:], gap[alive, first:], near_tie[alive, first:] = stage_two.correct, stage_two.gap, stage_two.near_tie
+        rest = model(
+            input_ids=batch[alive, prefix_len + first - 1 : prefix_len + suffix_len - 1], **{cache_argument: cache}
+        )
+        stage_two = TokenChecks.of(
+            rest.logits, batch[alive, prefix_len + first : prefix_len + suffix_len], margin_tolerance
+        )
+        correct[alive, first:], gap[alive, first:], near_tie[alive, first:] = (
+            stage_two.correct,
+            stage_two.gap,
+            stage_two.near_tie,
+        )
     return TokenChecks(correct, gap, near_tie)
 
 
 @torch.no_grad()
 def _full_pass(
-    model: PreTrainedModel, batch: torch.Tensor, prefix_len: int, suffix_len: int, prefix_lens: tuple[int, ...], margin_tolerance: float
+    model: PreTrainedModel,
+    batch: torch.Tensor,
+    prefix_len: int,
+    suffix_len: int,
+    prefix_lens: tuple[int, ...],
+    margin_tolerance: float,
 ) -> tuple[TokenChecks, dict]:
     """One forward pass over whole sequences: the suffix checks, plus the ``--full`` fields (for
     each prefix length P, ``matched_pP`` and ``near_tie_pP``, which become ``memorized_pP``)."""
@@ -180,7 +199,9 @@ def extract_memorized(
         raise ValueError("prefix_lens needs full=True: the curve comes from the full forward pass.")
     for p in prefix_lens:
         if p < 1 or p + suffix_len > length:
-            raise ValueError(f"Prefix length {p} plus suffix_len {suffix_len} does not fit sequences of {length} tokens.")
+            raise ValueError(
+                f"Prefix length {p} plus suffix_len {suffix_len} does not fit sequences of {length} tokens."
+            )
 
     model.eval()
 
@@ -192,7 +213,10 @@ def extract_memorized(
             if full:
                 checks, fields = _full_pass(model, batch, prefix_len, suffix_len, prefix_lens, margin_tolerance)
             else:
-                checks, fields = _staged_checks(model, batch, prefix_len, suffix_len, first_stage_tokens, margin_tolerance), {}
+                checks, fields = (
+                    _staged_checks(model, batch, prefix_len, suffix_len, first_stage_tokens, margin_tolerance),
+                    {},
+                )
             matched = leading_matches(checks.correct)
             min_margin, near_tie = decisive(checks, matched)
             fields = {"matched_tokens": matched, "min_margin": min_margin, "near_tie": near_tie, **fields}
@@ -221,7 +245,9 @@ def extract_memorized(
 
     matched, rechecked = decided(values.pop("matched_tokens"), values.pop("near_tie"), prefix_len)
     for length in prefix_lens:
-        values[f"memorized_p{length}"] = decided(values.pop(f"matched_p{length}"), values.pop(f"near_tie_p{length}"), length)[0] == suffix_len
+        values[f"memorized_p{length}"] = (
+            decided(values.pop(f"matched_p{length}"), values.pop(f"near_tie_p{length}"), length)[0] == suffix_len
+        )
     frame = pd.DataFrame(
         {
             "example_id": sequences["example_id"].to_numpy(),
@@ -233,7 +259,9 @@ def extract_memorized(
     )
     for name, value in values.items():
         frame[name] = value.numpy()
-    frame.attrs.update(batch_size=batch_size, rechecked_examples=rechecked_examples, recheck_seconds=time.perf_counter() - started)
+    frame.attrs.update(
+        batch_size=batch_size, rechecked_examples=rechecked_examples, recheck_seconds=time.perf_counter() - started
+    )
     return frame
 
 
@@ -271,7 +299,11 @@ def largest_fitting_batch(work, starting: int):
     return attempt()
 
 
-def greedy_matched_tokens(model: PreTrainedModel, input_ids: torch.Tensor, prefix_len: int, suffix_len: int, batch_size: int = 64) -> torch.Tensor:
+def greedy_matched_tokens(
+    model: PreTrainedModel, input_ids: torch.Tensor, prefix_len: int, suffix_len: int, batch_size: int = 64
+) -> torch.Tensor:
     """The slow, obvious way: decode ``suffix_len`` tokens greedily and count the leading matches."""
-    generated = greedy_continuations(model, input_ids[:, : prefix_len + suffix_len], prefix_len, prefix_len + suffix_len, batch_size, desc="recheck")
+    generated = greedy_continuations(
+        model, input_ids[:, : prefix_len + suffix_len], prefix_len, prefix_len + suffix_len, batch_size, desc="recheck"
+    )
     return leading_matches(generated[:, prefix_len:] == input_ids[:, prefix_len : prefix_len + suffix_len])

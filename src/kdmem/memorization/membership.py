@@ -53,7 +53,16 @@ SCORES: dict[str, dict[str, str]] = {
 }
 """Every membership score: ``formula``, ``direction`` (the side of the score where members lie) and ``source``."""
 
-__all__ = ["SCORES", "audit_membership", "membership_metrics", "membership_scores", "membership_table", "token_log_probs", "write_membership", "zlib_entropy"]
+__all__ = [
+    "SCORES",
+    "audit_membership",
+    "membership_metrics",
+    "membership_scores",
+    "membership_table",
+    "token_log_probs",
+    "write_membership",
+    "zlib_entropy",
+]
 
 
 @torch.no_grad()
@@ -95,7 +104,9 @@ def membership_scores(
     log_probs = token_log_probs(model, input_ids, batch_size)
     loss = -log_probs.mean(dim=1).numpy()
     lowest = max(1, int(min_k * log_probs.shape[1]))  # floor, as in Shi et al.'s code
-    zlib_bytes = np.array([zlib_entropy(tokenizer.decode(ids.tolist())) for ids in sequences["input_ids"]], dtype=np.float64)
+    zlib_bytes = np.array(
+        [zlib_entropy(tokenizer.decode(ids.tolist())) for ids in sequences["input_ids"]], dtype=np.float64
+    )
     if reference is None:
         reference_ratio = np.full(len(loss), np.nan)
     else:
@@ -120,7 +131,9 @@ def membership_metrics(members: pd.DataFrame, non_members: pd.DataFrame) -> dict
     TPR at 1% FPR is the largest TPR among ROC points whose FPR is at most 0.01.
     """
     if members.empty or non_members.empty:
-        raise ValueError(f"Membership metrics need members and non-members; got {len(members)} and {len(non_members)}.")
+        raise ValueError(
+            f"Membership metrics need members and non-members; got {len(members)} and {len(non_members)}."
+        )
     labels = np.r_[np.ones(len(members)), np.zeros(len(non_members))]
     metrics: dict = {"members": len(members), "non_members": len(non_members)}
     for name, score in SCORES.items():
@@ -131,7 +144,10 @@ def membership_metrics(members: pd.DataFrame, non_members: pd.DataFrame) -> dict
             continue
         oriented = -values if score["direction"] == LOWER else values
         fpr, tpr, _ = roc_curve(labels, oriented, drop_intermediate=False)
-        metrics[name] = {"auc": float(roc_auc_score(labels, oriented)), "tpr_at_1pct_fpr": float(tpr[fpr <= 0.01].max())}
+        metrics[name] = {
+            "auc": float(roc_auc_score(labels, oriented)),
+            "tpr_at_1pct_fpr": float(tpr[fpr <= 0.01].max()),
+        }
     return metrics
 
 

@@ -10,7 +10,7 @@ model's own generation config, so an instruct checkpoint's ``do_sample: true``,
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from tqdm.auto import tqdm

@@ -19,7 +19,9 @@ def _check_local(name_or_path: str) -> None:
     if not looks_local:
         return
     if not path.is_dir():
-        raise ModelError(f"Model path {path} does not exist or is not a folder. Give a save_pretrained folder or a hub name.")
+        raise ModelError(
+            f"Model path {path} does not exist or is not a folder. Give a save_pretrained folder or a hub name."
+        )
     if not (path / "config.json").exists():
         raise ModelError(
             f"{path} is not a model folder: it has no config.json. Save a model there with "
@@ -39,7 +41,9 @@ def _unusable(name_or_path: str, what: str, error: BaseException) -> ModelError:
     )
 
 
-def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     _check_local(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
@@ -97,15 +101,24 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer) -> None:
         return
     only_teacher = sorted(set(teacher_vocab) - set(student_vocab), key=teacher_vocab.get)
     only_student = sorted(set(student_vocab) - set(teacher_vocab), key=student_vocab.get)
-    moved = sorted((t for t in set(teacher_vocab) & set(student_vocab) if teacher_vocab[t] != student_vocab[t]), key=teacher_vocab.get)
+    moved = sorted(
+        (t for t in set(teacher_vocab) & set(student_vocab) if teacher_vocab[t] != student_vocab[t]),
+        key=teacher_vocab.get,
+    )
     differences = [f"teacher {len(teacher_vocab)} tokens, student {len(student_vocab)}"]
     if only_teacher:
-        differences.append(f"{len(only_teacher)} only in the teacher's (e.g. {only_teacher[0]!r}, id {teacher_vocab[only_teacher[0]]})")
+        differences.append(
+            f"{len(only_teacher)} only in the teacher's (e.g. {only_teacher[0]!r}, id {teacher_vocab[only_teacher[0]]})"
+        )
     if only_student:
-        differences.append(f"{len(only_student)} only in the student's (e.g. {only_student[0]!r}, id {student_vocab[only_student[0]]})")
+        differences.append(
+            f"{len(only_student)} only in the student's (e.g. {only_student[0]!r}, id {student_vocab[only_student[0]]})"
+        )
     if moved:
         token = moved[0]
-        differences.append(f"{len(moved)} with other ids (e.g. {token!r}: teacher id {teacher_vocab[token]}, student id {student_vocab[token]})")
+        differences.append(
+            f"{len(moved)} with other ids (e.g. {token!r}: teacher id {teacher_vocab[token]}, student id {student_vocab[token]})"
+        )
     raise ModelError(
         f"Teacher and student vocabularies differ: {'; '.join(differences)}. Soft distillation needs models of one "
         "family that share a tokenizer (e.g. Pythia-12B and Pythia-1.4B)."

@@ -51,13 +51,18 @@ def lookalike_tokenizer(spec: dict) -> PreTrainedTokenizerFast:
         raise ValueError("look-alike tokenizers that prepend a BOS are not supported yet")
     length, specials = spec["length"], spec["special_tokens"]
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(python_docs("public"), vocab_size=min(LEARNED_TOKENS, length - len(specials)), show_progress=False)
+    bpe.train_from_iterator(
+        python_docs("public"), vocab_size=min(LEARNED_TOKENS, length - len(specials)), show_progress=False
+    )
     learned = sorted(bpe.get_vocab().items(), key=lambda item: item[1])
     special_ids = set(specials.values())
     free_ids = [i for i in range(length) if i not in special_ids]
     fillers = [f"<lookalike-unused-{i}>" for i in range(len(free_ids) - len(learned))]
     vocab = dict(zip([token for token, _ in learned] + fillers, free_ids)) | specials
-    merges = [tuple(pair.split(" ")) if isinstance(pair, str) else tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
+    merges = [
+        tuple(pair.split(" ")) if isinstance(pair, str) else tuple(pair)
+        for pair in json.loads(bpe.to_str())["model"]["merges"]
+    ]
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -85,7 +90,15 @@ def materialized_fixture(name: str) -> Path:
     return folder
 
 
-SHRUNK_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size", "head_dim", "max_window_layers")
+SHRUNK_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "head_dim",
+    "max_window_layers",
+)
 
 
 def shrunk_sizes(config, size: TinySizeConfig) -> dict:
@@ -106,7 +119,9 @@ def shrunk_sizes(config, size: TinySizeConfig) -> dict:
     return sizes
 
 
-def build_lookalike(source: str, folder: Path, size: TinySizeConfig, *, revision=None, trust_remote_code=False, seed=0) -> dict:
+def build_lookalike(
+    source: str, folder: Path, size: TinySizeConfig, *, revision=None, trust_remote_code=False, seed=0
+) -> dict:
     """Write a look-alike of ``source`` (a hub name or a folder with config.json and tokenizer
     files) into ``folder``: safetensors random weights at ``size``, the real tokenizer. Returns
     what was kept and what shrank."""

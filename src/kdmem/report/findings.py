@@ -84,7 +84,9 @@ def key_findings(summary: dict, analysis: dict) -> list[str]:
     if isinstance(sweep, list) and sweep:
         counts = " / ".join(str(row["memorized"]) for row in sweep)
         temperatures = ", ".join(f"{row['temperature']:g}" for row in sweep)
-        findings.append(f"Soft students memorize {counts} examples at T = {temperatures} (paper: 1,591 / 668 / 155 / 12 at T = 1..4).")
+        findings.append(
+            f"Soft students memorize {counts} examples at T = {temperatures} (paper: 1,591 / 668 / 155 / 12 at T = 1..4)."
+        )
     filtering = analysis.get("filtering", {})
     if "memorized_after" in filtering and filtering.get("stand_in"):
         findings.append(f"Filtering ran on a stand-in target, not a result: {filtering['stand_in']}.")
@@ -133,8 +135,10 @@ def _rates(summary: dict, analysis: dict) -> tuple[str, bool | None]:
     if not {"teacher", "baseline", "soft"} <= set(models):
         return "needs the teacher, the baseline and the soft student", None
     t, b, s = (models[name] for name in ("teacher", "baseline", "soft"))
-    figure = (f"memorized {t['memorized']} / {b['memorized']} / {s['memorized']} of {t['examples']}; "
-              f"validation loss soft {s['val_loss']:.3f} vs baseline {b['val_loss']:.3f}")
+    figure = (
+        f"memorized {t['memorized']} / {b['memorized']} / {s['memorized']} of {t['examples']}; "
+        f"validation loss soft {s['val_loss']:.3f} vs baseline {b['val_loss']:.3f}"
+    )
     return figure, t["memorized"] > b["memorized"] > s["memorized"] and s["val_loss"] < b["val_loss"]
 
 
@@ -142,8 +146,10 @@ def _overlaps(summary: dict, analysis: dict) -> tuple[str, bool | None]:
     overlap = _overlap(analysis, "soft")
     if not overlap or not overlap["student"]:
         return "the soft student memorizes nothing", None
-    figure = (f"{100 * overlap['share_easy']:.0f}% easy; inherits {overlap['inherited']} of {overlap['teacher_only']} teacher-only "
-              f"({100 * overlap['inherited_share_of_teacher_only']:.1f}%); suppresses {overlap['suppressed']}")
+    figure = (
+        f"{100 * overlap['share_easy']:.0f}% easy; inherits {overlap['inherited']} of {overlap['teacher_only']} teacher-only "
+        f"({100 * overlap['inherited_share_of_teacher_only']:.1f}%); suppresses {overlap['suppressed']}"
+    )
     return figure, overlap["share_easy"] > 0.5 and overlap["inherited_share_of_teacher_only"] < 0.1
 
 
@@ -157,8 +163,10 @@ def _seed_consistency(summary: dict, analysis: dict) -> tuple[str, bool | None]:
         return "no soft-student seed memorizes an example", None
     seeds = np.arange(counts.shape[0])
     mean_at = {j: float(seeds @ counts[:, j] / counts[:, j].sum()) for j in (0, memorized_by[-1])}
-    figure = (f"baseline seeds memorizing an example: {mean_at[memorized_by[-1]]:.2f} on average where {memorized_by[-1]} student "
-              f"seeds do, {mean_at[0]:.2f} where none does")
+    figure = (
+        f"baseline seeds memorizing an example: {mean_at[memorized_by[-1]]:.2f} on average where {memorized_by[-1]} student "
+        f"seeds do, {mean_at[0]:.2f} where none does"
+    )
     return figure, mean_at[memorized_by[-1]] > mean_at[0]
 
 
@@ -176,8 +184,10 @@ def _easy_examples(summary: dict, analysis: dict) -> tuple[str, bool | None]:
     if not easy or not easy.get("selected") or not easy.get("rest"):
         return "no easy examples (memorized by teacher and baseline)", None
     chosen, rest = easy["selected"], easy["rest"]
-    figure = (f"zlib {chosen['zlib_entropy']:.1f} vs {rest['zlib_entropy']:.1f}; baseline PPL {chosen['baseline_ppl']:.2f} vs "
-              f"{rest['baseline_ppl']:.2f} (easy vs the rest)")
+    figure = (
+        f"zlib {chosen['zlib_entropy']:.1f} vs {rest['zlib_entropy']:.1f}; baseline PPL {chosen['baseline_ppl']:.2f} vs "
+        f"{rest['baseline_ppl']:.2f} (easy vs the rest)"
+    )
     return figure, chosen["zlib_entropy"] < rest["zlib_entropy"] and chosen["baseline_ppl"] < rest["baseline_ppl"]
 
 
@@ -193,9 +203,13 @@ def _predictor(summary: dict, analysis: dict) -> tuple[str, bool | None]:
 def _filtering(summary: dict, analysis: dict) -> tuple[str, bool | None]:
     filtering = analysis.get("filtering", {})
     if "memorized_after" not in filtering or filtering.get("stand_in"):
-        return filtering.get("skipped", "a stand-in target (a rehearsal)" if filtering.get("stand_in") else "filtering is off"), None
-    figure = (f"{filtering['student']} student: {filtering['memorized_before']} memorized before, {filtering['memorized_after']} after "
-              f"({filtering['new_after']} new)")
+        return filtering.get(
+            "skipped", "a stand-in target (a rehearsal)" if filtering.get("stand_in") else "filtering is off"
+        ), None
+    figure = (
+        f"{filtering['student']} student: {filtering['memorized_before']} memorized before, {filtering['memorized_after']} after "
+        f"({filtering['new_after']} new)"
+    )
     return figure, filtering["memorized_after"] < filtering["memorized_before"]
 
 
@@ -204,8 +218,10 @@ def _mechanism(summary: dict, analysis: dict) -> tuple[str, bool | None]:
     if not mechanism or not mechanism.get("suppressed") or "soft" not in mechanism:
         return "no suppressed examples (memorized by teacher and baseline, not the soft student)", None
     t, b, s = (mechanism[name] for name in ("teacher", "baseline", "soft"))
-    figure = (f"entropy teacher {t['entropy_last_k']:.2f} / baseline {b['entropy_last_k']:.2f} / student {s['entropy_last_k']:.2f}; "
-              f"log-prob {t['log_prob']:.1f} / {b['log_prob']:.1f} / {s['log_prob']:.1f} ({mechanism['suppressed']} examples)")
+    figure = (
+        f"entropy teacher {t['entropy_last_k']:.2f} / baseline {b['entropy_last_k']:.2f} / student {s['entropy_last_k']:.2f}; "
+        f"log-prob {t['log_prob']:.1f} / {b['log_prob']:.1f} / {s['log_prob']:.1f} ({mechanism['suppressed']} examples)"
+    )
     return figure, s["entropy_last_k"] > t["entropy_last_k"] and s["log_prob"] < min(t["log_prob"], b["log_prob"])
 
 
@@ -229,27 +245,76 @@ def _temperature(summary: dict, analysis: dict) -> tuple[str, bool | None]:
 
 
 PAPER_FINDINGS = (
-    (1, "Rates and utility", "memorized 0.33% / 0.17% / 0.07% (teacher / baseline / soft); the student's validation loss is lower",
-     "teacher > baseline > soft student in memorized examples, and the soft student's validation loss below the baseline's", _rates),
-    (2, "Set overlaps", "95.7% of the student's memorized set is easy; it inherits 18 of 1,955 teacher-only examples (0.9%)",
-     "most of the soft student's memorized set is easy (over 50%), and it inherits under 10% of the teacher-only examples", _overlaps),
-    (3, "Seed consistency", "3x3 heatmap: what more student seeds memorize, more baseline seeds memorize",
-     "examples that the most soft-student seeds memorize are memorized by more baseline seeds than examples none does", _seed_consistency),
-    (4, "Cross-family", "families share no memorized examples; their zlib estimates correlate (Pearson r 0.95-0.99)",
-     "zlib entropy correlates across the families (r at least 0.9), and their baselines share under half their memorized sets (Jaccard below 0.5)",
-     _cross_family),
-    (5, "What easy examples look like", "easy examples cluster at low zlib entropy and low baseline perplexity",
-     "easy examples have a lower mean zlib entropy and baseline perplexity than the rest", _easy_examples),
-    (6, "Predicting student memorization", "ROC-AUC 0.9997; zlib has the largest, negative coefficient",
-     "ROC-AUC at least 0.8 under the paper's 1:3 protocol, and a negative zlib coefficient", _predictor),
-    (7, "Filtering intervention", "re-distilled without the flagged examples, the student memorizes 4 (new) examples",
-     "the student distilled again memorizes fewer examples of D than before", _filtering),
-    (8, "Mechanism", "on suppressed examples the student has high entropy and low log-probability; the teacher low entropy",
-     "the soft student's entropy above the teacher's, and its log-probability below the teacher's and the baseline's", _mechanism),
-    (9, "Soft vs hard", "hard KD inherits 2.7x more teacher-specific examples (50 vs 18)",
-     "the hard student inherits more teacher-specific examples than the soft one", _soft_vs_hard),
-    (10, "Temperature", "1,591 / 668 / 155 / 12 memorized at T = 1..4",
-     "memorized count never rises with T, and is lower at the highest T than at the lowest", _temperature),
+    (
+        1,
+        "Rates and utility",
+        "memorized 0.33% / 0.17% / 0.07% (teacher / baseline / soft); the student's validation loss is lower",
+        "teacher > baseline > soft student in memorized examples, and the soft student's validation loss below the baseline's",
+        _rates,
+    ),
+    (
+        2,
+        "Set overlaps",
+        "95.7% of the student's memorized set is easy; it inherits 18 of 1,955 teacher-only examples (0.9%)",
+        "most of the soft student's memorized set is easy (over 50%), and it inherits under 10% of the teacher-only examples",
+        _overlaps,
+    ),
+    (
+        3,
+        "Seed consistency",
+        "3x3 heatmap: what more student seeds memorize, more baseline seeds memorize",
+        "examples that the most soft-student seeds memorize are memorized by more baseline seeds than examples none does",
+        _seed_consistency,
+    ),
+    (
+        4,
+        "Cross-family",
+        "families share no memorized examples; their zlib estimates correlate (Pearson r 0.95-0.99)",
+        "zlib entropy correlates across the families (r at least 0.9), and their baselines share under half their memorized sets (Jaccard below 0.5)",
+        _cross_family,
+    ),
+    (
+        5,
+        "What easy examples look like",
+        "easy examples cluster at low zlib entropy and low baseline perplexity",
+        "easy examples have a lower mean zlib entropy and baseline perplexity than the rest",
+        _easy_examples,
+    ),
+    (
+        6,
+        "Predicting student memorization",
+        "ROC-AUC 0.9997; zlib has the largest, negative coefficient",
+        "ROC-AUC at least 0.8 under the paper's 1:3 protocol, and a negative zlib coefficient",
+        _predictor,
+    ),
+    (
+        7,
+        "Filtering intervention",
+        "re-distilled without the flagged examples, the student memorizes 4 (new) examples",
+        "the student distilled again memorizes fewer examples of D than before",
+        _filtering,
+    ),
+    (
+        8,
+        "Mechanism",
+        "on suppressed examples the student has high entropy and low log-probability; the teacher low entropy",
+        "the soft student's entropy above the teacher's, and its log-probability below the teacher's and the baseline's",
+        _mechanism,
+    ),
+    (
+        9,
+        "Soft vs hard",
+        "hard KD inherits 2.7x more teacher-specific examples (50 vs 18)",
+        "the hard student inherits more teacher-specific examples than the soft one",
+        _soft_vs_hard,
+    ),
+    (
+        10,
+        "Temperature",
+        "1,591 / 668 / 155 / 12 memorized at T = 1..4",
+        "memorized count never rises with T, and is lower at the highest T than at the lowest",
+        _temperature,
+    ),
 )
 """The analyses of the paper kdmem reproduces, as (number, name, the paper's figure, criterion, figure and verdict of a run)."""
 

@@ -19,7 +19,9 @@ def reduction_vs_baseline(summary: dict, name: str) -> float | None:
 def headline_table(summary: dict) -> str:
     """A fixed-width text table: model, memorized / examples, rate, validation loss and PPL, reduction,
     and the membership-inference AUC of the loss score where it was measured."""
-    header = f"{'model':<16}{'memorized':>14}{'rate %':>9}{'val loss':>10}{'val ppl':>10}{'reduction':>11}{'MIA AUC':>9}"
+    header = (
+        f"{'model':<16}{'memorized':>14}{'rate %':>9}{'val loss':>10}{'val ppl':>10}{'reduction':>11}{'MIA AUC':>9}"
+    )
     lines = [header, "-" * len(header)]
     for name, row in summary["models"].items():
         reduction = reduction_vs_baseline(summary, name)
@@ -32,7 +34,9 @@ def headline_table(summary: dict) -> str:
     lines.append("MIA AUC: membership inference by loss, training vs validation examples (0.5 = chance)")
     ext = summary.get("extraction")
     if ext:
-        lines.append(f"memorized: greedy decoding from a {ext['prefix_len']}-token prefix reproduces the next {ext['suffix_len']} tokens exactly")
+        lines.append(
+            f"memorized: greedy decoding from a {ext['prefix_len']}-token prefix reproduces the next {ext['suffix_len']} tokens exactly"
+        )
     return "\n".join(lines)
 
 
@@ -54,15 +58,24 @@ def comparison_table(comparison: dict) -> str:
         cells = []
         for run in runs:
             row = comparison["runs"][run].get(name)
-            cells.append(f"{'':>20}{'':>10}" if row is None else f"{row['memorized']:>12d} / {row['examples']:<5d}{row['val_loss']:>10.3f}")
+            cells.append(
+                f"{'':>20}{'':>10}"
+                if row is None
+                else f"{row['memorized']:>12d} / {row['examples']:<5d}{row['val_loss']:>10.3f}"
+            )
         lines.append(f"{name:<16}" + "".join(cells))
     for pair in comparison["pairs"]:
         a, b = labels[runs.index(pair["a"])], labels[runs.index(pair["b"])]
         tokenizers = "same tokenizer" if pair["same_tokenizer"] else "different tokenizers"
         r = "n/a (fewer than 3 shared examples)" if pair["zlib_pearson"] is None else f"{pair['zlib_pearson']:.3f}"
-        lines += ["", f"{a} vs {b} ({tokenizers}, matched by {pair['matched_by']}; {pair['shared_examples']} shared examples; zlib entropy Pearson r {r})"]
+        lines += [
+            "",
+            f"{a} vs {b} ({tokenizers}, matched by {pair['matched_by']}; {pair['shared_examples']} shared examples; zlib entropy Pearson r {r})",
+        ]
         if "note" in pair:
             lines.append(f"  note: {pair['note']}")
         for name, o in pair["overlap"].items():
-            lines.append(f"  {name:<14} memorized {o['a']:>5d} / {o['b']:<5d} both {o['both']:>5d}  Jaccard {o['jaccard']:.3f}")
+            lines.append(
+                f"  {name:<14} memorized {o['a']:>5d} / {o['b']:<5d} both {o['both']:>5d}  Jaccard {o['jaccard']:.3f}"
+            )
     return "\n".join(lines)

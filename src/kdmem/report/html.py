@@ -40,7 +40,9 @@ def headline_rows(summary: dict) -> list[dict]:
                 "rate": f"{100 * row['rate']:.2f}",
                 "val_loss": f"{row['val_loss']:.3f}",
                 "val_ppl": f"{row['val_ppl']:.1f}",
-                "reduction": "" if reduction is None else ("inf" if reduction == float("inf") else f"{reduction:.2f}x"),
+                "reduction": ""
+                if reduction is None
+                else ("inf" if reduction == float("inf") else f"{reduction:.2f}x"),
                 "mia_auc": "" if auc is None else f"{auc:.3f}",
             }
         )
@@ -92,7 +94,9 @@ def report_context(run: str | Path) -> dict:
     """Everything the report shows, read from a finished, analysed run."""
     layout = RunLayout(Path(run))
     if not layout.analysis.exists():
-        raise FileNotFoundError(f"{layout.root} holds no analysed run (no analysis.json); run `kdmem run` or `kdmem analyze` first.")
+        raise FileNotFoundError(
+            f"{layout.root} holds no analysed run (no analysis.json); run `kdmem run` or `kdmem analyze` first."
+        )
     summary = json.loads(layout.summary.read_text())
     analysis = json.loads(layout.analysis.read_text())
     provenance = json.loads(layout.provenance.read_text()) if layout.provenance.exists() else {}
@@ -143,20 +147,40 @@ def _markdown_data(value) -> str:
 def findings_table(findings) -> str:
     """``paper_findings`` as a Markdown table (the README shows the same one)."""
     lines = ["| # | analysis | paper | kdmem | agrees in direction |", "|---|---|---|---|---|"]
-    lines += [f"| {f.number} | {_markdown_text(f.analysis)} | {_markdown_text(f.paper)} | {_markdown_text(f.kdmem)} | {f.agrees} |" for f in findings]
+    lines += [
+        f"| {f.number} | {_markdown_text(f.analysis)} | {_markdown_text(f.paper)} | {_markdown_text(f.kdmem)} | {f.agrees} |"
+        for f in findings
+    ]
     return "\n".join(lines)
 
 
 def render_markdown(context: dict) -> str:
     """The headline table and the key findings, for pasting into a paper or an issue."""
-    columns = [("model", "model"), ("memorized", "memorized"), ("examples", "examples"), ("rate", "rate %"), ("val_loss", "val loss"),
-               ("val_ppl", "val PPL"), ("reduction", "reduction vs baseline"), ("mia_auc", "MIA AUC")]
-    lines = [f"# kdmem report: {_markdown_data(context['name'])}", "", "| " + " | ".join(title for _, title in columns) + " |",
-             "|" + "---|" * len(columns)]
+    columns = [
+        ("model", "model"),
+        ("memorized", "memorized"),
+        ("examples", "examples"),
+        ("rate", "rate %"),
+        ("val_loss", "val loss"),
+        ("val_ppl", "val PPL"),
+        ("reduction", "reduction vs baseline"),
+        ("mia_auc", "MIA AUC"),
+    ]
+    lines = [
+        f"# kdmem report: {_markdown_data(context['name'])}",
+        "",
+        "| " + " | ".join(title for _, title in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     lines += ["| " + " | ".join(_markdown_text(row[key]) for key, _ in columns) + " |" for row in context["headline"]]
     ext = context["summary"]["extraction"]
-    lines += ["", f"Memorized: greedy decoding from a {ext['prefix_len']}-token prefix reproduces the next {ext['suffix_len']} tokens exactly.",
-              "", "## Key findings", ""]
+    lines += [
+        "",
+        f"Memorized: greedy decoding from a {ext['prefix_len']}-token prefix reproduces the next {ext['suffix_len']} tokens exactly.",
+        "",
+        "## Key findings",
+        "",
+    ]
     lines += [f"- {_markdown_text(finding)}" for finding in context["findings"]]
     lines += ["", "## The paper's findings, and this run's", "", findings_table(context["paper_findings"])]
     lines += ["", "Figures: `figures/` beside this file; the whole report with figures: `report.html`.", ""]

@@ -51,7 +51,14 @@ def embedded_bases(cfg: EmbeddedModelsConfig) -> dict[str, Path]:
     corpus = None
     paths = {}
     for role, size in (("teacher", cfg.teacher), ("student", cfg.student)):
-        recipe = (tokenizer_key, dataclasses.asdict(size), cfg.seq_len, cfg.pretrain_tokens, dataclasses.asdict(cfg.pretraining), cfg.seed)
+        recipe = (
+            tokenizer_key,
+            dataclasses.asdict(size),
+            cfg.seq_len,
+            cfg.pretrain_tokens,
+            dataclasses.asdict(cfg.pretraining),
+            cfg.seed,
+        )
         folder = cache_dir() / "models" / f"tiny-{role}-{_key(*recipe)}"
         paths[role] = folder
         if (folder / "model.safetensors").exists():
@@ -59,7 +66,10 @@ def embedded_bases(cfg: EmbeddedModelsConfig) -> dict[str, Path]:
         logger.info("Pre-training the embedded %s base into %s (once; later runs reuse it).", role, folder)
         if corpus is None:
             corpus = pack_sequences(
-                datasets.Dataset.from_dict({"text": public}), tokenizer, cfg.seq_len, limit=cfg.pretrain_tokens // cfg.seq_len
+                datasets.Dataset.from_dict({"text": public}),
+                tokenizer,
+                cfg.seq_len,
+                limit=cfg.pretrain_tokens // cfg.seq_len,
             )
         with atomic_dir(folder) as tmp:
             set_seed(cfg.seed)

@@ -93,8 +93,13 @@ class CacheSpec:
     def bytes_per_token(self) -> int:
         hidden_bytes = getattr(torch, self.hidden_dtype).itemsize if self.hidden_dtype else 0
         return cache_bytes_per_token(
-            self.kind, vocab_size=self.vocab_size, hidden_size=self.hidden_size, hidden_bytes=hidden_bytes, top_k=self.top_k or 0,
-            tail_samples=self.tail_samples * self.tail_draws, temperatures=len(self.temperatures),
+            self.kind,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            hidden_bytes=hidden_bytes,
+            top_k=self.top_k or 0,
+            tail_samples=self.tail_samples * self.tail_draws,
+            temperatures=len(self.temperatures),
         )
 
     def check_serves(self, temperature: float) -> None:
@@ -106,7 +111,14 @@ class CacheSpec:
 
 
 def cache_bytes_per_token(
-    kind: str, *, vocab_size: int = 0, hidden_size: int = 0, hidden_bytes: int = 4, top_k: int = 0, tail_samples: int = 0, temperatures: int = 0
+    kind: str,
+    *,
+    vocab_size: int = 0,
+    hidden_size: int = 0,
+    hidden_bytes: int = 4,
+    top_k: int = 0,
+    tail_samples: int = 0,
+    temperatures: int = 0,
 ) -> int:
     """Bytes stored per predicted token: the hidden state (``hidden``); 4 per logit (``logits``);
     or 8 per top-k entry, 12 per tail sample and 4 per temperature served (``sampled``). A
@@ -127,7 +139,9 @@ def output_head(teacher: PreTrainedModel, vocab_size: int) -> dict[str, torch.Te
     """The teacher's output layer over the first ``vocab_size`` entries: ``weight`` (and ``bias``)."""
     layer = teacher.get_output_embeddings()
     if not isinstance(layer, torch.nn.Linear):
-        raise ValueError(f"{type(teacher).__name__} has no linear output layer to cache hidden states for; set soft.cache_kind=logits.")
+        raise ValueError(
+            f"{type(teacher).__name__} has no linear output layer to cache hidden states for; set soft.cache_kind=logits."
+        )
     head = {"weight": layer.weight.detach()[:vocab_size].contiguous()}
     if layer.bias is not None:
         head["bias"] = layer.bias.detach()[:vocab_size].contiguous()
@@ -137,7 +151,9 @@ def output_head(teacher: PreTrainedModel, vocab_size: int) -> dict[str, torch.Te
 def _hidden_and_logits(teacher: PreTrainedModel, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The input of the teacher's output layer, and its logits."""
     captured = []
-    hook = teacher.get_output_embeddings().register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    hook = teacher.get_output_embeddings().register_forward_hook(
+        lambda module, inputs, output: captured.append(inputs[0])
+    )
     try:
         logits = teacher(input_ids=input_ids).logits
     finally:
@@ -177,7 +193,9 @@ def sampled_entries(logits: torch.Tensor, spec: CacheSpec, generator: torch.Gene
         empty = logits.new_zeros((*logits.shape[:-1], 0))
         return values | {"tail_ids": empty.to(torch.int32), "tail_logits": empty, "tail_log_proposal": empty}
     log_proposal = torch.log_softmax(logits.scatter(-1, top_ids, -torch.inf) / spec.proposal_temperature, dim=-1)
-    tail_ids = torch.multinomial(log_proposal.reshape(-1, logits.shape[-1]).exp(), samples, replacement=True, generator=generator)
+    tail_ids = torch.multinomial(
+        log_proposal.reshape(-1, logits.shape[-1]).exp(), samples, replacement=True, generator=generator
+    )
     tail_ids = tail_ids.reshape(*logits.shape[:-1], samples)
     return values | {
         "tail_ids": tail_ids.to(torch.int32),
@@ -187,7 +205,9 @@ def sampled_entries(logits: torch.Tensor, spec: CacheSpec, generator: torch.Gene
 
 
 @torch.no_grad()
-def _shard_tensors(teacher: PreTrainedModel, input_ids: torch.Tensor, spec: CacheSpec, batch_size: int, index: int, head: dict | None) -> dict[str, torch.Tensor]:
+def _shard_tensors(
+    teacher: PreTrainedModel, input_ids: torch.Tensor, spec: CacheSpec, batch_size: int, index: int, head: dict | None
+) -> dict[str, torch.Tensor]:
     parts: dict[str, list[torch.Tensor]] = {}
     device = teacher.device
     generator = torch.Generator(device=device).manual_seed(index)
@@ -242,7 +262,9 @@ def build_teacher_cache(
     if sampled and not 1 <= top_k <= vocab:
         raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab}; got {top_k}.")
     if sampled and top_k < vocab and tail_samples < 1:
-        raise ValueError(f"A top-{top_k} cache of a {vocab}-token vocabulary needs tail_samples >= 1: without them the tail is lost and the target biased.")
+        raise ValueError(
+            f"A top-{top_k} cache of a {vocab}-token vocabulary needs tail_samples >= 1: without them the tail is lost and the target biased."
+        )
     head = output_head(teacher, vocab) if kind == "hidden" else None
     input_ids = as_tensor(sequences)
     spec = CacheSpec(
@@ -270,7 +292,11 @@ def build_teacher_cache(
     teacher.eval()
     # Shard i belongs to process i mod N whatever is on disk: a list of the missing shards, taken
     # by each process at its own moment, would differ once another process had written one.
-    mine = [i for i in range(state.process_index, spec.num_shards, state.num_processes) if not _shard_path(root, i).exists()]
+    mine = [
+        i
+        for i in range(state.process_index, spec.num_shards, state.num_processes)
+        if not _shard_path(root, i).exists()
+    ]
     for index in tqdm(mine, desc="teacher logits", unit="shard", disable=not mine or not state.is_local_main_process):
         rows = slice(index * shard_size, min((index + 1) * shard_size, spec.examples))
         tensors = _shard_tensors(teacher, input_ids[rows], spec, batch_size, index, head)
@@ -281,8 +307,15 @@ def build_teacher_cache(
 
 
 def complete_teacher_cache(
-    root: str | Path, sequences: pd.DataFrame, *, teacher_id: str, kind: str = "hidden", top_k: int = 64, tail_samples: int = 16,
-    tail_draws: int = 1, temperatures: tuple[float, ...] | list[float] = PAPER_TEMPERATURES,
+    root: str | Path,
+    sequences: pd.DataFrame,
+    *,
+    teacher_id: str,
+    kind: str = "hidden",
+    top_k: int = 64,
+    tail_samples: int = 16,
+    tail_draws: int = 1,
+    temperatures: tuple[float, ...] | list[float] = PAPER_TEMPERATURES,
 ) -> TeacherLogitCache | None:
     """The finished cache in ``root`` if it is one of ``teacher_id`` over ``sequences`` with these
     settings, else None (then ``build_teacher_cache`` finishes it, or says why it cannot), decided
@@ -291,7 +324,12 @@ def complete_teacher_cache(
     if not spec_path.exists():
         return None
     found = json.loads(spec_path.read_text())
-    expected = {"teacher": teacher_id, "examples": len(sequences), "kind": kind, "first_ids": list(sequences["example_id"].iloc[:8])}
+    expected = {
+        "teacher": teacher_id,
+        "examples": len(sequences),
+        "kind": kind,
+        "first_ids": list(sequences["example_id"].iloc[:8]),
+    }
     if kind == "sampled":
         expected["top_k"] = top_k
         expected["temperatures"] = sorted({float(t) for t in temperatures})
@@ -310,10 +348,14 @@ class TeacherLogitCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         values = json.loads((self.root / "spec.json").read_text())
-        self.spec = CacheSpec(**values | {"first_ids": tuple(values["first_ids"]), "temperatures": tuple(values.get("temperatures", ()))})
+        self.spec = CacheSpec(
+            **values | {"first_ids": tuple(values["first_ids"]), "temperatures": tuple(values.get("temperatures", ()))}
+        )
         missing = [i for i in range(self.spec.num_shards) if not _shard_path(self.root, i).exists()]
         if missing:
-            raise FileNotFoundError(f"{self.root} is missing {len(missing)} of {self.spec.num_shards} shards; build the cache again to finish it.")
+            raise FileNotFoundError(
+                f"{self.root} is missing {len(missing)} of {self.spec.num_shards} shards; build the cache again to finish it."
+            )
         self._files = [safe_open(str(_shard_path(self.root, i)), framework="pt") for i in range(self.spec.num_shards)]
         self._heads: dict[torch.device, dict[str, torch.Tensor]] = {}
 
@@ -348,7 +390,9 @@ class TeacherLogitCache:
                 self._heads[device] = {name: file.get_tensor(name).to(device) for name in file.keys()}
         return logits_from_hidden(cached["hidden"], self._heads[device])
 
-    def teacher_at(self, cached: dict[str, torch.Tensor], temperature: float, draw: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def teacher_at(
+        self, cached: dict[str, torch.Tensor], temperature: float, draw: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sampled rows (from ``rows``) -> (ids, log p_T, weights) at ``temperature`` from tail
         draw ``draw`` (mod ``tail_draws``), for ``kdmem.losses.sampled_forward_kl``."""
         self.spec.check_serves(temperature)
@@ -356,6 +400,11 @@ class TeacherLogitCache:
         start = (draw % self.spec.tail_draws) * self.spec.tail_samples
         block = slice(start, start + self.spec.tail_samples)
         return importance_sampled_teacher(
-            cached["top_logits"], cached["top_ids"], cached["tail_logits"][..., block], cached["tail_ids"][..., block],
-            cached["tail_log_proposal"][..., block], cached["log_partition"][..., column], temperature,
+            cached["top_logits"],
+            cached["top_ids"],
+            cached["tail_logits"][..., block],
+            cached["tail_ids"][..., block],
+            cached["tail_log_proposal"][..., block],
+            cached["log_partition"][..., column],
+            temperature,
         )

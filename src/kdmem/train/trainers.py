@@ -20,7 +20,9 @@ from kdmem.losses import distillation_loss, on_shared_vocabulary, sampled_forwar
 from kdmem.train.teacher_cache import TeacherLogitCache
 
 
-def training_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, remove_unused_columns: bool = True) -> TrainingArguments:
+def training_arguments(
+    cfg: TrainingConfig, output_dir: Path, seed: int, remove_unused_columns: bool = True
+) -> TrainingArguments:
     return TrainingArguments(
         remove_unused_columns=remove_unused_columns,
         output_dir=str(output_dir),
@@ -83,8 +85,15 @@ class KdmemTrainer(Trainer):
 
 
 def _run(
-    trainer_cls, model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, callbacks=None,
-    save_to: Path | None = None, **extra,
+    trainer_cls,
+    model: PreTrainedModel,
+    train: pd.DataFrame,
+    cfg: TrainingConfig,
+    work_dir: Path,
+    seed: int,
+    callbacks=None,
+    save_to: Path | None = None,
+    **extra,
 ) -> PreTrainedModel:
     set_seed(seed)
     # A stage killed after saving a checkpoint (training.extra_args: save_strategy) resumes from
@@ -112,7 +121,13 @@ def _run(
 
 
 def fine_tune(
-    model: PreTrainedModel, train: pd.DataFrame, cfg: TrainingConfig, work_dir: Path, seed: int, callbacks=None, save_to: Path | None = None
+    model: PreTrainedModel,
+    train: pd.DataFrame,
+    cfg: TrainingConfig,
+    work_dir: Path,
+    seed: int,
+    callbacks=None,
+    save_to: Path | None = None,
 ) -> PreTrainedModel:
     """Next-token cross-entropy on every sequence of ``train`` (teacher, baseline, hard student).
     With ``save_to``, the trained weights are also written there by ``Trainer.save_model``, which
@@ -132,21 +147,32 @@ class DistillationTrainer(KdmemTrainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, teacher: PreTrainedModel | None, distill: SoftDistillConfig, cache: TeacherLogitCache | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        teacher: PreTrainedModel | None,
+        distill: SoftDistillConfig,
+        cache: TeacherLogitCache | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         # Make the Trainer count the window's tokens whatever the model's forward accepts.
         self.model_accepts_loss_kwargs = True
         if (teacher is None) == (cache is None):
             raise ValueError("DistillationTrainer needs exactly one of a teacher and a teacher-logit cache.")
         if cache is not None and cache.spec.kind == "sampled" and distill.kind != "forward_kl":
-            raise ValueError(f"A sampled teacher-logit cache serves forward_kl only, not {distill.kind}; cache hidden states or logits (exact).")
+            raise ValueError(
+                f"A sampled teacher-logit cache serves forward_kl only, not {distill.kind}; cache hidden states or logits (exact)."
+            )
         if cache is not None:
             cache.spec.check_serves(distill.temperature)  # before training starts, not at its first step
         self.teacher = None if teacher is None else teacher.eval().requires_grad_(False).to(self.args.device)
         self.cache = cache
         self.distill = distill
 
-    def _divergence(self, student_logits: torch.Tensor, inputs: dict, cache_rows: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    def _divergence(
+        self, student_logits: torch.Tensor, inputs: dict, cache_rows: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Summed divergence over the masked positions; position i predicts token i + 1."""
         options = {"temperature": self.distill.temperature, "mask": mask, "reduction": "sum"}
         if self.cache is None:
@@ -160,7 +186,9 @@ class DistillationTrainer(KdmemTrainer):
                 return sampled_forward_kl(student_logits[:, :-1, : self.cache.spec.vocab_size], *teacher, **options)
             teacher_logits = self.cache.logits(cached)
         student_logits, teacher_logits = on_shared_vocabulary(student_logits[:, :-1], teacher_logits)
-        return distillation_loss(student_logits, teacher_logits, kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options)
+        return distillation_loss(
+            student_logits, teacher_logits, kind=self.distill.kind, jsd_beta=self.distill.jsd_beta, **options
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
@@ -203,17 +231,34 @@ def distill(
     if cache is not None:
         if "cache_row" not in train:
             if len(train) != cache.spec.examples:
-                raise ValueError(f"The cache holds {cache.spec.examples} sequences and the training set {len(train)}; give train a cache_row column.")
+                raise ValueError(
+                    f"The cache holds {cache.spec.examples} sequences and the training set {len(train)}; give train a cache_row column."
+                )
             train = train.assign(cache_row=range(len(train)))
         teacher = None
-    return _run(DistillationTrainer, student, train, cfg.training, work_dir, seed, callbacks, save_to, teacher=teacher, distill=cfg, cache=cache)
+    return _run(
+        DistillationTrainer,
+        student,
+        train,
+        cfg.training,
+        work_dir,
+        seed,
+        callbacks,
+        save_to,
+        teacher=teacher,
+        distill=cfg,
+        cache=cache,
+    )
 
 
 def validation_loss(model: PreTrainedModel, sequences: pd.DataFrame, batch_size: int = 32) -> float:
     """Mean next-token cross-entropy (nats per token) over ``sequences``, through ``Trainer.evaluate``."""
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_eval_batch_size=batch_size, report_to="none", disable_tqdm=True,
+            output_dir=tmp,
+            per_device_eval_batch_size=batch_size,
+            report_to="none",
+            disable_tqdm=True,
             dataloader_pin_memory=torch.cuda.is_available(),
         )
         trainer = Trainer(model=model, args=args, data_collator=causal_lm_collator)
