@@ -7,14 +7,17 @@
 
 Each stage's action below is called with exactly the settings ``stage_graph`` gives it (see
 ``kdmem.stages``), plus a ``RunContext``: the run folder, the processes, and cached loads of what
-earlier stages wrote. Every output is written under a temporary name and renamed when whole,
-and each stage's marker is written last, so a killed run leaves no half-written file and a rerun
-on the same folder continues where it stopped.
+earlier stages wrote. What a stage of an action is (its outputs, whether every process runs it,
+its compute for ``--dry-run``) is declared on the action by ``@stage_action``. Every output is
+written under a temporary name and renamed when whole, and each stage's marker is written last,
+so a killed run leaves no half-written file and a rerun on the same folder continues where it
+stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -56,7 +59,17 @@ from kdmem.models import check_same_vocabulary, load_model, load_tokenizer
 from kdmem.models.decoding import greedy_continuations
 from kdmem.models.loading import model_vocab_size
 from kdmem.report import headline_table, write_report
-from kdmem.stages import Stage, check_markers, execute, fingerprints, per_token, read_marker, stage_seconds
+from kdmem.stages import (
+    Sizes,
+    Stage,
+    check_markers,
+    execute,
+    fingerprints,
+    per_token,
+    read_marker,
+    stage_action,
+    stage_seconds,
+)
 from kdmem.train import distill, fine_tune, resolve_model_name, validation_loss
 from kdmem.train.teacher_cache import TeacherLogitCache, build_teacher_cache, complete_teacher_cache
 
@@ -137,7 +150,9 @@ class RunContext:
 
     def shared_vocabulary(self, teacher, student: dict) -> int:
         """The ids both models can read: the smaller of the teacher's and the student's embedding rows."""
-        return min(teacher.config.get_text_config().vocab_size, model_vocab_size(self.base(student), _spec(student)))
+        return min(
+            teacher.config.get_text_config().vocab_size, model_vocab_size(self.base(student), model_from_spec(student))
+        )
 
     def teacher(self, dtype: str):
         return self._cached(
@@ -238,8 +253,21 @@ def _provenance(versions: dict, seeds: list[int], seconds: dict[str, float]) -> 
 
 
 # --- The stages' actions, in the order of the recipe -------------------------------------------
+# Each action's compute, for --dry-run: 2N FLOPs a token for a forward pass, 6N for a training
+# step, N the parameters of the model that runs.
 
 
+def _parameters(sizes: Sizes, name: str) -> float | None:
+    return sizes.teacher if name == "teacher" else sizes.student
+
+
+def _model_outputs(layout: RunLayout, settings: dict) -> tuple[Path, ...]:
+    return (layout.model(settings["name"]), layout.work(settings["name"]))
+
+
+@stage_action(
+    outputs=lambda layout, settings: (layout.data("train"), layout.data("validation"), layout.data("canaries"))
+)
 def prepare_data(
     ctx: RunContext, *, data, tokenizer: dict, canary_repeats: list[int], canary_seed: int, canary_key_length: int
 ) -> None:
@@ -265,7 +293,9 @@ def prepare_data(
     )
 
 
-def _trackers(ctx: RunContext, name: str, tracking: dict | None, batch_size: int | None) -> list[MemorizationTracker]:
+def _make_trackers(
+    ctx: RunContext, name: str, tracking: dict | None, batch_size: int | None
+) -> list[MemorizationTracker]:
     if not tracking:
         return []
     train = ctx.sequences("train")
@@ -277,18 +307,28 @@ def _trackers(ctx: RunContext, name: str, tracking: dict | None, batch_size: int
     ]
 
 
-def _trained(ctx: RunContext, name: str, kind: str, seed: int, base: dict, callbacks, train) -> None:
-    """Every process trains (``train(save_to)``); the main process publishes the model."""
-    ctx.release_models(("trained",))  # the last model scored gives its memory to the one trained
-    if ctx.main:  # left by a run killed while saving
+def _prepare_to_train(ctx: RunContext, name: str) -> Path:
+    """Free the last model scored for the one trained, and clear what a run killed while saving
+    left; return where every process's ``Trainer`` saves model ``name``."""
+    ctx.release_models(("trained",))
+    if ctx.main:
         shutil.rmtree(_saving_dir(ctx.layout.model(name)), ignore_errors=True)
-    train(_saving_dir(ctx.layout.model(name)))
+    return _saving_dir(ctx.layout.model(name))
+
+
+def _publish_trained(ctx: RunContext, name: str, kind: str, seed: int, base: dict, callbacks) -> None:
+    """Main process: publish model ``name``, saved by every process, with what made it."""
     if ctx.main:
         history = callbacks[0].history if callbacks else []
         info = {"stage": kind, "seed": seed, "base": ctx.base(base), "memorization_over_training": history}
         _publish_model(ctx.tokenizer(), ctx.layout.model(name), info, ctx.layout.work(name))
 
 
+def _cross_entropy_flops(sizes: Sizes, *, config, settings: dict) -> float | None:
+    return per_token(sizes.tokens, (6 * settings["training"].epochs, _parameters(sizes, settings["name"])))
+
+
+@stage_action(outputs=_model_outputs, distributed=True, speed=True, flops=_cross_entropy_flops)
 def train_with_cross_entropy(
     ctx: RunContext,
     *,
@@ -311,21 +351,23 @@ def train_with_cross_entropy(
         data = data[~data["example_id"].isin(ctx.flagged())]
     else:
         data = ctx.training_rows() if rows == "train" else ctx.sequences(rows)
-    callbacks = _trackers(ctx, name, tracking, batch_size)
-    _trained(
-        ctx,
-        name,
-        kind,
-        seed,
-        base,
-        callbacks,
-        lambda save_to: fine_tune(
-            ctx.load_base(base), data, training, ctx.layout.work(name), seed, callbacks, save_to=save_to
-        ),
-    )
+    callbacks = _make_trackers(ctx, name, tracking, batch_size)
+    save_to = _prepare_to_train(ctx, name)
+    fine_tune(ctx.load_base(base), data, training, ctx.layout.work(name), seed, callbacks, save_to=save_to)
+    _publish_trained(ctx, name, kind, seed, base, callbacks)
     return None
 
 
+def _teacher_forward_flops(sizes: Sizes, *, config, settings: dict) -> float | None:
+    return per_token(sizes.tokens, (2, sizes.teacher))
+
+
+@stage_action(
+    outputs=lambda layout, settings: (layout.teacher_cache(settings["rows"]),),
+    distributed=True,
+    speed=True,
+    flops=_teacher_forward_flops,
+)
 def build_cache(
     ctx: RunContext,
     *,
@@ -353,10 +395,8 @@ def build_cache(
         "tail_draws": tail_draws,
         "temperatures": temperatures,
     }
-    if (
-        complete_teacher_cache(root, data, teacher_id=ctx.teacher_id, **settings) is None
-    ):  # else never load the teacher
-        teacher = ctx.teacher(dtype)
+    if complete_teacher_cache(root, data, teacher_id=ctx.teacher_id, **settings) is None:
+        teacher = ctx.teacher(dtype)  # only now: a complete cache never loads the teacher
         build_teacher_cache(
             teacher,
             data,
@@ -369,6 +409,17 @@ def build_cache(
     return None
 
 
+def _soft_flops(sizes: Sizes, *, config, settings: dict) -> float | None:
+    """The student's steps, and the teacher's forward passes (live) or output layer (a
+    hidden-state cache, which recomputes the teacher's logits)."""
+    epochs = settings["training"].epochs
+    if not settings["cached"]:
+        return per_token(sizes.tokens, (6 * epochs, sizes.student), (2 * epochs, sizes.teacher))
+    recomputed = config.soft.cache_kind == "hidden" and sizes.head is not None
+    return per_token(sizes.tokens, (6 * epochs, sizes.student), *([(2 * epochs, sizes.head)] if recomputed else []))
+
+
+@stage_action(outputs=_model_outputs, distributed=True, speed=True, flops=_soft_flops)
 def distill_softly(
     ctx: RunContext,
     *,
@@ -397,29 +448,15 @@ def distill_softly(
     )
     cache = TeacherLogitCache(ctx.layout.teacher_cache(rows)) if cached else None
     teacher = None if cached else ctx.teacher(teacher_dtype)
-    callbacks = _trackers(ctx, name, tracking, batch_size)
-    _trained(
-        ctx,
-        name,
-        "soft",
-        seed,
-        student,
-        callbacks,
-        lambda save_to: distill(
-            ctx.load_base(student),
-            teacher,
-            data,
-            soft,
-            ctx.layout.work(name),
-            seed,
-            callbacks,
-            cache=cache,
-            save_to=save_to,
-        ),
-    )
+    callbacks = _make_trackers(ctx, name, tracking, batch_size)
+    save_to = _prepare_to_train(ctx, name)
+    work = ctx.layout.work(name)
+    distill(ctx.load_base(student), teacher, data, soft, work, seed, callbacks, cache=cache, save_to=save_to)
+    _publish_trained(ctx, name, "soft", seed, student, callbacks)
     return {"temperature": temperature}
 
 
+@stage_action(outputs=lambda layout, settings: (layout.data("hard"),), distributed=True, flops=_teacher_forward_flops)
 def generate_hard_data(
     ctx: RunContext, *, prefix_len: int, seq_len: int, student: dict, dtype: str, generation_batch_size: int
 ) -> None:
@@ -447,15 +484,26 @@ def generate_hard_data(
         write_sequences(ctx.layout.data("hard"), hard)
 
 
-def _skipped(ctx: RunContext, name: str) -> dict | None:
+def _skip_reason(ctx: RunContext, name: str) -> dict | None:
+    """Why model ``name``'s scoring is skipped (it was not trained), or None."""
     marker = read_marker(ctx.layout.root, name)
     return {"skipped": f"{name} was not trained: {marker['skipped']}"} if marker and "skipped" in marker else None
 
 
+def _scoring_flops(sizes: Sizes, *, config, settings: dict) -> float | None:
+    return per_token(sizes.tokens, (2, _parameters(sizes, settings["name"])))
+
+
+@stage_action(
+    outputs=lambda layout, settings: (layout.memorization(settings["name"]),),
+    distributed=True,
+    speed=True,
+    flops=_scoring_flops,
+)
 def extract(ctx: RunContext, *, name: str, extraction: dict, dtype: str, batch_size: int | None = None) -> dict:
     """Discoverable memorization of every example of D under model ``name`` (exact, and
     approximate on a sample): ``memorization/NAME.parquet``."""
-    if skipped := _skipped(ctx, name):
+    if skipped := _skip_reason(ctx, name):
         return skipped
     ext = ExtractionConfig(**extraction, batch_size=batch_size)
     model = ctx.trained_model(name, dtype)
@@ -478,10 +526,20 @@ def _scoring_batch(ctx: RunContext, name: str, batch_size: int | None) -> int:
     return batch_size or read_marker(ctx.layout.root, f"extract:{name}")["batch_size"]
 
 
+def _validation_flops(sizes: Sizes, *, config, settings: dict) -> float | None:
+    return per_token(sizes.held_out_tokens, (2, _parameters(sizes, settings["name"])))
+
+
+@stage_action(
+    outputs=lambda layout, settings: (layout.validation(settings["name"]),),
+    distributed=True,
+    speed=True,
+    flops=_validation_flops,
+)
 def score_validation(ctx: RunContext, *, name: str, dtype: str, batch_size: int | None = None) -> dict | None:
     """Model ``name``'s loss on the held-out sequences: ``validation/NAME.json``. ``Trainer.evaluate``
     splits them across the processes."""
-    if skipped := _skipped(ctx, name):
+    if skipped := _skip_reason(ctx, name):
         return skipped
     loss = validation_loss(
         ctx.trained_model(name, dtype), ctx.sequences("validation"), batch_size=_scoring_batch(ctx, name, batch_size)
@@ -491,13 +549,25 @@ def score_validation(ctx: RunContext, *, name: str, dtype: str, batch_size: int 
     return None
 
 
+def _membership_flops(sizes: Sizes, *, config, settings: dict) -> float | None:
+    """D and the held-out sequences under the model and, with a reference, its base."""
+    passes = 1 + settings["reference"]
+    return per_token(sizes.scored_tokens, (2 * passes, _parameters(sizes, settings["name"])))
+
+
+@stage_action(
+    outputs=lambda layout, settings: (layout.membership(settings["name"]),),
+    distributed=True,
+    speed=True,
+    flops=_membership_flops,
+)
 def score_membership(
     ctx: RunContext, *, name: str, base: dict, min_k: float, reference: bool, dtype: str, batch_size: int | None = None
 ) -> dict | None:
     """Membership inference on model ``name``: every score of D (members) and of the held-out
     sequences (non-members), and how well each separates them: ``membership/NAME.parquet``.
     Each process scores its share; the main one writes."""
-    if skipped := _skipped(ctx, name):
+    if skipped := _skip_reason(ctx, name):
         return skipped
     model, batch_size = ctx.trained_model(name, dtype), _scoring_batch(ctx, name, batch_size)
     against = ctx.load_base(base, dtype) if reference else None
@@ -514,6 +584,7 @@ def score_membership(
     return None
 
 
+@stage_action(outputs=lambda layout, settings: (layout.canaries(settings["name"]),), speed=True)
 def score_canaries(
     ctx: RunContext,
     *,
@@ -527,7 +598,7 @@ def score_canaries(
 ) -> dict | None:
     """The exposure of each canary's secret under model ``name``, and whether its key extracts
     it: ``canaries/NAME.parquet``."""
-    if skipped := _skipped(ctx, name):
+    if skipped := _skip_reason(ctx, name):
         return skipped
     tokenizer = ctx.tokenizer()
     exposure = canary_exposure(
@@ -545,7 +616,7 @@ def score_canaries(
     return None
 
 
-def _evaluation_row(layout: RunLayout, name: str, prefix_lens: list[int], membership: bool, canaries: bool) -> dict:
+def _summary_row(layout: RunLayout, name: str, prefix_lens: list[int], membership: bool, canaries: bool) -> dict:
     """Model ``name``'s row of the summary, from what its scoring stages wrote."""
     verdicts = pd.read_parquet(layout.memorization(name))
     memorized = int(verdicts["memorized"].sum())
@@ -567,6 +638,12 @@ def _evaluation_row(layout: RunLayout, name: str, prefix_lens: list[int], member
     return row
 
 
+def _features_flops(sizes: Sizes, *, config, settings: dict) -> float | None:
+    """The first seed's four models: the teacher and three of the student's size."""
+    return per_token(sizes.tokens, (2, sizes.teacher), (6, sizes.student))
+
+
+@stage_action(outputs=lambda layout, settings: (layout.features,), distributed=True, speed=True, flops=_features_flops)
 def compute_features(
     ctx: RunContext, *, last_k: int, suffix_span: list[int], dtype: str, batch_size: int | None = None
 ) -> None:
@@ -583,6 +660,7 @@ def compute_features(
     )
 
 
+@stage_action(outputs=lambda layout, settings: (layout.filtering,))
 def flag_for_filtering(ctx: RunContext, *, student: str, students: list[str], filtering, seed: int) -> None:
     """``filtering.json``: the examples the predictor flags as what ``student`` memorizes (the
     union over its seeds' models ``students``), to be removed before it is distilled again."""
@@ -592,7 +670,8 @@ def flag_for_filtering(ctx: RunContext, *, student: str, students: list[str], fi
     if len(target) < MIN_MEMORIZED_TO_FILTER and filtering.stand_in_examples:
         target = stand_in_memorized(pd.read_parquet(ctx.layout.memorization(students[0])), filtering.stand_in_examples)
         stand_in = {
-            "stand_in": f"a rehearsal: the {len(target)} examples the {student} student came closest to reproducing stand in for its memorized set"
+            "stand_in": f"a rehearsal: the {len(target)} examples the {student} student came closest to "
+            "reproducing stand in for its memorized set"
         }
     try:
         removed, info = flag_examples(
@@ -607,6 +686,19 @@ def flag_for_filtering(ctx: RunContext, *, student: str, students: list[str], fi
     write_json_atomic(ctx.layout.filtering, info | {"removed_ids": sorted(removed)})
 
 
+def _second_family_flops(sizes: Sizes, *, config, settings: dict) -> float | None:
+    """The second family's whole graph, at this family's sizes: an estimate."""
+    costs = [stage.flops(sizes) if stage.flops else 0.0 for stage in stage_graph(second_family_config(config))]
+    return None if None in costs else sum(costs)
+
+
+# Its main output is its summary: a stale second family is rerun in place, and reuses what its own
+# markers say is current.
+@stage_action(
+    outputs=lambda layout, settings: (layout.second_family / "summary.json",),
+    distributed=True,
+    flops=_second_family_flops,
+)
 def run_second_family(ctx: RunContext, *, config: dict) -> None:
     """The second family's whole run (``config``, from ``second_family_config``) in its own folder,
     with its own stage markers: a killed run resumes inside it too. Its stage is only ever run when
@@ -614,11 +706,13 @@ def run_second_family(ctx: RunContext, *, config: dict) -> None:
     run(config_from_dict(config | {"name": f"{ctx.run_name}-second-family"}), ctx.layout.second_family, overwrite=True)
 
 
+@stage_action(outputs=lambda layout, settings: (layout.cross_family,))
 def compare_families(ctx: RunContext) -> None:
     """``cross_family.json``: this run's models against the second family's (``kdmem compare``)."""
     write_json_atomic(ctx.layout.cross_family, compare_runs(ctx.layout.root, ctx.layout.second_family))
 
 
+@stage_action(outputs=lambda layout, settings: (layout.summary,), rebuilt_freely=True)
 def summarize(
     ctx: RunContext,
     *,
@@ -635,7 +729,7 @@ def summarize(
     memorization over training, the stage times."""
     layout = ctx.layout
     trained = [name for name in models if "skipped" not in read_marker(layout.root, name)]
-    rows = {name: _evaluation_row(layout, name, prefix_lens, membership, canaries) for name in trained}
+    rows = {name: _summary_row(layout, name, prefix_lens, membership, canaries) for name in trained}
     summary = {
         "name": ctx.run_name,
         "models": rows,
@@ -655,11 +749,16 @@ def summarize(
     write_json_atomic(layout.summary, summary)
 
 
+@stage_action(
+    outputs=lambda layout, settings: (layout.analysis, layout.figures, layout.categories), rebuilt_freely=True
+)
 def run_analysis(ctx: RunContext) -> None:
-    """``analysis.json``, ``categories.parquet`` and the figures: every analysis of the paper on the finished run."""
+    """``analysis.json``, ``categories.parquet`` and the figures: every analysis of the paper on
+    the finished run."""
     analyze(ctx.layout.root)
 
 
+@stage_action(outputs=lambda layout, settings: (layout.report_html, layout.report_markdown), rebuilt_freely=True)
 def render_report(ctx: RunContext) -> None:
     """``report.html`` and ``report.md``."""
     write_report(ctx.layout.root)
@@ -669,21 +768,22 @@ SCORING_ACTIONS = (extract, score_validation, score_membership, score_canaries)
 """What a trained model's scoring stages run; the summary reads them all."""
 
 
-def _spec(base: dict) -> ModelConfig:
-    """A model spec (``model``, ``revision``, ``trust_remote_code``) as the loading helpers take it."""
-    return ModelConfig(model=base["model"], revision=base["revision"], trust_remote_code=base["trust_remote_code"])
-
-
 # --- The recipe ----------------------------------------------------------------------------------
 
 
-def model_spec(model) -> dict:
-    """What a stage reads of a ``ModelConfig`` to load its base."""
+def model_spec(model: ModelConfig) -> dict:
+    """What a stage reads of a ``ModelConfig`` to load its base (``model_from_spec`` inverts it)."""
     return {"model": model.model, "revision": model.revision, "trust_remote_code": model.trust_remote_code}
 
 
+def model_from_spec(spec: dict) -> ModelConfig:
+    """The ``ModelConfig`` of a model spec, as the loading helpers take it (``model_spec`` inverted)."""
+    return ModelConfig(model=spec["model"], revision=spec["revision"], trust_remote_code=spec["trust_remote_code"])
+
+
 def run_context(config: ExperimentConfig, layout: RunLayout, graph: list[Stage] | None = None) -> RunContext:
-    """The context the stages of ``config`` (its ``graph``, if built already) run in, over the run folder ``layout``."""
+    """The context the stages of ``config`` (its ``graph``, if built already) run in, over the
+    run folder ``layout``."""
     graph = graph or stage_graph(config, layout)
     # The cache knows its teacher by the teacher stage's fingerprint (its settings and data), not
     # by a path, which changes with the working directory or an --output spelled another way.
@@ -699,69 +799,56 @@ def run_context(config: ExperimentConfig, layout: RunLayout, graph: list[Stage] 
     )
 
 
-def _total_flops(graph: list[Stage], sizes) -> float | None:
-    costs = [stage.flops(sizes) if stage.flops else 0.0 for stage in graph]
-    return None if None in costs else sum(costs)
+class Recipe:
+    """A stage graph being built: ``add`` appends one stage of an action, whose kind (outputs,
+    processes, compute) the action declares with ``@stage_action``; the ``add_*`` helpers add the
+    stages the recipe repeats, from the run's config."""
 
+    def __init__(self, config: ExperimentConfig, layout: RunLayout):
+        self.config, self.layout = config, layout
+        self.stages: list[Stage] = []
+        self.teacher, self.student = model_spec(config.teacher), model_spec(config.student)
+        ext = config.extraction
+        self.speed = {"batch_size": ext.batch_size}
+        # Memorization over training is part of a training stage's output: what it measures shapes it.
+        self.tracking = None
+        if ext.track_every_epochs:
+            self.tracking = {
+                "every_epochs": ext.track_every_epochs,
+                "examples": ext.track_examples,
+                "prefix_len": ext.prefix_len,
+                "suffix_len": ext.suffix_len,
+            }
 
-def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> list[Stage]:
-    """Every stage of ``kdmem run`` for ``config``, in order: the one place that loops over seeds,
-    temperatures and the filtering. Nothing is loaded; ``--dry-run`` plans from it."""
-    layout = layout or RunLayout(Path("runs") / config.name)
-    ext, soft, dtype = config.extraction, config.soft, config.inference_dtype
-    graph: list[Stage] = []
-
-    teacher_spec, student_spec = model_spec(config.teacher), model_spec(config.student)
-    # Memorization over training is part of a training stage's output: what it measures shapes it.
-    tracking = None
-    if ext.track_every_epochs:
-        tracking = {
-            "every_epochs": ext.track_every_epochs,
-            "examples": ext.track_examples,
-            "prefix_len": ext.prefix_len,
-            "suffix_len": ext.suffix_len,
-        }
-    speed = {"batch_size": ext.batch_size}
-
-    def model_outputs(name: str) -> tuple[Path, ...]:
-        return (layout.model(name), layout.work(name))
-
-    # Compute, for --dry-run: 2N FLOPs a token for a forward pass, 6N for a training step.
-    def size(name: str) -> str:
-        return "teacher" if name == "teacher" else "student"
-
-    def cross_entropy(
-        name: str, kind: str, base: dict, training, seed: int, rows: str, needs: tuple[str, ...]
-    ) -> None:
-        settings = {
-            "name": name,
-            "kind": kind,
-            "base": base,
-            "training": training,
-            "seed": seed,
-            "rows": rows,
-            "tracking": tracking,
-        }
-        cost = lambda z: per_token(z.tokens, (6 * training.epochs, getattr(z, size(name))))  # noqa: E731
-        graph.append(
+    def add(self, name: str, action, settings: dict, needs: tuple[str, ...] = ()) -> str:
+        """Append stage ``name``: ``action`` run with ``settings`` once the stages ``needs`` are done."""
+        kind = action.stage_kind
+        self.stages.append(
             Stage(
                 name,
-                train_with_cross_entropy,
+                action,
                 settings,
-                needs,
-                model_outputs(name),
-                distributed=True,
-                speed=speed,
-                flops=cost,
+                tuple(needs),
+                kind.outputs(self.layout, settings),
+                distributed=kind.distributed,
+                speed=self.speed if kind.speed else {},
+                flops=functools.partial(kind.flops, config=self.config, settings=settings) if kind.flops else None,
+                rebuilt_freely=kind.rebuilt_freely,
             )
         )
+        return name
 
-    def soft_student(
-        name: str, temperature: float, seed: int, rows: str, needs: tuple[str, ...], tracked: bool = True
-    ) -> None:
+    def add_training_stage(self, name: str, kind: str, base: dict, training, seed: int, rows: str, needs) -> str:
+        """The teacher, a baseline or a hard student (``kind``): cross-entropy on ``rows``."""
+        settings = {"name": name, "kind": kind, "base": base, "training": training, "seed": seed, "rows": rows}
+        return self.add(name, train_with_cross_entropy, settings | {"tracking": self.tracking}, needs)
+
+    def add_soft_student(self, name: str, temperature: float, seed: int, rows: str, needs, tracked=True) -> str:
+        """A soft student at ``temperature`` on ``rows``; ``tracked``: audited while it trains."""
+        soft = self.config.soft
         settings = {
             "name": name,
-            "student": student_spec,
+            "student": self.student,
             "kind": soft.kind,
             "temperature": temperature,
             "jsd_beta": soft.jsd_beta,
@@ -770,39 +857,21 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
             "seed": seed,
             "rows": rows,
             "cached": soft.teacher_cache,
-            "teacher_dtype": dtype,
-            "tracking": tracking if tracked else None,
+            "teacher_dtype": self.config.inference_dtype,
+            "tracking": self.tracking if tracked else None,
         }
-        epochs = soft.training.epochs
+        return self.add(name, distill_softly, settings, needs)
 
-        def cost(
-            z,
-        ):  # the student's steps, and the teacher's forward passes (live) or output layer (a hidden-state cache)
-            if not soft.teacher_cache:
-                return per_token(z.tokens, (6 * epochs, z.student), (2 * epochs, z.teacher))
-            return per_token(
-                z.tokens,
-                (6 * epochs, z.student),
-                *([(2 * epochs, z.head)] if soft.cache_kind == "hidden" and z.head is not None else []),
-            )
-
-        graph.append(
-            Stage(
-                name, distill_softly, settings, needs, model_outputs(name), distributed=True, speed=speed, flops=cost
-            )
-        )
-
-    def teacher_cache(rows: str, needs: tuple[str, ...]) -> str:
+    def add_teacher_cache(self, rows: str, needs) -> str:
+        """The teacher's cache over ``rows``, which the soft students of those rows read."""
+        soft = self.config.soft
         settings = {
             "rows": rows,
-            "student": student_spec,
+            "student": self.student,
             "kind": soft.cache_kind,
-            "dtype": dtype,
-            "top_k": 0,
-            "tail_samples": 0,
-            "tail_draws": 1,
-            "temperatures": [],
+            "dtype": self.config.inference_dtype,
         }
+        settings |= {"top_k": 0, "tail_samples": 0, "tail_draws": 1, "temperatures": []}
         if soft.cache_kind == "sampled":  # its samples, and the temperatures it serves
             settings |= {
                 "top_k": soft.cache_top_k,
@@ -810,262 +879,117 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
                 "tail_draws": soft.cache_draws,
                 "temperatures": list(soft.cache_temperatures),
             }
-        graph.append(
-            Stage(
-                f"cache:{rows}",
-                build_cache,
-                settings,
-                needs,
-                (layout.teacher_cache(rows),),
-                distributed=True,
-                speed=speed,
-                flops=lambda z: per_token(z.tokens, (2, z.teacher)),
-            )
-        )
-        return f"cache:{rows}"
+        return self.add(f"cache:{rows}", build_cache, settings, needs)
 
-    def evaluated(name: str, base: dict) -> None:
+    def add_scoring_stages(self, name: str) -> None:
         """Model ``name``'s scoring stages: each reads the model and its own settings only, so a
         scoring setting (membership.min_k) rescores that and nothing else."""
-        n = size(name)
-        verdicts = {
-            k: v
-            for k, v in dataclasses.asdict(ext).items()
-            if k not in ("batch_size", "track_every_epochs", "track_examples")
-        }
-        graph.append(
-            Stage(
-                f"extract:{name}",
-                extract,
-                {"name": name, "extraction": verdicts, "dtype": dtype},
-                (name, "data"),
-                (layout.memorization(name),),
-                distributed=True,
-                speed=speed,
-                flops=lambda z: per_token(z.tokens, (2, getattr(z, n))),
-            )
-        )
-        graph.append(
-            Stage(
-                f"validation:{name}",
-                score_validation,
-                {"name": name, "dtype": dtype},
-                (name, "data"),
-                (layout.validation(name),),
-                distributed=True,
-                speed=speed,
-                flops=lambda z: per_token(z.held_out_tokens, (2, getattr(z, n))),
-            )
-        )
-        if config.membership.enabled:  # D and the held-out sequences under the model and, with a reference, its base
-            membership = config.membership
-            passes = 1 + membership.reference
-            graph.append(
-                Stage(
-                    f"membership:{name}",
-                    score_membership,
-                    {
-                        "name": name,
-                        "base": base,
-                        "min_k": membership.min_k,
-                        "reference": membership.reference,
-                        "dtype": dtype,
-                    },
-                    (name, "data"),
-                    (layout.membership(name),),
-                    distributed=True,
-                    speed=speed,
-                    flops=lambda z: per_token(z.scored_tokens, (2 * passes, getattr(z, n))),
-                )
+        config, dtype, needs = self.config, self.config.inference_dtype, (name, "data")
+        speed_only = ("batch_size", "track_every_epochs", "track_examples")
+        verdicts = {k: v for k, v in dataclasses.asdict(config.extraction).items() if k not in speed_only}
+        self.add(f"extract:{name}", extract, {"name": name, "extraction": verdicts, "dtype": dtype}, needs)
+        self.add(f"validation:{name}", score_validation, {"name": name, "dtype": dtype}, needs)
+        if config.membership.enabled:
+            base = self.teacher if name == "teacher" else self.student
+            membership = {"min_k": config.membership.min_k, "reference": config.membership.reference}
+            self.add(
+                f"membership:{name}",
+                score_membership,
+                {"name": name, "base": base, **membership, "dtype": dtype},
+                needs,
             )
         if config.canaries.repeats:
-            graph.append(
-                Stage(
-                    f"canaries:{name}",
-                    score_canaries,
-                    {
-                        "name": name,
-                        "num_candidates": config.canaries.num_candidates,
-                        "seed": config.canaries.seed,
-                        "prefix_len": ext.prefix_len,
-                        "suffix_len": ext.suffix_len,
-                        "dtype": dtype,
-                    },
-                    (name, "data"),
-                    (layout.canaries(name),),
-                    speed=speed,
-                )
-            )
+            canaries = {"num_candidates": config.canaries.num_candidates, "seed": config.canaries.seed}
+            spans = {"prefix_len": config.extraction.prefix_len, "suffix_len": config.extraction.suffix_len}
+            self.add(f"canaries:{name}", score_canaries, {"name": name, **canaries, **spans, "dtype": dtype}, needs)
 
+    def add_reading_stages(self) -> None:
+        """The summary of every scoring stage so far, the analysis and the report."""
+        config, ext = self.config, self.config.extraction
+        settings = {
+            "models": model_names(config),
+            "prefix_len": ext.prefix_len,
+            "suffix_len": ext.suffix_len,
+            "prefix_lens": ext.prefix_lens,
+            "seq_len": config.data.seq_len,
+            "membership": config.membership.enabled,
+            "canaries": bool(config.canaries.repeats),
+            "graph_names": [stage.name for stage in self.stages],
+        }
+        scored = [stage.name for stage in self.stages if stage.action in SCORING_ACTIONS]
+        self.add("summary", summarize, settings, scored)
+        optional = [name for name in ("filtering", "cross_family") if any(s.name == name for s in self.stages)]
+        self.add("analysis", run_analysis, {}, ("summary", "features", *optional))
+        self.add("report", render_report, {}, ("analysis",))
+
+
+def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> list[Stage]:
+    """Every stage of ``kdmem run`` for ``config``, in order: the one place that loops over seeds,
+    temperatures and the filtering. Nothing is loaded; ``--dry-run`` plans from it."""
+    recipe = Recipe(config, layout or RunLayout(Path("runs") / config.name))
+    ext, first_seed, dtype = config.extraction, config.seeds[0], config.inference_dtype
+    teacher, student = recipe.teacher, recipe.student
     # Data: D, validation and canaries, tokenized by the teacher base's tokenizer.
-    graph.append(
-        Stage(
-            "data",
-            prepare_data,
-            {
-                "data": config.data,
-                "tokenizer": teacher_spec | {"embedded": config.embedded},
-                "canary_repeats": config.canaries.repeats,
-                "canary_seed": config.canaries.seed,
-                "canary_key_length": ext.prefix_len if config.canaries.repeats else 0,
-            },
-            (),
-            (layout.data("train"), layout.data("validation"), layout.data("canaries")),
-        )
-    )
-    # The teacher, fine-tuned on D with cross-entropy.
-    cross_entropy("teacher", "teacher", teacher_spec, config.teacher.training, config.seeds[0], "train", ("data",))
+    data = {
+        "data": config.data,
+        "tokenizer": teacher | {"embedded": config.embedded},
+        "canary_repeats": config.canaries.repeats,
+        "canary_seed": config.canaries.seed,
+        "canary_key_length": ext.prefix_len if config.canaries.repeats else 0,
+    }
+    recipe.add("data", prepare_data, data)
+    recipe.add_training_stage("teacher", "teacher", teacher, config.teacher.training, first_seed, "train", ("data",))
     # The soft students read the teacher through its cache, when there is one.
-    soft_source = teacher_cache("train", ("teacher",)) if soft.teacher_cache else "teacher"
-    graph.append(
-        Stage(
-            "hard_data",
-            generate_hard_data,
-            {
-                "prefix_len": config.hard.prefix_len,
-                "seq_len": config.data.seq_len,
-                "student": student_spec,
-                "dtype": dtype,
-                "generation_batch_size": config.hard.generation_batch_size,
-            },
-            ("teacher",),
-            (layout.data("hard"),),
-            distributed=True,
-            flops=lambda z: per_token(z.tokens, (2, z.teacher)),
-        )
+    soft_source = recipe.add_teacher_cache("train", ("teacher",)) if config.soft.teacher_cache else "teacher"
+    hard = {"prefix_len": config.hard.prefix_len, "seq_len": config.data.seq_len, "student": student, "dtype": dtype}
+    recipe.add(
+        "hard_data",
+        generate_hard_data,
+        hard | {"generation_batch_size": config.hard.generation_batch_size},
+        ("teacher",),
     )
     # Per seed: the baseline (cross-entropy, the student's size), the soft and the hard student.
     for seed in config.seeds:
         suffix = seed_suffix(seed, config)
-        cross_entropy("baseline" + suffix, "baseline", student_spec, config.student.training, seed, "train", ("data",))
-        soft_student("soft" + suffix, soft.temperature, seed, "train", (soft_source,))
-        cross_entropy("hard" + suffix, "hard", student_spec, config.hard.training, seed, "hard", ("hard_data",))
-    # The temperature sweep: one more soft student per temperature (first seed).
+        recipe.add_training_stage(
+            "baseline" + suffix, "baseline", student, config.student.training, seed, "train", ("data",)
+        )
+        recipe.add_soft_student("soft" + suffix, config.soft.temperature, seed, "train", (soft_source,))
+        recipe.add_training_stage("hard" + suffix, "hard", student, config.hard.training, seed, "hard", ("hard_data",))
+    # The temperature sweep: one more soft student per temperature (first seed, not tracked).
     for temperature, name in temperature_sweep(config).items():
         if name != "soft":
-            soft_student(
-                name, temperature, config.seeds[0], "train", (soft_source,), tracked=False
-            )  # the sweep's extra students are not tracked
-    # Every trained model: extraction, then scoring.
+            recipe.add_soft_student(name, temperature, first_seed, "train", (soft_source,), tracked=False)
+    # Every trained model: extraction, then scoring (the filtered student's once it exists).
     filtered = filtered_name(config)
     for name in model_names(config):
         if name != filtered or not config.filtering.enabled:
-            evaluated(name, teacher_spec if name == "teacher" else student_spec)
-    graph.append(
-        Stage(
-            "features",
-            compute_features,
-            {"last_k": ext.suffix_len, "suffix_span": [ext.prefix_len, ext.suffix_len], "dtype": dtype},
-            FIRST_SEED_MODELS + ("data",),
-            (layout.features,),
-            distributed=True,
-            speed=speed,
-            flops=lambda z: per_token(z.tokens, (2, z.teacher), (6, z.student)),
-        )
-    )  # the first seed's four models
+            recipe.add_scoring_stages(name)
+    features = {"last_k": ext.suffix_len, "suffix_span": [ext.prefix_len, ext.suffix_len], "dtype": dtype}
+    recipe.add("features", compute_features, features, (*FIRST_SEED_MODELS, "data"))
     # Filtering: remove what the predictor flags, distill the student again (first seed).
     if config.filtering.enabled:
         kind = config.filtering.student
         students = [kind + seed_suffix(seed, config) for seed in config.seeds]
-        graph.append(
-            Stage(
-                "filtering",
-                flag_for_filtering,
-                {"student": kind, "students": students, "filtering": config.filtering, "seed": config.seeds[0]},
-                ("features", *(f"extract:{name}" for name in students)),
-                (layout.filtering,),
-            )
-        )
+        flagging = {"student": kind, "students": students, "filtering": config.filtering, "seed": first_seed}
+        recipe.add("filtering", flag_for_filtering, flagging, ("features", *(f"extract:{s}" for s in students)))
         if kind == "soft":
-            source = teacher_cache("kept", ("teacher", "filtering")) if soft.teacher_cache else "teacher"
-            soft_student(filtered, soft.temperature, config.seeds[0], "kept", ("filtering", source))
-        else:  # the teacher's continuations of the kept examples (and of the canaries' copies)
-            cross_entropy(
-                filtered,
-                "hard",
-                student_spec,
-                config.hard.training,
-                config.seeds[0],
-                "hard-kept",
-                ("filtering", "hard_data"),
+            source = (
+                recipe.add_teacher_cache("kept", ("teacher", "filtering")) if config.soft.teacher_cache else "teacher"
             )
-        evaluated(filtered, student_spec)
+            recipe.add_soft_student(filtered, config.soft.temperature, first_seed, "kept", ("filtering", source))
+        else:  # the teacher's continuations of the kept examples (and of the canaries' copies)
+            needs = ("filtering", "hard_data")
+            recipe.add_training_stage(filtered, "hard", student, config.hard.training, first_seed, "hard-kept", needs)
+        recipe.add_scoring_stages(filtered)
     # The second family: the same documents and recipe under another family, then the two compared.
     if config.second_family.enabled:
-        family = second_family_config(config)
-        family_flops = lambda z: _total_flops(stage_graph(family), z)  # noqa: E731  (at this family's sizes: an estimate)
-        # Its marker's output is its summary: a stale second family is rerun in place, and reuses what its own markers say is current.
-        settings = {
-            "config": {key: value for key, value in config_to_dict(family).items() if key != "name"}
-        }  # a name changes no result
-        graph.append(
-            Stage(
-                "second_family",
-                run_second_family,
-                settings,
-                (),
-                (layout.second_family / "summary.json",),
-                distributed=True,
-                flops=family_flops,
-            )
-        )
-        graph.append(
-            Stage(
-                "cross_family",
-                compare_families,
-                {},
-                ("second_family", *(f"extract:{name}" for name in FIRST_SEED_MODELS)),
-                (layout.cross_family,),
-            )
-        )
-    scored = tuple(stage.name for stage in graph if stage.action in SCORING_ACTIONS)
-    names = [stage.name for stage in graph]
-    graph.append(
-        Stage(
-            "summary",
-            summarize,
-            {
-                "models": model_names(config),
-                "prefix_len": ext.prefix_len,
-                "suffix_len": ext.suffix_len,
-                "prefix_lens": ext.prefix_lens,
-                "seq_len": config.data.seq_len,
-                "membership": config.membership.enabled,
-                "canaries": bool(config.canaries.repeats),
-                "graph_names": names,
-            },
-            scored,
-            (layout.summary,),
-            rebuilt_freely=True,
-        )
-    )
-    read = (
-        "summary",
-        "features",
-        *(("filtering",) if config.filtering.enabled else ()),
-        *(("cross_family",) if config.second_family.enabled else ()),
-    )
-    graph.append(
-        Stage(
-            "analysis",
-            run_analysis,
-            {},
-            read,
-            (layout.analysis, layout.figures, layout.categories),
-            rebuilt_freely=True,
-        )
-    )
-    graph.append(
-        Stage(
-            "report",
-            render_report,
-            {},
-            ("analysis",),
-            (layout.report_html, layout.report_markdown),
-            rebuilt_freely=True,
-        )
-    )
-    return graph
+        family = config_to_dict(second_family_config(config))
+        recipe.add("second_family", run_second_family, {"config": {k: v for k, v in family.items() if k != "name"}})
+        compared = ("second_family", *(f"extract:{name}" for name in FIRST_SEED_MODELS))
+        recipe.add("cross_family", compare_families, {}, compared)
+    recipe.add_reading_stages()
+    return recipe.stages
 
 
 def run(
@@ -1096,7 +1020,8 @@ def run(
     with state.main_process_first():  # the main process checks (or clears) the folder first
         if earlier_kdmem and not overwrite:
             raise ConfigError(
-                f"{layout.root} holds a run of an earlier kdmem (no stages/ markers). Use another --output, or pass --overwrite to discard it."
+                f"{layout.root} holds a run of an earlier kdmem (no stages/ markers). Use another --output, "
+                "or pass --overwrite to discard it."
             )
         if earlier_kdmem and state.is_main_process:
             shutil.rmtree(layout.root)

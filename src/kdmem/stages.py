@@ -1,6 +1,6 @@
-"""The machinery of ``kdmem run``'s stage graph: a stage, its fingerprint, its marker, and the one
-loop that runs a graph (``execute``). The graph itself, the paper's recipe, is
-``kdmem.pipeline.stage_graph``.
+"""The machinery of ``kdmem run``'s stage graph: what kind of stage an action makes
+(``stage_action``), a stage, its fingerprint, its marker, and the one loop that runs a graph
+(``execute``). The graph itself, the paper's recipe, is ``kdmem.pipeline.stage_graph``.
 
 A stage's ``action`` is called with exactly its ``settings`` (and its ``speed`` settings, which
 change how fast a result comes, never the result) as keyword arguments, plus the run context.
@@ -12,9 +12,9 @@ that reads it, and nothing upstream: the teacher and the baseline are kept.
 Each finished stage leaves one marker, ``OUT/stages/NAME.json``, written last: its fingerprint,
 settings, upstream fingerprints, seconds, versions and git revision, and whatever the action
 reported (a batch size found, why it was skipped). A stage whose marker holds its fingerprint
-(and whose main output is there) is done; one whose marker holds another is stale: ``execute`` refuses to run, or with ``overwrite``
-removes its outputs and recomputes it (and, their fingerprints having changed too, everything
-downstream).
+(and whose main output is there) is done; one whose marker holds another is stale: ``execute``
+refuses to run, or with ``overwrite`` removes its outputs and recomputes it (and, their
+fingerprints having changed too, everything downstream).
 """
 
 from __future__ import annotations
@@ -60,6 +60,38 @@ def per_token(tokens: float | None, *terms: tuple[float, float | None]) -> float
     if tokens is None or any(size is None for _, size in terms):
         return None
     return tokens * sum(factor * size for factor, size in terms)
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """What every stage of one action is, whatever its settings: declared where the action is
+    defined (``@stage_action``), so that the recipe only says which stages exist, in what order,
+    with which settings."""
+
+    outputs: Callable[[Any, dict[str, Any]], tuple[Path, ...]]
+    """``outputs(layout, settings)``: what the action writes, the main output first."""
+    distributed: bool = False
+    """Run on every process (a ``Trainer`` run, or work split across processes); else the main
+    process runs it while the others wait."""
+    speed: bool = False
+    """Takes the run's speed settings (``batch_size``), which change how fast, never what."""
+    flops: Callable[..., float | None] | None = None
+    """``flops(sizes, config=, settings=)``: what ``--dry-run`` estimates the stage computes (2N
+    FLOPs a token for a forward pass, 6N for a training step); None: negligible."""
+    rebuilt_freely: bool = False
+    """Recomputed without ``overwrite`` when stale: cheap, and reads every other stage (summary,
+    analysis, report)."""
+
+
+def stage_action(**kind: Any) -> Callable[[Callable], Callable]:
+    """Mark a function as a stage action: ``kind`` (``StageKind``'s fields) goes on it as
+    ``action.stage_kind``; the function itself is returned unchanged."""
+
+    def mark(action: Callable) -> Callable:
+        action.stage_kind = StageKind(**kind)
+        return action
+
+    return mark
 
 
 @dataclass(frozen=True)
