@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from kdmem import cli
-from kdmem.analysis.analyze import analyze, predict
+from kdmem.analysis.analyze import ANALYSES, analyze, predict
 from kdmem.analysis.features import model_features
 from kdmem.config import DataConfig
 from kdmem.data import as_tensor, zlib_entropy
@@ -52,6 +52,7 @@ def test_analysis_counts_match_the_hand_built_sets(hand_run):
     out, ids, sets = hand_run
     result = analyze(out, repeats=5)
     assert json.loads((out / "analysis.json").read_text()) == json.loads(json.dumps(result))
+    assert list(result) == ["examples", "seeds", *(key for key, _ in ANALYSES)]  # one key per analysis, in order
     soft = result["overlap"]["soft"]
     assert (soft["easy"], soft["inherited"], soft["suppressed"], soft["t_b_s"]) == (10, 2, 6, 4)
     assert soft["share_easy"] == pytest.approx(4 / 6) and soft["share_inherited"] == pytest.approx(2 / 6)
@@ -94,7 +95,7 @@ def test_features_and_categories(hand_run):
     )  # never rewritten
     labels = pd.read_parquet(out / "categories.parquet")
     assert list(labels["example_id"]) == ids
-    category = dict(zip(labels["example_id"], labels["category_soft"]))
+    category = dict(zip(labels["example_id"], labels["category_soft"], strict=True))
     assert category[ids[0]] == "inherited" and category[ids[12]] == "t_b_s" and category[ids[10]] == "suppressed"
     assert category[ids[25]] == "baseline_only" and category[ids[45]] == "none"
     assert labels["memorized_hard"].sum() == 18
@@ -305,7 +306,7 @@ def test_compare_two_tokenizers_over_the_same_documents(tiny_bases, tmp_path):
         return pd.Series(
             {
                 i: len(zlib.compress(tokenizer.decode(list(ids)).encode()))
-                for i, ids in zip(train["example_id"], train["input_ids"])
+                for i, ids in zip(train["example_id"], train["input_ids"], strict=True)
             }
         )
 
@@ -354,3 +355,30 @@ def test_the_roc_chance_line_is_y_equals_x_on_a_log_axis_too():
     assert np.array_equal(x, y) and x[0] == pytest.approx(1e-3) and x[-1] == 1
     # evenly spaced in log FPR: no segment long enough to bow visibly on the log axis
     assert np.allclose(np.diff(np.log10(x)), 3 / (len(x) - 1)) and len(x) >= 100
+
+
+def test_log_axes_label_their_ticks_as_plain_numbers(monkeypatch, tmp_path):
+    """Before: the perplexity axis read 2×10^0, 3×10^0 (matplotlib's log-axis labels), and the
+    canary axis 2^0, 2^2, 2^4. The same ticks are labelled, written 2, 3, 10 and 1, 4, 16."""
+    from kdmem.analysis import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda figure, stem: drawn.append(figure))
+
+    def labels(axis) -> list[str]:
+        """The tick labels shown inside the axis's view, major and minor."""
+        axis.figure.canvas.draw()
+        low, high = sorted(axis.get_view_interval())
+        ticks = axis.get_major_ticks() + axis.get_minor_ticks()
+        return [t.label1.get_text() for t in ticks if t.label1.get_text() and low <= t.get_loc() <= high]
+
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame({"zlib_entropy": rng.uniform(60, 100, 40), "baseline_ppl": np.geomspace(1.5, 30, 40)})
+    figures.zlib_vs_perplexity(features, np.arange(40) < 5, tmp_path / "zlib")
+    shown = labels(drawn[-1].axes[0].yaxis)
+    assert {"2", "3", "10", "20"} <= set(shown), shown
+    assert all(text.replace(".", "").isdigit() for text in shown), shown  # no ×, ^ or mathtext
+    exposure = pd.DataFrame({"model": ["teacher"] * 3, "repeats": [1, 4, 16], "exposure": [1.0, 3.0, 9.0]})
+    figures.canary_exposure(exposure, tmp_path / "canaries")
+    shown = labels(drawn[-1].axes[0].xaxis)
+    assert {"1", "4", "16"} <= set(shown) and all(text.isdigit() for text in shown), shown

@@ -163,3 +163,50 @@ def test_the_student_against_the_baseline_in_words_at_the_edges():
     assert "(the baseline memorizes none)" in sentence(3, 0) and "0.0x" not in sentence(3, 0)
     assert "(none, where the baseline memorizes 5)" in sentence(0, 5)
     assert "(as many as the baseline)" in sentence(5, 5)
+
+
+def test_the_filtering_sentence_says_lower_or_higher_by_the_sign():
+    """Before: "at a validation-loss cost of -0.595", a gain read as a cost."""
+    from kdmem.report.findings import key_findings
+
+    def sentence(cost):
+        summary = {"models": {"teacher": row(30), "baseline": row(12)}}
+        filtering = {
+            "student": "hard",
+            "flagged": 88,
+            "memorized_before": 15,
+            "memorized_after": 0,
+            "new_after": 0,
+            "val_loss_cost": cost,
+        }
+        return next(f for f in key_findings(summary, {"filtering": filtering}) if f.startswith("Filtering"))
+
+    assert sentence(-0.5952).endswith(
+        "0 of them new (the privacy onion; paper: 4 new), with a validation loss lower by 0.595 than before."
+    )
+    assert sentence(0.0121).endswith(", with a validation loss higher by 0.012 than before.")
+    assert sentence(-0.0004).endswith(", with the same validation loss as before (to 3 decimals).")
+    assert not any("cost" in sentence(cost) or "-0." in sentence(cost) for cost in (-0.5952, 0.0121, -0.0004))
+    stand_in = {"filtering": {"memorized_after": 0, "stand_in": "a rehearsal", "val_loss_cost": -0.5}}
+    assert "Filtering ran on a stand-in target, not a result: a rehearsal." in key_findings(
+        {"models": {"teacher": row(30), "baseline": row(12)}}, stand_in
+    )
+
+
+def test_key_findings_and_the_findings_table_state_the_same_numbers():
+    """Both read each measure through ``Measures``: the soft student's union overlap, the sweep and
+    the filtering result appear in the sentences as in the table."""
+    from kdmem.report.findings import key_findings, paper_findings
+
+    summary, analysis = paper_like()
+    analysis["seeds"] = 3
+    analysis["predictor"]["soft"]["all_remaining_examples"] = {"skipped": "too few examples left"}
+    analysis["filtering"] |= {"flagged": 12, "val_loss_cost": 0.02}
+    sentences = " ".join(key_findings(summary, analysis))
+    table = {f.number: f.kdmem for f in paper_findings(summary, analysis)}
+    assert "90% of the soft student's memorized examples are easy" in sentences and table[2].startswith("90% easy")
+    assert "inherits 1 of the teacher's 40 teacher-only" in sentences and "inherits 1 of 40" in table[2]
+    assert "Soft students memorize 9 / 3 / 3 / 0 examples at T = 1, 2, 3, 4" in sentences
+    assert table[10] == "9 / 3 / 3 / 0 at T = 1, 2, 3, 4"
+    assert "10 memorized before, 2 after, 2 of them new" in sentences
+    assert table[7] == "soft student: 10 memorized before, 2 after (2 new)"

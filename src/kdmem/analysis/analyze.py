@@ -1,15 +1,19 @@
 """``kdmem analyze OUT``: explain a finished run's memorization; ``OUT/analysis.json``,
-``OUT/features.parquet`` and ``OUT/figures/``.
+``OUT/categories.parquet``, ``OUT/features.parquet`` and ``OUT/figures/``.
 
 Reads the per-example verdicts under ``OUT/memorization/`` and the saved models, and runs the
-paper's analyses: set overlaps per student (and over the union of seeds), seed consistency,
-per-example features, the pre-distillation predictor, the mechanism of suppression, soft vs hard.
+paper's analyses, one function each in ``ANALYSES`` (set overlaps per student and over the union of
+seeds, seed consistency, what easy examples look like, the pre-distillation predictor, the
+mechanism of suppression, soft vs hard, temperature, filtering, what else leaks, cross-family):
+each computes its part of ``analysis.json`` and draws its figures.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +30,8 @@ from kdmem.analysis.predictor import (
     fit_risk_model,
     paper_protocol,
 )
-from kdmem.config import DataConfig, load_config
-from kdmem.data import load_sequences, read_sequences, write_documents
+from kdmem.config import DataConfig, ExperimentConfig, load_config
+from kdmem.data import DataError, load_sequences, read_sequences, write_documents
 from kdmem.io import split_across_processes, write_json_atomic, write_parquet_atomic
 from kdmem.layout import RunLayout, filtered_name, seed_suffix, temperature_sweep
 from kdmem.models import load_model, load_tokenizer
@@ -95,222 +99,282 @@ def model_feature_table(
     return features
 
 
-def analyze(output: str | Path, *, repeats: int = 100) -> dict:
-    """Run every analysis on the run in ``output``; write and return ``analysis.json``'s content.
+@dataclass
+class AnalysedRun:
+    """What the analyses read: a finished run's folder, config, summary and D, each model's memorized
+    set (by the stem of its verdicts under ``memorization/``), and, computed once when first asked
+    for, the per-example features and categories."""
 
-    Args:
-        repeats: repetitions of the predictor's balanced protocol (paper: 100).
-    """
-    layout = RunLayout(Path(output))
-    if not layout.summary.exists():
-        raise FileNotFoundError(f"{layout.root} holds no finished run (no summary.json); run `kdmem run` first.")
-    config = load_config(layout.config)
-    train = read_sequences(layout.data("train"))
-    suffixes = [seed_suffix(seed, config) for seed in config.seeds]
-    memorized = {
-        path.stem: memorized_ids(pd.read_parquet(path))
-        for path in sorted((layout.root / "memorization").glob("*.parquet"))
-    }
-    teacher = memorized["teacher"]
-    figure_dir = layout.figures
-    result: dict = {
-        "examples": len(train),
-        "seeds": len(config.seeds),
-        "memorized": {name: len(ids) for name, ids in memorized.items()},
-    }
+    layout: RunLayout
+    config: ExperimentConfig
+    summary: dict
+    train: pd.DataFrame
+    memorized: dict[str, set[str]]
+    repeats: int
+    """Repetitions of the predictor's balanced protocol (paper: 100)."""
 
-    # 1. Set overlaps: each student against the teacher and the baseline of its own seed, and the
-    #    union over seeds against the union of baselines (the paper's set analyses use the union).
-    def union(kind: str) -> set:
-        return set().union(*(memorized[kind + s] for s in suffixes))
+    @classmethod
+    def load(cls, output: Path, repeats: int) -> AnalysedRun:
+        layout = RunLayout(output)
+        if not layout.summary.exists():
+            raise FileNotFoundError(f"{layout.root} holds no finished run (no summary.json); run `kdmem run` first.")
+        memorized = {
+            path.stem: memorized_ids(pd.read_parquet(path))
+            for path in sorted((layout.root / "memorization").glob("*.parquet"))
+        }
+        config, train = load_config(layout.config), read_sequences(layout.data("train"))
+        return cls(layout, config, json.loads(layout.summary.read_text()), train, memorized, repeats)
 
+    @property
+    def teacher(self) -> set[str]:
+        return self.memorized["teacher"]
+
+    @property
+    def suffixes(self) -> list[str]:
+        """Each seed's model-name suffix (``""`` for the first seed, ``-seed1``, ...)."""
+        return [seed_suffix(seed, self.config) for seed in self.config.seeds]
+
+    def union(self, kind: str) -> set[str]:
+        """What any seed's ``kind`` model memorizes (the paper's set analyses use the union)."""
+        return set().union(*(self.memorized[kind + s] for s in self.suffixes))
+
+    def figure(self, stem: str) -> Path:
+        return self.layout.figures / stem
+
+    @cached_property
+    def features(self) -> pd.DataFrame:
+        """Per-example features under teacher, baseline and the first seed's students."""
+        return model_feature_table(
+            self.layout,
+            self.train,
+            dtype=self.config.inference_dtype,
+            batch_size=self.config.extraction.batch_size,
+            **feature_spans(self.config),
+        )
+
+    @cached_property
+    def categories(self) -> pd.DataFrame:
+        """The analysis's own per-example table, ``categories.parquet`` (the features stage's output is
+        never rewritten): whether teacher, baseline and each first-seed student memorize each example,
+        and each student's Venn region."""
+        ids = self.features["example_id"]
+        labels = pd.DataFrame({"example_id": ids})
+        for name in ["teacher", "baseline", *STUDENT_KINDS]:
+            labels[f"memorized_{name}"] = ids.isin(self.memorized[name])
+        for kind in STUDENT_KINDS:
+            labels[f"category_{kind}"] = categories(
+                ids, self.teacher, self.memorized["baseline"], self.memorized[kind]
+            ).to_numpy()
+        return labels
+
+
+def _memorized_counts(run: AnalysedRun) -> dict:
+    """Rates: how many examples of D each model memorizes."""
+    return {name: len(ids) for name, ids in run.memorized.items()}
+
+
+def _set_overlaps(run: AnalysedRun) -> dict:
+    """Each student against the teacher and the baseline of its own seed, and (with several seeds)
+    the union over seeds against the union of baselines; a Venn diagram each."""
     comparisons = {}  # name -> (baseline set, student set)
     for kind in STUDENT_KINDS:
-        for suffix in suffixes:
-            comparisons[kind + suffix] = (memorized["baseline" + suffix], memorized[kind + suffix])
-        if len(suffixes) > 1:
-            comparisons[f"{kind}_union"] = (union("baseline"), union(kind))
-    result["overlap"] = {
-        name: overlap(teacher, baseline, student) for name, (baseline, student) in comparisons.items()
-    }
+        for suffix in run.suffixes:
+            comparisons[kind + suffix] = (run.memorized["baseline" + suffix], run.memorized[kind + suffix])
+        if len(run.suffixes) > 1:
+            comparisons[f"{kind}_union"] = (run.union("baseline"), run.union(kind))
     for name, (baseline, student) in comparisons.items():
-        regions = categories(train["example_id"], teacher, baseline, student).value_counts().to_dict()
-        figures.venn(regions, name, figure_dir / f"venn_{name}")
+        regions = categories(run.train["example_id"], run.teacher, baseline, student).value_counts().to_dict()
+        figures.venn(regions, name, run.figure(f"venn_{name}"))
+    return {name: overlap(run.teacher, baseline, student) for name, (baseline, student) in comparisons.items()}
 
-    # 2. Seed consistency.
-    if len(suffixes) > 1:
-        result["seed_consistency"] = {}
-        for kind in STUDENT_KINDS:
-            matrix = seed_consistency(
-                train["example_id"],
-                [memorized["baseline" + s] for s in suffixes],
-                [memorized[kind + s] for s in suffixes],
-            )
-            result["seed_consistency"][kind] = matrix.tolist()
-            figures.seed_heatmap(matrix, kind, figure_dir / f"seed_consistency_{kind}")
-    else:
-        result["seed_consistency"] = {"skipped": "one seed only; set seeds=[0,1,2] for the heatmap"}
 
-    # 3. Per-example features under teacher, baseline and the first seed's students.
-    features = model_feature_table(
-        layout, train, dtype=config.inference_dtype, batch_size=config.extraction.batch_size, **feature_spans(config)
-    )
-    # The analysis's own per-example table: the features stage's output is never rewritten.
-    labels = pd.DataFrame({"example_id": features["example_id"]})
-    for name in ["teacher", "baseline", *STUDENT_KINDS]:
-        labels[f"memorized_{name}"] = features["example_id"].isin(memorized[name])
+def _seed_consistency(run: AnalysedRun) -> dict:
+    """Per student kind, examples by how many baseline and student seeds memorize them (a heatmap)."""
+    if len(run.suffixes) < 2:
+        return {"skipped": "one seed only; set seeds=[0,1,2] for the heatmap"}
+    result = {}
     for kind in STUDENT_KINDS:
-        labels[f"category_{kind}"] = categories(
-            features["example_id"], teacher, memorized["baseline"], memorized[kind]
-        ).to_numpy()
-    write_parquet_atomic(layout.categories, labels)
-    easy = features["example_id"].isin(teacher & memorized["baseline"]).to_numpy()
-    figures.zlib_vs_perplexity(features, easy, figure_dir / "zlib_vs_baseline_ppl")
-    result["features"] = {
-        "entropy_last_k": f"mean over the last {config.extraction.suffix_len} predicted tokens (the paper's last K)",
-        "entropy_suffix": f"mean over the suffix extraction judges, tokens {config.extraction.prefix_len + 1} to "
-        f"{config.extraction.prefix_len + config.extraction.suffix_len}",
+        matrix = seed_consistency(
+            run.train["example_id"],
+            [run.memorized["baseline" + s] for s in run.suffixes],
+            [run.memorized[kind + s] for s in run.suffixes],
+        )
+        result[kind] = matrix.tolist()
+        figures.seed_heatmap(matrix, kind, run.figure(f"seed_consistency_{kind}"))
+    return result
+
+
+def _easy_examples(run: AnalysedRun) -> dict:
+    """What easy examples (memorized by teacher and baseline) look like against the rest."""
+    features, extraction = run.features, run.config.extraction
+    easy = features["example_id"].isin(run.teacher & run.memorized["baseline"]).to_numpy()
+    figures.zlib_vs_perplexity(features, easy, run.figure("zlib_vs_baseline_ppl"))
+    return {
+        "entropy_last_k": f"mean over the last {extraction.suffix_len} predicted tokens (the paper's last K)",
+        "entropy_suffix": f"mean over the suffix extraction judges, tokens {extraction.prefix_len + 1} to "
+        f"{extraction.prefix_len + extraction.suffix_len}",
         "easy_vs_rest": _means(features, easy, ["zlib_entropy", "baseline_ppl", "teacher_ppl", "teacher_baseline_kl"]),
     }
 
-    # 4. Predicting each student's memorized set (union over seeds) before distillation.
-    result["predictor"] = {}
-    held_out = {}
+
+def _predictor(run: AnalysedRun) -> dict:
+    """Predicting each student's memorized set (union over seeds) before distillation: the paper's
+    balanced protocol, and scored on all remaining examples (their ROC curves)."""
+    result, held_out = {}, {}
     for kind in STUDENT_KINDS:
-        target = features["example_id"].isin(union(kind)).to_numpy()
-        deployment, _, scored = deployment_protocol(features, target, FEATURES)
+        target = run.features["example_id"].isin(run.union(kind)).to_numpy()
+        deployment, _, scored = deployment_protocol(run.features, target, FEATURES)
         if scored is not None:
             held_out[kind] = (scored["memorized"].to_numpy(), scored["risk"].to_numpy())
-        result["predictor"][kind] = {
-            "paper_protocol": paper_protocol(features, target, FEATURES, repeats=repeats),
-            "paper_protocol_teacher_only": paper_protocol(features, target, TEACHER_ONLY_FEATURES, repeats=repeats),
+        result[kind] = {
+            "paper_protocol": paper_protocol(run.features, target, FEATURES, repeats=run.repeats),
+            "paper_protocol_teacher_only": paper_protocol(
+                run.features, target, TEACHER_ONLY_FEATURES, repeats=run.repeats
+            ),
             "all_remaining_examples": deployment,
         }
     if held_out:
         figures.roc_curves(
-            held_out, "Predicting student memorization (held-out examples)", figure_dir / "predictor_roc"
+            held_out, "Predicting student memorization (held-out examples)", run.figure("predictor_roc")
         )
-
-    # 5. Mechanism: what the suppressed examples look like to each model.
-    result["mechanism"] = {}
-    for kind in STUDENT_KINDS:
-        suppressed = (labels[f"category_{kind}"] == "suppressed").to_numpy()
-        result["mechanism"][kind] = {
-            "suppressed": int(suppressed.sum()),
-            **{
-                name: {
-                    measure: float(features.loc[suppressed, f"{name}_{measure}"].mean()) if suppressed.any() else None
-                    for measure in ("entropy_last_k", "entropy_suffix", "log_prob")
-                }
-                for name in ("teacher", "baseline", kind)
-            },
-        }
-        if suppressed.any():
-            figures.mechanism(features, suppressed, ["teacher", "baseline", kind], figure_dir / f"mechanism_{kind}")
-
-    # 6. Soft vs hard, on the union over seeds.
-    result["soft_vs_hard"] = soft_vs_hard(teacher, union("baseline"), union("soft"), union("hard"))
-
-    # 7. Temperature sweep.
-    summary = json.loads(layout.summary.read_text())
-    sweep = temperature_sweep(config)
-    if sweep:
-        rows = [
-            {
-                "temperature": t,
-                "model": name,
-                **{k: summary["models"][name][k] for k in ("memorized", "rate", "val_loss")},
-            }
-            for t, name in sweep.items()
-        ]
-        result["temperature_sweep"] = rows
-        figures.temperature_curve(rows, summary["models"]["baseline"], figure_dir / "temperature_sweep")
-    else:
-        result["temperature_sweep"] = {"skipped": "no sweep configured; set soft.sweep_temperatures=[1,3,4]"}
-
-    # 8. Filtering and re-distilling (when the run did it).
-    flagging = json.loads(layout.filtering.read_text()) if layout.filtering.exists() else {}
-    if "skipped" in flagging:
-        result["filtering"] = {"student": config.filtering.student, "skipped": flagging["skipped"]}
-    elif flagging:
-        removed = set(flagging.pop("removed_ids"))
-        kind, name = config.filtering.student, filtered_name(config)
-        after = memorized_ids(pd.read_parquet(layout.memorization(name)))
-        result["filtering"] = (
-            {"student": kind, "model": name}
-            | flagging
-            | filtering_report(
-                memorized[kind],
-                after,
-                removed,
-                summary["models"][kind]["val_loss"],
-                summary["models"][name]["val_loss"],
-            )
-        )
-    else:
-        result["filtering"] = {"skipped": "not run; set filtering.enabled=true"}
-
-    # 9. What else each model leaks: membership inference, the prefix-length curve, canaries.
-    result["membership_roc"] = _membership_roc(layout, figure_dir)
-    result["prefix_curve"] = _prefix_curve(layout, config, figure_dir)
-    result["canaries"] = _canaries(layout, figure_dir)
-    # 10. Cross-family: this run against its second family (the same documents, another family).
-    if config.second_family.enabled and layout.cross_family.exists():
-        result["cross_family"] = json.loads(layout.cross_family.read_text())
-    else:
-        result["cross_family"] = {
-            "skipped": "no second family; set second_family.enabled=true (and data.packing=documents)"
-        }
-    write_json_atomic(layout.analysis, result)
-    logger.info("analysis written to %s", layout.analysis)
     return result
 
 
-def _membership_roc(layout: RunLayout, figure_dir: Path) -> dict:
+def _mechanism(run: AnalysedRun) -> dict:
+    """What the suppressed examples look like to each model: mean entropy and log-probability."""
+    result, measures = {}, ("entropy_last_k", "entropy_suffix", "log_prob")
+    for kind in STUDENT_KINDS:
+        suppressed = (run.categories[f"category_{kind}"] == "suppressed").to_numpy()
+        rows = run.features[suppressed]
+        result[kind] = {"suppressed": len(rows)} | {
+            name: {m: float(rows[f"{name}_{m}"].mean()) if len(rows) else None for m in measures}
+            for name in ("teacher", "baseline", kind)
+        }
+        if len(rows):
+            figures.mechanism(run.features, suppressed, ["teacher", "baseline", kind], run.figure(f"mechanism_{kind}"))
+    return result
+
+
+def _soft_vs_hard(run: AnalysedRun) -> dict:
+    """What each kind of distillation inherits from the teacher, on the union over seeds."""
+    return soft_vs_hard(run.teacher, run.union("baseline"), run.union("soft"), run.union("hard"))
+
+
+def _temperature_sweep(run: AnalysedRun) -> list[dict] | dict:
+    """The soft students' memorized count and validation loss at each distillation temperature."""
+    sweep = temperature_sweep(run.config)
+    if not sweep:
+        return {"skipped": "no sweep configured; set soft.sweep_temperatures=[1,3,4]"}
+    models = run.summary["models"]
+    rows = [
+        {"temperature": t, "model": name, **{k: models[name][k] for k in ("memorized", "rate", "val_loss")}}
+        for t, name in sweep.items()
+    ]
+    figures.temperature_curve(rows, models["baseline"], run.figure("temperature_sweep"))
+    return rows
+
+
+def _filtering(run: AnalysedRun) -> dict:
+    """The filtered student (when the run filtered and distilled again) against the one before."""
+    layout, config = run.layout, run.config
+    flagging = json.loads(layout.filtering.read_text()) if layout.filtering.exists() else {}
+    if "skipped" in flagging:
+        return {"student": config.filtering.student, "skipped": flagging["skipped"]}
+    if not flagging:
+        return {"skipped": "not run; set filtering.enabled=true"}
+    removed = set(flagging.pop("removed_ids"))
+    kind, name = config.filtering.student, filtered_name(config)
+    after = memorized_ids(pd.read_parquet(layout.memorization(name)))
+    models = run.summary["models"]
+    report = filtering_report(run.memorized[kind], after, removed, models[kind]["val_loss"], models[name]["val_loss"])
+    return {"student": kind, "model": name} | flagging | report
+
+
+def _membership_roc(run: AnalysedRun) -> dict:
     """ROC of the loss attack (training vs validation examples) per model, from ``membership/``."""
-    paths = sorted((layout.root / "membership").glob("*.parquet"))
+    paths = sorted((run.layout.root / "membership").glob("*.parquet"))
     if not paths:
         return {"skipped": "membership inference not run; set membership.enabled=true"}
     curves = {}
     for path in paths:
         scores = pd.read_parquet(path, columns=["split", "loss"])
-        curves[path.stem] = (
-            (scores["split"] == "train").to_numpy(),
-            -scores["loss"].to_numpy(),
-        )  # lower loss: more likely a member
-    figures.roc_curves(curves, "Membership inference by loss", figure_dir / "membership_roc")
+        # lower loss: more likely a member
+        curves[path.stem] = ((scores["split"] == "train").to_numpy(), -scores["loss"].to_numpy())
+    figures.roc_curves(curves, "Membership inference by loss", run.figure("membership_roc"))
     return {"models": list(curves)}
 
 
-def _prefix_curve(layout: RunLayout, config, figure_dir: Path) -> dict:
+def _prefix_curve(run: AnalysedRun) -> dict:
     """Memorized count per prefix length per model, from the ``memorized_pP`` columns."""
-    lengths = sorted(set(config.extraction.prefix_lens))
+    lengths = sorted(set(run.config.extraction.prefix_lens))
     if not lengths:
         return {"skipped": "no prefix lengths measured; set extraction.full=true extraction.prefix_lens=[8,16,24,32]"}
     counts = {}
-    for path in sorted((layout.root / "memorization").glob("*.parquet")):
+    for path in sorted((run.layout.root / "memorization").glob("*.parquet")):
         verdicts = pd.read_parquet(path)
-        if all(
-            f"memorized_p{k}" in verdicts for k in lengths
-        ):  # verdicts written by hand or by `kdmem extract` may lack them
+        # verdicts written by hand or by `kdmem extract` may lack them
+        if all(f"memorized_p{k}" in verdicts for k in lengths):
             counts[path.stem] = {k: int(verdicts[f"memorized_p{k}"].sum()) for k in lengths}
     if not counts:
         return {"skipped": f"no verdicts hold the memorized_pP columns for prefix lengths {lengths}"}
-    figures.prefix_curve(counts, config.extraction.suffix_len, figure_dir / "prefix_curve")
+    figures.prefix_curve(counts, run.config.extraction.suffix_len, run.figure("prefix_curve"))
     return {name: {str(k): n for k, n in by_length.items()} for name, by_length in counts.items()}
 
 
-def _canaries(layout: RunLayout, figure_dir: Path) -> dict:
+def _canaries(run: AnalysedRun) -> dict:
     """Exposure of every planted canary under every model, from ``canaries/``."""
-    paths = sorted((layout.root / "canaries").glob("*.parquet"))
+    paths = sorted((run.layout.root / "canaries").glob("*.parquet"))
     if not paths:
         return {"skipped": "no canaries planted; set canaries.repeats=[1,4,16]"}
     exposure = pd.concat([pd.read_parquet(path).assign(model=path.stem) for path in paths], ignore_index=True)
-    figures.canary_exposure(exposure, figure_dir / "canary_exposure")
+    figures.canary_exposure(exposure, run.figure("canary_exposure"))
     by_repeats = exposure.groupby(["model", "repeats"])["exposure"].mean()
     return {
         name: {str(r): float(v) for r, v in rows.droplevel(0).items()} for name, rows in by_repeats.groupby(level=0)
     }
+
+
+def _cross_family(run: AnalysedRun) -> dict:
+    """This run against its second family (the same documents, another family), as the run compared them."""
+    if run.config.second_family.enabled and run.layout.cross_family.exists():
+        return json.loads(run.layout.cross_family.read_text())
+    return {"skipped": "no second family; set second_family.enabled=true (and data.packing=documents)"}
+
+
+ANALYSES = (
+    ("memorized", _memorized_counts),
+    ("overlap", _set_overlaps),
+    ("seed_consistency", _seed_consistency),
+    ("features", _easy_examples),
+    ("predictor", _predictor),
+    ("mechanism", _mechanism),
+    ("soft_vs_hard", _soft_vs_hard),
+    ("temperature_sweep", _temperature_sweep),
+    ("filtering", _filtering),
+    ("membership_roc", _membership_roc),
+    ("prefix_curve", _prefix_curve),
+    ("canaries", _canaries),
+    ("cross_family", _cross_family),
+)
+"""The paper's analyses and what else each model leaks, in ``analysis.json``'s order, as (key, the
+function that computes that key's value from an ``AnalysedRun`` and draws its figures)."""
+
+
+def analyze(output: str | Path, *, repeats: int = 100) -> dict:
+    """Run every analysis of ``ANALYSES`` on the run in ``output``; write ``analysis.json`` and
+    ``categories.parquet``, and return ``analysis.json``'s content.
+
+    Args:
+        repeats: repetitions of the predictor's balanced protocol (paper: 100).
+    """
+    run = AnalysedRun.load(Path(output), repeats)
+    result: dict = {"examples": len(run.train), "seeds": len(run.config.seeds)}
+    for key, analysis in ANALYSES:
+        result[key] = analysis(run)
+    write_parquet_atomic(run.layout.categories, run.categories)
+    write_json_atomic(run.layout.analysis, result)
+    logger.info("analysis written to %s", run.layout.analysis)
+    return result
 
 
 def _means(features: pd.DataFrame, selected: np.ndarray, columns: list[str]) -> dict:
@@ -354,7 +418,7 @@ def predict(
     known = pd.read_parquet(features_path)
     target = known["example_id"].isin(memorized_over_seeds(layout, config, student)).to_numpy()
     if target.all() or not target.any():
-        raise ValueError(
+        raise DataError(
             f"The {student} student of {layout.root} memorized {'every' if target.any() else 'no'} example of its "
             f"{len(target)} (union over seeds), so there is nothing to tell apart and no predictor to fit. Predict "
             "from a run whose student memorizes some examples and not others (more data, more epochs, a lower "

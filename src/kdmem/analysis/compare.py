@@ -39,8 +39,10 @@ def compare_runs(
     def keys(train: pd.DataFrame, tokenizer) -> dict[str, str]:
         # example id -> what identifies the example across the two runs
         if matched_by == "example id":
-            return dict(zip(train["example_id"], train["example_id"]))
-        return {i: tokenizer.decode(ids.tolist()) for i, ids in zip(train["example_id"], train["input_ids"])}
+            return dict(zip(train["example_id"], train["example_id"], strict=True))
+        return {
+            i: tokenizer.decode(ids.tolist()) for i, ids in zip(train["example_id"], train["input_ids"], strict=True)
+        }
 
     keys_a, keys_b = keys(train_a, tokenizer_a), keys(train_b, tokenizer_b)
     overlaps = {}
@@ -51,7 +53,7 @@ def compare_runs(
             overlaps[name] = pairwise_overlap(set_a, set_b)
     zlib = {}
     for train, tokenizer, key_of, side in ((train_a, tokenizer_a, keys_a, 0), (train_b, tokenizer_b, keys_b, 1)):
-        for name, ids in zip(train["example_id"], train["input_ids"]):
+        for name, ids in zip(train["example_id"], train["input_ids"], strict=True):
             zlib.setdefault(key_of[name], [None, None])[side] = zlib_entropy(tokenizer.decode(ids.tolist()))
     pairs = np.array([values for values in zlib.values() if None not in values], dtype=float).reshape(-1, 2)
     result = {

@@ -59,7 +59,8 @@ def model_features(
 ) -> pd.DataFrame:
     """One row per sequence: ``example_id``, ``zlib_entropy``, the per-model features named above for
     every model in ``models`` (keys become name prefixes), and ``teacher_baseline_kl`` when both
-    models of ``kl_pair`` are given. ``suffix_span`` is (prefix_len, suffix_len) of extraction. Models must share the tokenizer; their vocabularies may be padded apart.
+    models of ``kl_pair`` are given. ``suffix_span`` is (prefix_len, suffix_len) of extraction. Models must
+    share the tokenizer; their vocabularies may be padded apart.
 
     Statistics are computed on the models' device and only the two logit tensors of ``kl_pair``
     are held at once. ``batch_size`` None finds the largest that fits (as extraction does)."""

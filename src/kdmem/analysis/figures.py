@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.patches import Circle
+from matplotlib.ticker import LogFormatter
 
 from kdmem.analysis.overlaps import CATEGORIES
 
@@ -25,12 +26,27 @@ def save(figure, stem: Path) -> list[Path]:
     return paths
 
 
+class PlainLogFormatter(LogFormatter):
+    """Labels the ticks matplotlib labels on a log axis, as plain numbers: 2, 5, 10, 20 where its
+    default prints 2×10^0 (minor ticks get labels when the axis spans little more than a decade)."""
+
+    def __call__(self, x, pos=None) -> str:
+        return f"{x:.6g}" if super().__call__(x, pos) else ""
+
+
+def plain_log_ticks(axis) -> None:
+    """Plain tick labels, major and minor, on a log-scaled ``axis`` (``axes.xaxis`` or ``axes.yaxis``)."""
+    base = axis.get_transform().base
+    axis.set_major_formatter(PlainLogFormatter(base))
+    axis.set_minor_formatter(PlainLogFormatter(base))
+
+
 def venn(region_counts: dict[str, int], student: str, stem: Path) -> list[Path]:
     """Three-set Venn of teacher, baseline and ``student``; ``region_counts`` maps each of
     ``CATEGORIES``' names to its number of examples."""
     figure, axes = plt.subplots(figsize=(5, 4.6))
     centres = {"teacher": (-0.55, 0.35), "baseline": (0.55, 0.35), student: (0.0, -0.55)}
-    for (name, centre), colour in zip(centres.items(), ("tab:blue", "tab:orange", "tab:green")):
+    for (name, centre), colour in zip(centres.items(), ("tab:blue", "tab:orange", "tab:green"), strict=True):
         axes.add_patch(Circle(centre, 1.0, alpha=0.25, color=colour))
         x, y = centre
         axes.text(x * 1.9, y * 1.9 + (0.25 if y > 0 else -0.3), name, ha="center", fontsize=11, weight="bold")
@@ -87,6 +103,7 @@ def zlib_vs_perplexity(
         color="tab:red",
     )
     axes.set_yscale("log")
+    plain_log_ticks(axes.yaxis)
     axes.set_xlabel("zlib entropy (compressed bytes)")
     axes.set_ylabel("baseline perplexity")
     axes.legend()
@@ -184,6 +201,7 @@ def canary_exposure(exposure: pd.DataFrame, stem: Path) -> list[Path]:
         rows = rows.groupby("repeats")["exposure"].mean()
         axes.plot(rows.index, rows.to_numpy(), "o-", label=name)
     axes.set_xscale("log", base=2)
+    plain_log_ticks(axes.xaxis)
     axes.set_xlabel("copies of the canary in training")
     axes.set_ylabel("exposure (bits)")
     axes.legend(fontsize=8)

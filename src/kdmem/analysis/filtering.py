@@ -29,7 +29,8 @@ def flag_examples(
     memorized = np.asarray(memorized, dtype=bool)
     if memorized.sum() < MIN_MEMORIZED_TO_FILTER:
         raise ValueError(
-            f"the student memorizes {int(memorized.sum())} examples; filtering needs at least {MIN_MEMORIZED_TO_FILTER} to fit and calibrate the predictor"
+            f"the student memorizes {int(memorized.sum())} examples; filtering needs at least "
+            f"{MIN_MEMORIZED_TO_FILTER} to fit and calibrate the predictor"
         )
     rows = np.arange(len(features))
     fit_rows, calibration_rows = train_test_split(rows, train_size=0.5, stratify=memorized, random_state=seed)

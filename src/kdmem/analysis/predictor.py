@@ -47,7 +47,7 @@ def fit_risk_model(features: pd.DataFrame, memorized: np.ndarray, columns: Seque
 
 
 def _standardized_coefficients(model, features: Sequence[str]) -> dict[str, float]:
-    return dict(zip(features, model[-1].coef_[0].tolist()))
+    return dict(zip(features, model[-1].coef_[0].tolist(), strict=True))
 
 
 def paper_protocol(
@@ -87,7 +87,7 @@ def paper_protocol(
         scores["recall"].append(recall_score(y_test, predicted, zero_division=0))
         coefficients.append(model[-1].coef_[0])
     result = {name: {"mean": float(np.mean(v)), "std": float(np.std(v))} for name, v in scores.items()}
-    result["coefficients"] = dict(zip(columns, np.mean(coefficients, axis=0).tolist()))
+    result["coefficients"] = dict(zip(columns, np.mean(coefficients, axis=0).tolist(), strict=True))
     result.update(
         features=list(columns), positives=int(len(positives)), negatives_per_repeat=int(len(sampled)), repeats=repeats
     )

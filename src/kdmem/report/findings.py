@@ -1,12 +1,92 @@
 """The run's findings, from ``summary.json`` and ``analysis.json``: the key findings in words, and
 the paper's 10 analyses beside this run's figures, each with a verdict computed from the numbers
-(``paper_findings``). Both open the HTML report and ``report.md``."""
+(``paper_findings``). Both open the HTML report and ``report.md``, and both read their numbers
+through ``Measures``, so a sentence and a verdict never read one measure two ways."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Measures:
+    """Each measure a finding states, read in one place from a run's ``summary.json`` (``summary``)
+    and ``analysis.json`` (``analysis``); None (or empty) where the run did not measure it."""
+
+    summary: dict
+    analysis: dict
+
+    @property
+    def models(self) -> dict:
+        """Model name -> its row of the summary (memorized, examples, rate, val_loss, ...)."""
+        return self.summary["models"]
+
+    @property
+    def seeds(self) -> int:
+        return self.analysis.get("seeds", 1)
+
+    def overlap(self, kind: str) -> dict | None:
+        """``kind``'s set overlaps: over the union of seeds when the run has several (as the paper's
+        3), else the first seed's."""
+        overlaps = self.analysis.get("overlap", {})
+        return overlaps.get(f"{kind}_union", overlaps.get(kind))
+
+    def seed_consistency(self, kind: str) -> list[list[int]] | None:
+        """[baseline seeds, student seeds] counts of examples, or None (see ``seed_consistency_skipped``)."""
+        return self.analysis.get("seed_consistency", {}).get(kind)
+
+    @property
+    def seed_consistency_skipped(self) -> str:
+        return self.analysis.get("seed_consistency", {}).get("skipped", "no seed heatmap")
+
+    @property
+    def cross_family(self) -> dict | None:
+        return self.analysis.get("cross_family")
+
+    @property
+    def easy_vs_rest(self) -> dict | None:
+        """Feature means over the easy examples (``selected``) and over the rest (``rest``)."""
+        return self.analysis.get("features", {}).get("easy_vs_rest")
+
+    @property
+    def predictors(self) -> dict:
+        """Student kind -> its predictor's results (``paper_protocol``, ``all_remaining_examples``)."""
+        return self.analysis.get("predictor", {})
+
+    @property
+    def filtering(self) -> dict:
+        return self.analysis.get("filtering", {})
+
+    @property
+    def filtered(self) -> dict | None:
+        """The filtering intervention's result, when it ran on the student's own memorized set."""
+        filtering = self.filtering
+        return filtering if "memorized_after" in filtering and not filtering.get("stand_in") else None
+
+    @property
+    def filtered_stand_in(self) -> str | None:
+        """Why the filtering that ran is no result: it ran on a stand-in target (a rehearsal)."""
+        return self.filtering.get("stand_in") if "memorized_after" in self.filtering else None
+
+    def mechanism(self, kind: str) -> dict | None:
+        return self.analysis.get("mechanism", {}).get(kind)
+
+    @property
+    def soft_vs_hard(self) -> dict | None:
+        return self.analysis.get("soft_vs_hard")
+
+    @property
+    def sweep(self) -> list[dict]:
+        """The temperature sweep's rows (temperature, model, memorized, ...); empty without one."""
+        sweep = self.analysis.get("temperature_sweep")
+        return sweep if isinstance(sweep, list) else []
+
+    @property
+    def membership_aucs(self) -> dict[str, float]:
+        """Model name -> ROC-AUC of membership inference by loss, where it was measured."""
+        return {name: row["membership"]["loss"]["auc"] for name, row in self.models.items() if "membership" in row}
 
 
 def _percent(row: dict) -> str:
@@ -26,53 +106,62 @@ def _against_baseline(memorized: int, baseline: int) -> str:
     return f" ({ratio:.1f}x {direction} than the baseline's {baseline})"
 
 
+def _loss_change(difference: float) -> str:
+    """A change of validation loss in words by its sign, as shown to 3 decimals: ``with a
+    validation loss lower by 0.595 than before`` (a gain), ``higher by 0.012`` (a cost)."""
+    shown = f"{abs(difference):.3f}"
+    if float(shown) == 0:
+        return "with the same validation loss as before (to 3 decimals)"
+    return f"with a validation loss {'lower' if difference < 0 else 'higher'} by {shown} than before"
+
+
 def key_findings(summary: dict, analysis: dict) -> list[str]:
     """One sentence per finding the paper reports, stated with this run's numbers."""
-    models = summary["models"]
+    m = Measures(summary, analysis)
     findings = []
-    teacher, baseline = models["teacher"], models["baseline"]
+    teacher, baseline = m.models["teacher"], m.models["baseline"]
     findings.append(
         f"The teacher memorizes {_percent(teacher)} of its training examples, the same-size-as-student "
         f"baseline {_percent(baseline)} (paper, Pythia/FineWeb: 0.33% and 0.17%)."
     )
     for kind in ("soft", "hard"):
-        row = models.get(kind)
+        row = m.models.get(kind)
         if row is None:
             continue
         fewer = _against_baseline(row["memorized"], baseline["memorized"])
         utility = "lower" if row["val_loss"] < baseline["val_loss"] else "higher"
         findings.append(
-            f"The {kind} student memorizes {_percent(row)}{fewer}, at a {utility} validation loss than the baseline "
-            f"({row['val_loss']:.3f} vs {baseline['val_loss']:.3f})."
+            f"The {kind} student memorizes {_percent(row)}{fewer}, at a {utility} validation loss than the "
+            f"baseline ({row['val_loss']:.3f} vs {baseline['val_loss']:.3f})."
         )
     # The paper's set analyses use the union over its 3 seeds; so do these, when the run has several.
-    seeds = analysis.get("seeds", 1)
-    sets = f"union over {seeds} seeds" if seeds > 1 else "one seed"
+    sets = f"union over {m.seeds} seeds" if m.seeds > 1 else "one seed"
     for kind in ("soft", "hard"):
-        overlaps = analysis.get("overlap", {})
-        overlap = overlaps.get(f"{kind}_union", overlaps.get(kind))
+        overlap = m.overlap(kind)
         if overlap and overlap["student"]:
             findings.append(
-                f"{100 * overlap['share_easy']:.0f}% of the {kind} student's memorized examples are easy (memorized by teacher "
-                f"and baseline too; paper: 95.7%); it inherits {overlap['inherited']} of the teacher's {overlap['teacher_only']} "
-                f"teacher-only examples (paper: 18 of 1,955) and suppresses {overlap['suppressed']} that teacher and baseline "
-                f"both memorize (paper: 696); {sets}, as in the paper's 3."
+                f"{100 * overlap['share_easy']:.0f}% of the {kind} student's memorized examples are easy "
+                f"(memorized by teacher and baseline too; paper: 95.7%); it inherits {overlap['inherited']} of "
+                f"the teacher's {overlap['teacher_only']} teacher-only examples (paper: 18 of 1,955) and "
+                f"suppresses {overlap['suppressed']} that teacher and baseline both memorize (paper: 696); "
+                f"{sets}, as in the paper's 3."
             )
-    versus = analysis.get("soft_vs_hard")
+    versus = m.soft_vs_hard
     if versus and versus.get("inherited_ratio_hard_over_soft") is not None:
         findings.append(
-            f"Hard distillation inherits {versus['inherited_hard']} teacher-specific examples, soft {versus['inherited_soft']} "
-            f"({versus['inherited_ratio_hard_over_soft']:.1f}x; paper: 2.7x; {sets})."
+            f"Hard distillation inherits {versus['inherited_hard']} teacher-specific examples, soft "
+            f"{versus['inherited_soft']} ({versus['inherited_ratio_hard_over_soft']:.1f}x; paper: 2.7x; {sets})."
         )
-    for kind, result in analysis.get("predictor", {}).items():
+    for kind, result in m.predictors.items():
         paper = result["paper_protocol"]
         honest = result["all_remaining_examples"]
         if "skipped" in paper:
             findings.append(f"Predicting the {kind} student's memorization: skipped, {paper['skipped']}.")
             continue
         sentence = (
-            f"Before distillation, a logistic regression predicts the {kind} student's memorized examples with ROC-AUC "
-            f"{paper['auc']['mean']:.3f} ± {paper['auc']['std']:.3f} under the paper's 1:3 protocol (paper: 0.9997)"
+            f"Before distillation, a logistic regression predicts the {kind} student's memorized examples with "
+            f"ROC-AUC {paper['auc']['mean']:.3f} ± {paper['auc']['std']:.3f} under the paper's 1:3 protocol "
+            "(paper: 0.9997)"
         )
         if "skipped" not in honest:
             sentence += (
@@ -80,25 +169,24 @@ def key_findings(summary: dict, analysis: dict) -> list[str]:
                 f"against a base rate of {honest['base_rate']:.3f}"
             )
         findings.append(sentence + ".")
-    sweep = analysis.get("temperature_sweep")
-    if isinstance(sweep, list) and sweep:
-        counts = " / ".join(str(row["memorized"]) for row in sweep)
-        temperatures = ", ".join(f"{row['temperature']:g}" for row in sweep)
+    if m.sweep:
+        counts = " / ".join(str(row["memorized"]) for row in m.sweep)
+        temperatures = ", ".join(f"{row['temperature']:g}" for row in m.sweep)
         findings.append(
-            f"Soft students memorize {counts} examples at T = {temperatures} (paper: 1,591 / 668 / 155 / 12 at T = 1..4)."
+            f"Soft students memorize {counts} examples at T = {temperatures} "
+            "(paper: 1,591 / 668 / 155 / 12 at T = 1..4)."
         )
-    filtering = analysis.get("filtering", {})
-    if "memorized_after" in filtering and filtering.get("stand_in"):
-        findings.append(f"Filtering ran on a stand-in target, not a result: {filtering['stand_in']}.")
-    elif "memorized_after" in filtering:
+    if m.filtered_stand_in:
+        findings.append(f"Filtering ran on a stand-in target, not a result: {m.filtered_stand_in}.")
+    elif filtered := m.filtered:
         findings.append(
-            f"Filtering the {filtering['student']} student's predicted examples ({filtering['flagged']} removed) and training again: "
-            f"{filtering['memorized_before']} memorized before, {filtering['memorized_after']} after, {filtering['new_after']} of them new "
-            f"(the privacy onion; paper: 4 new), at a validation-loss cost of {filtering['val_loss_cost']:+.3f}."
+            f"Filtering the {filtered['student']} student's predicted examples ({filtered['flagged']} removed) and "
+            f"training again: {filtered['memorized_before']} memorized before, {filtered['memorized_after']} after, "
+            f"{filtered['new_after']} of them new (the privacy onion; paper: 4 new), "
+            f"{_loss_change(filtered['val_loss_cost'])}."
         )
-    aucs = {name: row["membership"]["loss"]["auc"] for name, row in models.items() if "membership" in row}
-    if aucs:
-        shown = ", ".join(f"{name} {auc:.3f}" for name, auc in aucs.items())
+    if m.membership_aucs:
+        shown = ", ".join(f"{name} {auc:.3f}" for name, auc in m.membership_aucs.items())
         findings.append(f"Membership inference by loss (training vs validation examples), ROC-AUC: {shown}.")
     return findings
 
@@ -125,16 +213,10 @@ def verdict(agrees: bool | None) -> str:
     return "n/a" if agrees is None else ("yes" if agrees else "no")
 
 
-def _overlap(analysis: dict, kind: str) -> dict | None:
-    overlaps = analysis.get("overlap", {})
-    return overlaps.get(f"{kind}_union", overlaps.get(kind))
-
-
-def _rates(summary: dict, analysis: dict) -> tuple[str, bool | None]:
-    models = summary["models"]
-    if not {"teacher", "baseline", "soft"} <= set(models):
+def _rates(m: Measures) -> tuple[str, bool | None]:
+    if not {"teacher", "baseline", "soft"} <= set(m.models):
         return "needs the teacher, the baseline and the soft student", None
-    t, b, s = (models[name] for name in ("teacher", "baseline", "soft"))
+    t, b, s = (m.models[name] for name in ("teacher", "baseline", "soft"))
     figure = (
         f"memorized {t['memorized']} / {b['memorized']} / {s['memorized']} of {t['examples']}; "
         f"validation loss soft {s['val_loss']:.3f} vs baseline {b['val_loss']:.3f}"
@@ -142,21 +224,21 @@ def _rates(summary: dict, analysis: dict) -> tuple[str, bool | None]:
     return figure, t["memorized"] > b["memorized"] > s["memorized"] and s["val_loss"] < b["val_loss"]
 
 
-def _overlaps(summary: dict, analysis: dict) -> tuple[str, bool | None]:
-    overlap = _overlap(analysis, "soft")
+def _overlaps(m: Measures) -> tuple[str, bool | None]:
+    overlap = m.overlap("soft")
     if not overlap or not overlap["student"]:
         return "the soft student memorizes nothing", None
     figure = (
-        f"{100 * overlap['share_easy']:.0f}% easy; inherits {overlap['inherited']} of {overlap['teacher_only']} teacher-only "
-        f"({100 * overlap['inherited_share_of_teacher_only']:.1f}%); suppresses {overlap['suppressed']}"
+        f"{100 * overlap['share_easy']:.0f}% easy; inherits {overlap['inherited']} of {overlap['teacher_only']} "
+        f"teacher-only ({100 * overlap['inherited_share_of_teacher_only']:.1f}%); suppresses {overlap['suppressed']}"
     )
     return figure, overlap["share_easy"] > 0.5 and overlap["inherited_share_of_teacher_only"] < 0.1
 
 
-def _seed_consistency(summary: dict, analysis: dict) -> tuple[str, bool | None]:
-    matrix = analysis.get("seed_consistency", {}).get("soft")
+def _seed_consistency(m: Measures) -> tuple[str, bool | None]:
+    matrix = m.seed_consistency("soft")
     if matrix is None:
-        return analysis.get("seed_consistency", {}).get("skipped", "no seed heatmap"), None
+        return m.seed_consistency_skipped, None
     counts = np.asarray(matrix, dtype=float)  # [baseline seeds, student seeds]
     memorized_by = [j for j in range(1, counts.shape[1]) if counts[:, j].sum()]
     if not memorized_by or not counts[:, 0].sum():
@@ -164,14 +246,14 @@ def _seed_consistency(summary: dict, analysis: dict) -> tuple[str, bool | None]:
     seeds = np.arange(counts.shape[0])
     mean_at = {j: float(seeds @ counts[:, j] / counts[:, j].sum()) for j in (0, memorized_by[-1])}
     figure = (
-        f"baseline seeds memorizing an example: {mean_at[memorized_by[-1]]:.2f} on average where {memorized_by[-1]} student "
-        f"seeds do, {mean_at[0]:.2f} where none does"
+        f"baseline seeds memorizing an example: {mean_at[memorized_by[-1]]:.2f} on average where "
+        f"{memorized_by[-1]} student seeds do, {mean_at[0]:.2f} where none does"
     )
     return figure, mean_at[memorized_by[-1]] > mean_at[0]
 
 
-def _cross_family(summary: dict, analysis: dict) -> tuple[str, bool | None]:
-    pair = analysis.get("cross_family")
+def _cross_family(m: Measures) -> tuple[str, bool | None]:
+    pair = m.cross_family
     if not pair or pair.get("zlib_pearson") is None or "baseline" not in pair.get("overlap", {}):
         return "no second family (second_family.enabled, or `kdmem compare` of two runs)", None
     jaccard = pair["overlap"]["baseline"]["jaccard"]
@@ -179,20 +261,20 @@ def _cross_family(summary: dict, analysis: dict) -> tuple[str, bool | None]:
     return figure, pair["zlib_pearson"] >= 0.9 and jaccard < 0.5
 
 
-def _easy_examples(summary: dict, analysis: dict) -> tuple[str, bool | None]:
-    easy = analysis.get("features", {}).get("easy_vs_rest")
+def _easy_examples(m: Measures) -> tuple[str, bool | None]:
+    easy = m.easy_vs_rest
     if not easy or not easy.get("selected") or not easy.get("rest"):
         return "no easy examples (memorized by teacher and baseline)", None
     chosen, rest = easy["selected"], easy["rest"]
     figure = (
-        f"zlib {chosen['zlib_entropy']:.1f} vs {rest['zlib_entropy']:.1f}; baseline PPL {chosen['baseline_ppl']:.2f} vs "
-        f"{rest['baseline_ppl']:.2f} (easy vs the rest)"
+        f"zlib {chosen['zlib_entropy']:.1f} vs {rest['zlib_entropy']:.1f}; baseline PPL "
+        f"{chosen['baseline_ppl']:.2f} vs {rest['baseline_ppl']:.2f} (easy vs the rest)"
     )
     return figure, chosen["zlib_entropy"] < rest["zlib_entropy"] and chosen["baseline_ppl"] < rest["baseline_ppl"]
 
 
-def _predictor(summary: dict, analysis: dict) -> tuple[str, bool | None]:
-    result = analysis.get("predictor", {}).get("soft", {}).get("paper_protocol")
+def _predictor(m: Measures) -> tuple[str, bool | None]:
+    result = m.predictors.get("soft", {}).get("paper_protocol")
     if not result or "skipped" in result:
         return f"soft student: {result['skipped']}" if result else "no predictor of the soft student", None
     zlib = result["coefficients"].get("zlib_entropy")
@@ -200,33 +282,33 @@ def _predictor(summary: dict, analysis: dict) -> tuple[str, bool | None]:
     return figure, result["auc"]["mean"] >= 0.8 and zlib is not None and zlib < 0
 
 
-def _filtering(summary: dict, analysis: dict) -> tuple[str, bool | None]:
-    filtering = analysis.get("filtering", {})
-    if "memorized_after" not in filtering or filtering.get("stand_in"):
-        return filtering.get(
-            "skipped", "a stand-in target (a rehearsal)" if filtering.get("stand_in") else "filtering is off"
-        ), None
+def _filtering(m: Measures) -> tuple[str, bool | None]:
+    filtered = m.filtered
+    if not filtered:
+        stand_in = m.filtering.get("stand_in")
+        return m.filtering.get("skipped", "a stand-in target (a rehearsal)" if stand_in else "filtering is off"), None
     figure = (
-        f"{filtering['student']} student: {filtering['memorized_before']} memorized before, {filtering['memorized_after']} after "
-        f"({filtering['new_after']} new)"
+        f"{filtered['student']} student: {filtered['memorized_before']} memorized before, "
+        f"{filtered['memorized_after']} after ({filtered['new_after']} new)"
     )
-    return figure, filtering["memorized_after"] < filtering["memorized_before"]
+    return figure, filtered["memorized_after"] < filtered["memorized_before"]
 
 
-def _mechanism(summary: dict, analysis: dict) -> tuple[str, bool | None]:
-    mechanism = analysis.get("mechanism", {}).get("soft")
+def _mechanism(m: Measures) -> tuple[str, bool | None]:
+    mechanism = m.mechanism("soft")
     if not mechanism or not mechanism.get("suppressed") or "soft" not in mechanism:
         return "no suppressed examples (memorized by teacher and baseline, not the soft student)", None
     t, b, s = (mechanism[name] for name in ("teacher", "baseline", "soft"))
     figure = (
-        f"entropy teacher {t['entropy_last_k']:.2f} / baseline {b['entropy_last_k']:.2f} / student {s['entropy_last_k']:.2f}; "
-        f"log-prob {t['log_prob']:.1f} / {b['log_prob']:.1f} / {s['log_prob']:.1f} ({mechanism['suppressed']} examples)"
+        f"entropy teacher {t['entropy_last_k']:.2f} / baseline {b['entropy_last_k']:.2f} / student "
+        f"{s['entropy_last_k']:.2f}; log-prob {t['log_prob']:.1f} / {b['log_prob']:.1f} / {s['log_prob']:.1f} "
+        f"({mechanism['suppressed']} examples)"
     )
     return figure, s["entropy_last_k"] > t["entropy_last_k"] and s["log_prob"] < min(t["log_prob"], b["log_prob"])
 
 
-def _soft_vs_hard(summary: dict, analysis: dict) -> tuple[str, bool | None]:
-    versus = analysis.get("soft_vs_hard")
+def _soft_vs_hard(m: Measures) -> tuple[str, bool | None]:
+    versus = m.soft_vs_hard
     if not versus or "inherited_hard" not in versus:
         return "needs the soft and the hard student", None
     figure = f"teacher-specific examples inherited: hard {versus['inherited_hard']}, soft {versus['inherited_soft']}"
@@ -235,13 +317,12 @@ def _soft_vs_hard(summary: dict, analysis: dict) -> tuple[str, bool | None]:
     return figure, versus["inherited_hard"] > versus["inherited_soft"]
 
 
-def _temperature(summary: dict, analysis: dict) -> tuple[str, bool | None]:
-    sweep = analysis.get("temperature_sweep")
-    if not isinstance(sweep, list) or len(sweep) < 2:
+def _temperature(m: Measures) -> tuple[str, bool | None]:
+    if len(m.sweep) < 2:
         return "fewer than two temperatures (soft.sweep_temperatures)", None
-    counts = [row["memorized"] for row in sweep]
-    figure = " / ".join(map(str, counts)) + " at T = " + ", ".join(f"{row['temperature']:g}" for row in sweep)
-    return figure, all(a >= b for a, b in zip(counts, counts[1:])) and counts[0] > counts[-1]
+    counts = [row["memorized"] for row in m.sweep]
+    figure = " / ".join(map(str, counts)) + " at T = " + ", ".join(f"{row['temperature']:g}" for row in m.sweep)
+    return figure, all(a >= b for a, b in zip(counts, counts[1:], strict=False)) and counts[0] > counts[-1]
 
 
 PAPER_FINDINGS = (
@@ -249,28 +330,32 @@ PAPER_FINDINGS = (
         1,
         "Rates and utility",
         "memorized 0.33% / 0.17% / 0.07% (teacher / baseline / soft); the student's validation loss is lower",
-        "teacher > baseline > soft student in memorized examples, and the soft student's validation loss below the baseline's",
+        "teacher > baseline > soft student in memorized examples, and the soft student's validation loss below "
+        "the baseline's",
         _rates,
     ),
     (
         2,
         "Set overlaps",
         "95.7% of the student's memorized set is easy; it inherits 18 of 1,955 teacher-only examples (0.9%)",
-        "most of the soft student's memorized set is easy (over 50%), and it inherits under 10% of the teacher-only examples",
+        "most of the soft student's memorized set is easy (over 50%), and it inherits under 10% of the "
+        "teacher-only examples",
         _overlaps,
     ),
     (
         3,
         "Seed consistency",
         "3x3 heatmap: what more student seeds memorize, more baseline seeds memorize",
-        "examples that the most soft-student seeds memorize are memorized by more baseline seeds than examples none does",
+        "examples that the most soft-student seeds memorize are memorized by more baseline seeds than examples "
+        "none does",
         _seed_consistency,
     ),
     (
         4,
         "Cross-family",
         "families share no memorized examples; their zlib estimates correlate (Pearson r 0.95-0.99)",
-        "zlib entropy correlates across the families (r at least 0.9), and their baselines share under half their memorized sets (Jaccard below 0.5)",
+        "zlib entropy correlates across the families (r at least 0.9), and their baselines share under half their "
+        "memorized sets (Jaccard below 0.5)",
         _cross_family,
     ),
     (
@@ -298,7 +383,8 @@ PAPER_FINDINGS = (
         8,
         "Mechanism",
         "on suppressed examples the student has high entropy and low log-probability; the teacher low entropy",
-        "the soft student's entropy above the teacher's, and its log-probability below the teacher's and the baseline's",
+        "the soft student's entropy above the teacher's, and its log-probability below the teacher's and the "
+        "baseline's",
         _mechanism,
     ),
     (
@@ -316,13 +402,15 @@ PAPER_FINDINGS = (
         _temperature,
     ),
 )
-"""The analyses of the paper kdmem reproduces, as (number, name, the paper's figure, criterion, figure and verdict of a run)."""
+"""The analyses of the paper kdmem reproduces, as (number, name, the paper's figure, criterion, and
+the function giving a run's figure and verdict from its ``Measures``)."""
 
 
 def paper_findings(summary: dict, analysis: dict) -> list[Finding]:
     """The paper's 10 analyses beside this run's figures, each with a verdict decided on the numbers."""
+    measures = Measures(summary, analysis)
     findings = []
     for number, name, paper, criterion, measure in PAPER_FINDINGS:
-        figure, agrees = measure(summary, analysis)
+        figure, agrees = measure(measures)
         findings.append(Finding(number, name, paper, figure, verdict(agrees), criterion))
     return findings

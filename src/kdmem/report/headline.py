@@ -35,7 +35,8 @@ def headline_table(summary: dict) -> str:
     ext = summary.get("extraction")
     if ext:
         lines.append(
-            f"memorized: greedy decoding from a {ext['prefix_len']}-token prefix reproduces the next {ext['suffix_len']} tokens exactly"
+            f"memorized: greedy decoding from a {ext['prefix_len']}-token prefix reproduces the next "
+            f"{ext['suffix_len']} tokens exactly"
         )
     return "\n".join(lines)
 
@@ -50,7 +51,7 @@ def comparison_table(comparison: dict) -> str:
     by side (one column per run), then the overlap of memorized sets for each pair of runs."""
     runs = list(comparison["runs"])
     labels = [f"run {i + 1}" for i in range(len(runs))]
-    lines = [f"{label}: {run}" for label, run in zip(labels, runs)]
+    lines = [f"{label}: {run}" for label, run in zip(labels, runs, strict=True)]
     models = list(dict.fromkeys(name for rows in comparison["runs"].values() for name in rows))
     header = f"{'model':<16}" + "".join(f"{label + ' memorized':>20}{'val loss':>10}" for label in labels)
     lines += ["", header, "-" * len(header)]
@@ -70,7 +71,8 @@ def comparison_table(comparison: dict) -> str:
         r = "n/a (fewer than 3 shared examples)" if pair["zlib_pearson"] is None else f"{pair['zlib_pearson']:.3f}"
         lines += [
             "",
-            f"{a} vs {b} ({tokenizers}, matched by {pair['matched_by']}; {pair['shared_examples']} shared examples; zlib entropy Pearson r {r})",
+            f"{a} vs {b} ({tokenizers}, matched by {pair['matched_by']}; {pair['shared_examples']} shared "
+            f"examples; zlib entropy Pearson r {r})",
         ]
         if "note" in pair:
             lines.append(f"  note: {pair['note']}")

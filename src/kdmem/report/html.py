@@ -148,7 +148,8 @@ def findings_table(findings) -> str:
     """``paper_findings`` as a Markdown table (the README shows the same one)."""
     lines = ["| # | analysis | paper | kdmem | agrees in direction |", "|---|---|---|---|---|"]
     lines += [
-        f"| {f.number} | {_markdown_text(f.analysis)} | {_markdown_text(f.paper)} | {_markdown_text(f.kdmem)} | {f.agrees} |"
+        f"| {f.number} | {_markdown_text(f.analysis)} | {_markdown_text(f.paper)} | {_markdown_text(f.kdmem)} "
+        f"| {f.agrees} |"
         for f in findings
     ]
     return "\n".join(lines)
@@ -176,7 +177,8 @@ def render_markdown(context: dict) -> str:
     ext = context["summary"]["extraction"]
     lines += [
         "",
-        f"Memorized: greedy decoding from a {ext['prefix_len']}-token prefix reproduces the next {ext['suffix_len']} tokens exactly.",
+        f"Memorized: greedy decoding from a {ext['prefix_len']}-token prefix reproduces the next "
+        f"{ext['suffix_len']} tokens exactly.",
         "",
         "## Key findings",
         "",
