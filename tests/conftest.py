@@ -119,7 +119,8 @@ def hostile_run(tiny_bases, tmp_path_factory):
     corpus = tmp_path_factory.mktemp("hostile") / "corpus.txt"
     corpus.write_text(
         "\n\n".join(
-            f"Record {i}: <script>window.__kdmem_pwned={i}</script> then <img src=x onerror=\"window.__kdmem_pwned='img{i}'\"> "
+            f"Record {i}: <script>window.__kdmem_pwned={i}</script> then "
+            f"<img src=x onerror=\"window.__kdmem_pwned='img{i}'\"> "
             f"and </pre></section><b>bold {i * 7}</b> & done."
             for i in range(120)
         ),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kdmem.memorization.audit as audit_module
-from kdmem.config import DataConfig, ExtractionConfig
+from kdmem.config import ConfigError, DataConfig, ExtractionConfig
 from kdmem.data import read_sequence_rows, write_sequences
 from kdmem.memorization import extract_memorized, sample_positions
 from kdmem.memorization.audit import AuditConfig, audit
@@ -31,7 +31,8 @@ def saved_case(memorizing_model, tiny_bases, tiny_data, tmp_path_factory):
 
 
 def audit_config(case, **changes) -> AuditConfig:
-    extraction = dict(prefix_len=PREFIX, suffix_len=SUFFIX, batch_size=8, approximate_sample=0) | changes
+    extraction = {"prefix_len": PREFIX, "suffix_len": SUFFIX, "batch_size": 8, "approximate_sample": 0}
+    extraction |= {"full": False, "prefix_lens": []} | changes
     return AuditConfig(
         model=str(case / "model"),
         data=DataConfig(source=str(case / "train.parquet"), validation_examples=0),
@@ -48,7 +49,7 @@ def test_read_sequence_rows_crosses_row_groups(tiny_data, tmp_path):
         rows = read_sequence_rows(path, start, stop)
         expected = tiny_data.train.iloc[start:stop]
         assert rows["example_id"].tolist() == expected["example_id"].tolist()
-        assert all((a == b).all() for a, b in zip(rows["input_ids"], expected["input_ids"]))
+        assert all((a == b).all() for a, b in zip(rows["input_ids"], expected["input_ids"], strict=True))
 
 
 def test_sharded_audit_equals_one_pass(saved_case, memorizing_model, tiny_data, tmp_path):
@@ -151,7 +152,7 @@ def test_resuming_with_other_settings_is_refused(saved_case, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         audit(audit_config(saved_case), output)
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="unfinished audit with other extraction; .*delete that folder"):
+    with pytest.raises(ConfigError, match="unfinished audit with other extraction; .*delete that folder"):
         audit(audit_config(saved_case, suffix_len=8), output)
     # the batch size changes no verdict: resuming with another one is allowed
     assert len(audit(audit_config(saved_case, batch_size=16), output)) == 48

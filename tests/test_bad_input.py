@@ -80,6 +80,25 @@ def test_texts_too_short_say_what_was_dropped(tiny_bases, tmp_path, capsys):
     assert "yields only" in err and "are needed" in err
 
 
+def test_audited_parquet_without_usable_sequences(tiny_bases, tmp_path, capsys):
+    frames = {
+        "none": pd.DataFrame({"input_ids": pd.Series([], dtype=object)}),
+        "words": pd.DataFrame({"input_ids": [["12", "x"]]}),
+        "short": pd.DataFrame({"input_ids": [list(range(10))] * 3}),
+    }
+    errors = {}
+    for name, frame in frames.items():
+        (tmp_path / name).mkdir()
+        frame.to_parquet(tmp_path / name / "data.parquet")
+        errors[name] = fails(
+            capsys, *extract(tiny_bases["teacher"], tmp_path / name / "data.parquet", tmp_path / name)
+        )
+    assert "holds no sequences" in errors["none"]
+    assert "input_ids must hold one list of integer token ids" in errors["words"]
+    assert "Sequences have 10 tokens, fewer than prefix_len + suffix_len = 16" in errors["short"]
+    assert "--prefix-len" in errors["short"]
+
+
 def test_jsonl_without_the_text_field(tiny_bases, tmp_path, capsys):
     (tmp_path / "other.jsonl").write_text('{"body": "hello world, a document"}\n')
     err = fails(capsys, *extract(tiny_bases["teacher"], tmp_path / "other.jsonl", tmp_path))
@@ -128,6 +147,17 @@ def test_teacher_and_student_with_different_vocabularies(tiny_bases, tmp_path, c
     err = fails(capsys, *run(tmp_path, f"student.model={other}"))
     assert "tokens, student" in err and "vocabular" in err.lower()
     assert not (tmp_path / "run" / "models").exists()  # refused before any training
+
+
+def test_training_settings_transformers_refuses(tiny_bases, tmp_path, capsys):
+    err = fails(capsys, *run(tmp_path, "teacher.training.lr_scheduler=cosine_typo"))
+    assert "refuses the training settings of the teacher stage" in err and "cosine_typo is not a valid" in err
+    err = fails(capsys, *run(tmp_path, "teacher.training.report_to=tensorbored"))
+    assert "tensorbored is not supported" in err and "report_to" in err
+
+
+def test_compare_needs_two_runs(tmp_path, capsys):
+    assert "needs two or more run folders" in fails(capsys, "compare", str(tmp_path))
 
 
 def test_prefix_and_suffix_longer_than_the_sequence(tiny_bases, tmp_path, capsys):

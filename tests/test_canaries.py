@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kdmem.config import CanaryConfig, TrainingConfig
+from kdmem.config import CanaryConfig, ConfigError, TrainingConfig
 from kdmem.data import as_tensor
 from kdmem.memorization.canaries import (
     canary_exposure,
@@ -41,7 +41,7 @@ def test_canary_keys_are_distinct():
         CanaryConfig(repeats=[1] * 5), vocab_size=10, seq_len=6, prefix_len=1, excluded_token_ids=range(5)
     )
     assert sorted(ids[0] for ids in canaries["input_ids"]) == [5, 6, 7, 8, 9]
-    with pytest.raises(ValueError, match="distinct keys"):
+    with pytest.raises(ConfigError, match="distinct keys"):
         make_canaries(
             CanaryConfig(repeats=[1] * 6), vocab_size=10, seq_len=6, prefix_len=1, excluded_token_ids=range(5)
         )
@@ -76,7 +76,7 @@ def test_candidates_follow_the_secret_distribution_and_never_equal_it():
     candidates = candidate_secrets(canaries, 1, 200, vocab_size=4, excluded_token_ids=(0, 1), seed=5)
     assert candidates.shape == (2, 200, 2)
     assert set(np.unique(candidates)) == {2, 3}
-    for secret, drawn in zip(np.stack(canaries["input_ids"])[:, 1:], candidates):
+    for secret, drawn in zip(np.stack(canaries["input_ids"])[:, 1:], candidates, strict=True):
         assert not (drawn == secret).all(axis=1).any()
         assert len({tuple(c) for c in drawn}) == 3  # every other secret occurs
     assert np.array_equal(
@@ -127,7 +127,7 @@ def test_exposure_equals_a_direct_ranking(base, tiny_bases):
     )
     candidates = candidate_secrets(canaries, PREFIX, k, vocab, excluded, seed=1)
     ranks = []
-    for ids, drawn in zip(as_tensor(canaries), torch.from_numpy(candidates)):
+    for ids, drawn in zip(as_tensor(canaries), torch.from_numpy(candidates), strict=True):
         true = _slow_log_likelihood(base, ids)
         ranks.append(1 + sum(_slow_log_likelihood(base, torch.cat([ids[:PREFIX], secret])) > true for secret in drawn))
     assert result["rank"].tolist() == ranks
@@ -153,7 +153,7 @@ def test_the_base_ranks_unseen_secrets_uniformly(base, tiny_bases):
 def test_repeated_canary_is_exposed_and_extractable_after_fine_tuning(base, tiny_bases, tiny_data, tmp_path):
     excluded = load_tokenizer(str(tiny_bases["teacher"])).all_special_ids
     canaries = make_canaries(CanaryConfig(repeats=[1, 16], seed=1), 512, SEQ_LEN, PREFIX, excluded)
-    measure = dict(vocab_size=512, excluded_token_ids=excluded, num_candidates=1000)
+    measure = {"vocab_size": 512, "excluded_token_ids": excluded, "num_candidates": 1000}
     top = math.log2(1001)
     before = canary_exposure(base, canaries, PREFIX, SUFFIX, **measure).set_index("repeats")
     cfg = TrainingConfig(epochs=10, learning_rate=5e-3, batch_size=16)

@@ -108,7 +108,7 @@ def test_sections_check_themselves_however_they_are_made():
     with pytest.raises(ConfigError, match=r"^extraction.prefix_len must be an integer, got '32'"):
         ExtractionConfig(prefix_len="32")
     with pytest.raises(ConfigError, match="prefix_lens needs extraction.full=true"):
-        ExtractionConfig(prefix_lens=[8])
+        ExtractionConfig(full=False, prefix_lens=[8])
     assert isinstance(TrainingConfig(learning_rate=1).learning_rate, float)  # converted where nothing is lost
     # The same section, in its place in a config: named by where it sits.
     with pytest.raises(ConfigError, match=r"^teacher.training.epochs must be positive, got 0.0"):

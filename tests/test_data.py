@@ -73,6 +73,21 @@ def test_missing_text_field_and_missing_path(tmp_path):
         load_documents(DataConfig(source=str(tmp_path / "nope.jsonl")))
 
 
+def test_a_hub_dataset_without_the_subset_or_split_says_which(monkeypatch):
+    import datasets
+
+    def refuse(name, subset, split, streaming):  # what datasets raises for a config name it does not have
+        raise ValueError(f"BuilderConfig '{subset}' not found. Available: ['sample-10BT', 'default']")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    with pytest.raises(
+        DataError,
+        match=r"some-org/corpus with data.subset='sample-1BT' and data.split='train'.*"
+        r"'sample-10BT'.* Set data.subset and data.split",
+    ):
+        load_documents(DataConfig(source="some-org/corpus", subset="sample-1BT"))
+
+
 def test_prepare_splits_caches_and_refuses_too_little(tmp_path, tokenizer):
     cfg = DataConfig(seq_len=32, num_examples=40, validation_examples=10)
     splits = prepare_sequences(cfg, tokenizer)
@@ -115,7 +130,7 @@ def test_streamed_sequences_are_written_a_row_group_at_a_time(tiny_bases, monkey
     expected = pack_sequences(load_documents(cfg), tokenizer, 32, limit=70)
     streamed = read_sequence_rows(path, 0, 70)
     assert streamed["example_id"].tolist() == expected["example_id"].tolist()
-    assert all((a == b).all() for a, b in zip(streamed["input_ids"], expected["input_ids"]))
+    assert all((a == b).all() for a, b in zip(streamed["input_ids"], expected["input_ids"], strict=True))
     assert sequence_file(cfg, tokenizer) == path  # cached: a second call reads the same file
 
 
@@ -167,11 +182,11 @@ def test_one_example_per_document_names_it_by_its_text(tmp_path, tokenizer, capl
     assert re.search(r"[1-9]\d* documents were shorter than 12 tokens and were dropped", caplog.text)
     assert ours.train["example_id"].tolist() == theirs.train["example_id"].tolist()
     assert set(ours.train["example_id"]) <= {document_id(t) for t in texts}
-    for row, (name, ids) in enumerate(zip(ours.train["example_id"], ours.train["input_ids"])):
+    for name, ids in zip(ours.train["example_id"], ours.train["input_ids"], strict=True):
         text = next(t for t in texts if document_id(t) == name)
         assert ids.tolist() == tokenizer(text)["input_ids"][:12]
     assert not any(
-        np.array_equal(a, b) for a, b in zip(ours.train["input_ids"], theirs.train["input_ids"])
+        np.array_equal(a, b) for a, b in zip(ours.train["input_ids"], theirs.train["input_ids"], strict=True)
     )  # other tokens, same examples
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kdmem.config import DataConfig, TrainingConfig
-from kdmem.data import as_tensor, prepare_sequences
+from kdmem.data import DataError, as_tensor, prepare_sequences
 from kdmem.memorization import (
     TokenChecks,
     decisive,
@@ -152,7 +152,7 @@ def test_prefix_curve_equals_separate_extractions(audit_case):
         assert curve[f"memorized_p{prefix}"].tolist() == separate["memorized"].tolist()
     with pytest.raises(ValueError, match="needs full=True"):
         extract_memorized(model, data, PREFIX, suffix, prefix_lens=[4])
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(DataError, match="does not fit"):
         extract_memorized(model, data, PREFIX, suffix, full=True, prefix_lens=[30])
 
 
@@ -168,5 +168,5 @@ def test_near_ties_are_rechecked_with_generate(audit_case):
 
 def test_too_short_sequences_are_refused(audit_case):
     model, data = audit_case
-    with pytest.raises(ValueError, match="fewer than prefix_len \\+ suffix_len = 40"):
+    with pytest.raises(DataError, match="fewer than prefix_len \\+ suffix_len = 40"):
         extract_memorized(model, data.iloc[:2], 20, 20)

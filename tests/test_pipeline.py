@@ -136,7 +136,8 @@ def test_rescoring_settings_retrain_nothing_and_end_where_a_fresh_run_ends(tiny_
     )
     with pytest.raises(
         ConfigError,
-        match=r"finished stages membership:teacher, canaries:teacher, .*canaries:hard-filtered \(kept as they are: .*extract:soft.*hard-filtered.*validation:teacher",
+        match=r"finished stages membership:teacher, canaries:teacher, .*canaries:hard-filtered "
+        r"\(kept as they are: .*extract:soft.*hard-filtered.*validation:teacher",
     ):
         run(changed, out)
     reused = run(changed, out, overwrite=True)
@@ -164,7 +165,8 @@ def test_rescoring_settings_retrain_nothing_and_end_where_a_fresh_run_ends(tiny_
     assert json.loads((out / "filtering.json").read_text()) == json.loads(
         (tmp_path / "fresh" / "filtering.json").read_text()
     )
-    # The canaries' key is their first extraction.prefix_len tokens: a new prefix length makes new data (it was reused, stale).
+    # The canaries' key is their first extraction.prefix_len tokens: a new prefix length makes new
+    # data (it was reused, stale).
     with pytest.raises(ConfigError, match=r"finished stages data, teacher, "):
         run(load_config(preset="smoke", overrides=base + ["extraction.prefix_len=8"]), out)
 
@@ -315,7 +317,7 @@ def test_canaries_are_planted_in_training_but_not_in_d(tiny_bases, tmp_path):
         canaries, 16, 40, len(tokenizer), tokenizer.all_special_ids, seed=config.canaries.seed
     )
     ranks = []
-    for ids, drawn in zip(canaries["input_ids"], candidates):
+    for ids, drawn in zip(canaries["input_ids"], candidates, strict=True):
         ids = torch.as_tensor(ids, dtype=torch.long)
         sequences = torch.cat(
             [ids[None], torch.cat([ids[:16].expand(len(drawn), -1), torch.from_numpy(drawn)], dim=1)]

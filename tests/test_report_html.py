@@ -128,7 +128,7 @@ def test_report_and_compare_commands(finished_run, hostile_run, tmp_path, capsys
         f"{summary['models']['teacher']['memorized']:>12d} / {summary['models']['teacher']['examples']:<5d}" in printed
     )
     assert cli.main(["compare", str(out)]) == 2
-    assert "at least two" in capsys.readouterr().err
+    assert "needs two or more run folders" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path / "nothing")]) == 2
     assert "no analysed run" in capsys.readouterr().err
 

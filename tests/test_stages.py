@@ -44,7 +44,8 @@ def test_a_change_reaches_exactly_the_stages_that_read_it():
         changed_by("extraction.suffix_len=16", base=untracked)
         == extractions | {"features", "filtering", "hard-filtered", *evaluation_of("hard-filtered")} | DERIVED
     )
-    # Memorization tracked over training measures with the extraction's prefix and suffix: with it on, those reach the training stages.
+    # Memorization tracked over training measures with the extraction's prefix and suffix: with it
+    # on, those reach the training stages.
     assert {"teacher", "baseline", "soft"} <= changed_by("extraction.suffix_len=16")
     # The baseline never reads the teacher.
     assert changed_by("teacher.training.epochs=3") == stages - {"data", "baseline", *evaluation_of("baseline")}
@@ -75,7 +76,8 @@ def test_the_four_settings_that_were_fingerprinted_wrong():
     assert changed_by("canaries.num_candidates=50") == set()  # no canaries: nothing reads it
     # A batch size changes no verdict.
     assert changed_by("extraction.batch_size=8") == set()
-    # Membership is scored apart from the verdicts the filtering reads: the filtered student stays, and so does every other score.
+    # Membership is scored apart from the verdicts the filtering reads: the filtered student stays,
+    # and so does every other score.
     assert changed_by("membership.min_k=0.1") == scoring("membership", load_config()) | DERIVED
     assert changed_by("membership.reference=false") == scoring("membership", load_config()) | DERIVED
 

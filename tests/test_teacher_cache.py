@@ -3,9 +3,10 @@ import json
 import pytest
 import torch
 
+from kdmem.config import ConfigError
 from kdmem.data import as_tensor
 from kdmem.losses import distillation_loss, sampled_forward_kl
-from kdmem.models import load_model
+from kdmem.models import ModelError, load_model
 from kdmem.train.teacher_cache import TeacherLogitCache, build_teacher_cache
 
 
@@ -150,7 +151,7 @@ def test_a_model_that_transforms_its_logits_is_refused_for_a_hidden_state_cache(
     )
     teacher = Gemma2ForCausalLM(config).eval()
     rows = _random_rows(2, 9, 256)
-    with pytest.raises(ValueError, match="transforms them further .* soft.cache_kind=logits"):
+    with pytest.raises(ModelError, match="transforms them further .* soft.cache_kind=logits"):
         build_teacher_cache(teacher, rows, tmp_path / "hidden", teacher_id="gemma")
     logits = build_teacher_cache(teacher, rows, tmp_path / "logits", teacher_id="gemma", kind="logits")
     with torch.no_grad():
@@ -179,7 +180,7 @@ def test_the_loss_from_the_cache_equals_the_loss_from_the_teacher(teacher_and_ro
 @pytest.mark.parametrize("kind", ["hidden", "sampled"])
 def test_a_killed_build_resumes_and_equals_an_uninterrupted_one(kind, teacher_and_rows, tmp_path, monkeypatch):
     teacher, rows = teacher_and_rows
-    options = dict(teacher_id="tiny", kind=kind, top_k=8, shard_size=4, batch_size=4)
+    options = {"teacher_id": "tiny", "kind": kind, "top_k": 8, "shard_size": 4, "batch_size": 4}
     reference = build_teacher_cache(teacher, rows, tmp_path / "reference", **options)
 
     calls = []
@@ -213,11 +214,11 @@ def test_a_killed_build_resumes_and_equals_an_uninterrupted_one(kind, teacher_an
 def test_a_cache_of_other_settings_is_refused(teacher_and_rows, tmp_path):
     teacher, rows = teacher_and_rows
     build_teacher_cache(teacher, rows, tmp_path, teacher_id="tiny", kind="sampled", top_k=8, shard_size=8)
-    with pytest.raises(ValueError, match="other teacher, top_k"):
+    with pytest.raises(ConfigError, match="other teacher, top_k"):
         build_teacher_cache(teacher, rows, tmp_path, teacher_id="another", kind="sampled", top_k=16, shard_size=8)
-    with pytest.raises(ValueError, match="top_k must be between 1"):
+    with pytest.raises(ConfigError, match="top_k must be between 1"):
         build_teacher_cache(teacher, rows, tmp_path / "bad", teacher_id="tiny", kind="sampled", top_k=0)
-    with pytest.raises(ValueError, match="needs tail_samples >= 1"):
+    with pytest.raises(ConfigError, match="needs tail_samples >= 1"):
         build_teacher_cache(
             teacher, rows, tmp_path / "no-tail", teacher_id="tiny", kind="sampled", top_k=8, tail_samples=0
         )
@@ -233,7 +234,10 @@ from kdmem.train.teacher_cache import build_teacher_cache
 
 teacher, data, out = sys.argv[1:4]
 for kind in ("hidden", "sampled"):
-    build_teacher_cache(load_model(teacher), pd.read_parquet(data), f"{out}/{kind}", teacher_id="tiny", kind=kind, top_k=8, shard_size=4, batch_size=4)
+    build_teacher_cache(
+        load_model(teacher), pd.read_parquet(data), f"{out}/{kind}",
+        teacher_id="tiny", kind=kind, top_k=8, shard_size=4, batch_size=4,
+    )
 state = PartialState()
 print(f"process {state.process_index} of {state.num_processes}")
 state.wait_for_everyone()

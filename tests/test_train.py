@@ -309,18 +309,24 @@ from kdmem.train import distill
 from kdmem.train.trainers import DistillationTrainer
 
 teacher, student, data, out, batch, normalisation, accumulation = sys.argv[1:8]
-if normalisation == "broken":  # DDP averages gradients over processes: a loss not scaled back by their number is too small
+if normalisation == "broken":
+    # DDP averages gradients over processes: a loss not scaled back by their number is too small
     exact = DistillationTrainer.compute_loss
-    DistillationTrainer.compute_loss = lambda self, *args, **kwargs: exact(self, *args, **kwargs) / self.accelerator.num_processes
+
+    def too_small(self, *args, **kwargs):
+        return exact(self, *args, **kwargs) / self.accelerator.num_processes
+
+    DistillationTrainer.compute_loss = too_small
 cfg = SoftDistillConfig(training=TrainingConfig(
-    epochs=1, learning_rate=1.0, batch_size=int(batch), gradient_accumulation_steps=int(accumulation), lr_scheduler="constant",
-    weight_decay=0.0, extra_args={"optim": "sgd"},
+    epochs=1, learning_rate=1.0, batch_size=int(batch), gradient_accumulation_steps=int(accumulation),
+    lr_scheduler="constant", weight_decay=0.0, extra_args={"optim": "sgd"},
 ))
 model = distill(load_model(student), load_model(teacher), pd.read_parquet(data), cfg, Path(out) / "work", seed=0)
 state = PartialState()
 print(f"process {state.process_index} of {state.num_processes}")
 if state.is_main_process:
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(Path(out) / "weights.safetensors"))
+    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(weights, str(Path(out) / "weights.safetensors"))
 state.wait_for_everyone()
 state.destroy_process_group()  # a gloo group left to interpreter exit can abort the process
 """

@@ -102,7 +102,8 @@ def main() -> None:
     print(f"{result['files']} files, {result['lines']} lines")
     print(f"lines over 100 characters: {result['over_100_share']:.1%} ({result['over_100']})")
     print(
-        f"lines over 120 characters: {result['over_120_share']:.1%} ({result['over_120']}); over 119: {result['over_119']}"
+        f"lines over 120 characters: {result['over_120_share']:.1%} ({result['over_120']}); "
+        f"over 119: {result['over_119']}"
     )
     print(f"code tokens per line:      {result['code_tokens_per_line']:.1f}")
     print(f"# noqa markers:            {result['noqa']}")

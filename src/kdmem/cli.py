@@ -6,16 +6,25 @@ import argparse
 import errno
 import logging
 import sys
+import traceback
 from pathlib import Path
 
+import yaml
+
 from kdmem.config import INFERENCE_DTYPES as DTYPES
-from kdmem.config import ConfigError, available_presets, load_config
+from kdmem.config import ConfigError, available_presets, config_to_dict, load_config
 from kdmem.data import DataError
 from kdmem.models import ModelError
 from kdmem.rehearsal import RehearsalError
 from kdmem.train.trainers import TrainingError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, TrainingError, RehearsalError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, DataError, ModelError, TrainingError, RehearsalError, FileNotFoundError)
+"""What bad input raises: printed as one line, without a traceback. Anything else is a bug."""
+
+INTERNAL_ERROR = (
+    "kdmem: internal error (a bug): please report it to the kdmem maintainers (see README.md), with the "
+    "traceback above and the command you ran."
+)
 
 
 def _describe_os_error(error: OSError) -> str:
@@ -28,6 +37,28 @@ def _describe_os_error(error: OSError) -> str:
     return f"{error.strerror or error}{where}. Check the path and its permissions; finished stages are kept."
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:  # int() of a text that is no integer
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:  # float() of a text that is no number
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdmem", description="Memorization dynamics in knowledge distillation.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -36,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="train teacher, baseline, soft and hard students; measure memorization; print the headline table",
-        description="Run the paper's pipeline. With no CONFIG and no --preset it runs the embedded default experiment.",
+        description="Run the paper's pipeline. With no CONFIG and no --preset it runs the embedded default "
+        "experiment.",
     )
     run.add_argument("config", nargs="?", help="YAML config file (keys as in kdmem.config.ExperimentConfig)")
     run.add_argument("--preset", help=f"named preset: {', '.join(available_presets())}")
@@ -52,15 +84,23 @@ def _parser() -> argparse.ArgumentParser:
         help="validate the config and print the plan and a compute estimate; train nothing",
     )
     run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the config CONFIG, --preset and the overrides resolve to, as YAML (as OUT/config.yaml holds it); "
+        "run nothing",
+    )
+    run.add_argument(
         "--rehearse",
         action="store_true",
-        help="run the whole pipeline of CONFIG on shrunken look-alikes of its models (random weights, real vocabularies, "
-        "tokenizers and dtypes) in minutes on a CPU, into runs/NAME-rehearsal; checks every stage's outputs",
+        help="run the whole pipeline of CONFIG on shrunken look-alikes of its models (random weights, real "
+        "vocabularies, tokenizers and dtypes) in minutes on a CPU, into runs/NAME-rehearsal; checks every stage's "
+        "outputs",
     )
     run.add_argument(
         "--lookalikes",
         metavar="DIR",
-        help="with --rehearse: a folder holding ORG/NAME/config.json and tokenizer files for the config's models, read instead of the hub",
+        help="with --rehearse: a folder holding ORG/NAME/config.json and tokenizer files for the config's models, "
+        "read instead of the hub",
     )
     run.add_argument(
         "--parameters",
@@ -80,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument(
         "--data",
         required=True,
-        help="a Parquet file with input_ids (e.g. OUT/data/train.parquet), a text file or folder, builtin:python-docs, or a hub dataset",
+        help="a Parquet file with input_ids (e.g. OUT/data/train.parquet), a text file or folder, "
+        "builtin:python-docs, or a hub dataset",
     )
     extract.add_argument("--prefix-len", type=int, default=50)
     extract.add_argument("--suffix-len", type=int, default=50)
@@ -123,7 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     membership = commands.add_parser(
         "membership",
         help="membership inference: per-example scores on members and non-members, ROC-AUC and TPR at 1%% FPR",
-        description="Scores: loss, zlib_ratio, min_k_prob, reference_ratio; formulas in the output's Parquet metadata.",
+        description="Scores: loss, zlib_ratio, min_k_prob, reference_ratio; formulas in the output's Parquet "
+        "metadata.",
     )
     membership.add_argument("--model", required=True, help="hub name or save_pretrained folder")
     membership.add_argument(
@@ -139,8 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     membership.add_argument(
         "--reference", help="reference model for reference_ratio (e.g. the base before fine-tuning)"
     )
-    membership.add_argument("--min-k", type=float, default=0.2, help="k of Min-K%% Prob")
-    membership.add_argument("--batch-size", type=int, default=64)
+    membership.add_argument("--min-k", type=_share, default=0.2, help="k of Min-K%% Prob, in (0, 1]")
+    membership.add_argument("--batch-size", type=_at_least_one, default=64)
     membership.add_argument("--output", "-o", required=True, help="Parquet file to write")
     membership.add_argument(
         "--dtype", default="float32", choices=DTYPES, help="dtype the models are scored in (paper configs: bfloat16)"
@@ -150,11 +192,12 @@ def _parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser(
         "analyze",
         help="explain a finished run's memorization: overlaps, features, predictor, mechanism, sweeps",
-        description="Writes OUT/analysis.json, OUT/features.parquet (if missing), OUT/categories.parquet and OUT/figures/ (PNG and SVG).",
+        description="Writes OUT/analysis.json, OUT/features.parquet (if missing), OUT/categories.parquet and "
+        "OUT/figures/ (PNG and SVG).",
     )
     analyze.add_argument("output", help="a run folder written by `kdmem run`")
     analyze.add_argument(
-        "--repeats", type=int, default=100, help="repetitions of the predictor's 1:3 protocol (paper: 100)"
+        "--repeats", type=_at_least_one, default=100, help="repetitions of the predictor's 1:3 protocol (paper: 100)"
     )
 
     predict = commands.add_parser(
@@ -202,6 +245,8 @@ def _compare(args) -> None:
     from kdmem.io import write_json_atomic
     from kdmem.report.headline import comparison_table
 
+    if len(args.runs) < 2:
+        raise ConfigError(f"kdmem compare needs two or more run folders, got only {args.runs[0]}.")
     comparison = compare_many(args.runs)
     if args.json:
         write_json_atomic(Path(args.json), comparison)
@@ -242,10 +287,8 @@ def _predict(args) -> None:
         teacher_only=args.teacher_only,
     )
     write_parquet_atomic(Path(args.output), risk)
-    top = risk["risk"].quantile(0.99)
-    print(
-        f"scored {len(risk)} sequences; mean risk {risk['risk'].mean():.4f}, 99th percentile {top:.4f}; wrote {args.output}"
-    )
+    mean, top = risk["risk"].mean(), risk["risk"].quantile(0.99)
+    print(f"scored {len(risk)} sequences; mean risk {mean:.4f}, 99th percentile {top:.4f}; wrote {args.output}")
 
 
 def _parameter_counts(text: str) -> dict[str, float]:
@@ -322,6 +365,25 @@ def _extract(args) -> None:
         print(one_line_summary(verdicts))
 
 
+def _run(args) -> None:
+    _split_config_and_overrides(args)
+    config = load_config(args.config, preset=args.preset, overrides=args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+    elif args.dry_run:
+        from kdmem.plan import format_plan, plan
+
+        print(format_plan(plan(config, _parameter_counts(args.parameters))))
+    elif args.rehearse:
+        from kdmem.rehearsal import format_rehearsal, rehearse
+
+        print(format_rehearsal(rehearse(config, args.output, lookalikes=args.lookalikes)))
+    else:
+        from kdmem.pipeline import run
+
+        run(config, args.output, overwrite=args.overwrite)
+
+
 def _leave_process_group() -> None:
     """Under ``accelerate launch``, leave the process group before exit: a gloo group left to
     interpreter exit can abort the process."""
@@ -349,20 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "run":
-            from kdmem.pipeline import run
-
-            _split_config_and_overrides(args)
-            config = load_config(args.config, preset=args.preset, overrides=args.overrides)
-            if args.dry_run:
-                from kdmem.plan import format_plan, plan
-
-                print(format_plan(plan(config, _parameter_counts(args.parameters))))
-            elif args.rehearse:
-                from kdmem.rehearsal import format_rehearsal, rehearse
-
-                print(format_rehearsal(rehearse(config, args.output, lookalikes=args.lookalikes)))
-            else:
-                run(config, args.output, overwrite=args.overwrite)
+            _run(args)
         elif args.command == "extract":
             _extract(args)
         elif args.command == "membership":
@@ -392,6 +441,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"kdmem: error: {_describe_os_error(error)}", file=sys.stderr)
         return 2
+    except Exception:  # not bad input: a bug, shown with its traceback
+        if args.debug:
+            raise
+        traceback.print_exc()
+        print(INTERNAL_ERROR, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

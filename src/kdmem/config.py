@@ -1,8 +1,12 @@
 """The experiment config: typed dataclasses, loaded from YAML and overridden with ``key=value``.
 
 The dataclass defaults *are* the embedded default experiment (tiny models built locally, the
-builtin corpus, CPU-sized budgets). A preset or a YAML file only lists what differs from them,
-so every knob is visible in one place: this file.
+builtin corpus, CPU-sized budgets): a field's default is the value the default run gets. A
+section type that serves several roles defaults to what the default run gives most of them
+(``TrainingConfig``: the baseline's and the students'), and a role that differs says so where
+``ExperimentConfig`` declares it, by the fields that differ (the teacher's learning rate). A
+preset or a YAML file lists only what differs from the defaults; ``kdmem run --print-config``
+prints what a run resolves to.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kdmem.losses import SOFT_KINDS
+from kdmem.train.teacher_cache import CACHE_KINDS, PAPER_TEMPERATURES
 
 
 class ConfigError(ValueError):
@@ -68,16 +75,6 @@ class Section:
             raise error.at(prefix) from None
 
 
-SOFT_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
-"""The divergences soft distillation can minimise (``kdmem.losses``)."""
-
-PAPER_TEMPERATURES = (1.0, 2.0, 3.0, 4.0)
-"""The paper's temperature sweep."""
-
-CACHE_KINDS = ("hidden", "logits", "sampled")
-"""What a teacher cache can keep per token (``kdmem.train.teacher_cache``)."""
-
-
 @dataclass
 class DataConfig(Section):
     """Where the private training set D comes from and how it is cut into sequences."""
@@ -124,8 +121,8 @@ class DataConfig(Section):
 class TrainingConfig(Section):
     """One training stage's optimisation; mapped onto ``transformers.TrainingArguments``."""
 
-    epochs: float = 1.0
-    learning_rate: float = 5e-5
+    epochs: float = 12.0
+    learning_rate: float = 3e-3
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
@@ -155,7 +152,7 @@ class TrainingConfig(Section):
 class ModelConfig(Section):
     """A model to start from, and how the stage that fine-tunes it trains."""
 
-    model: str = "builtin:tiny-teacher"
+    model: str = "builtin:tiny-student"
     """A hub name (``EleutherAI/pythia-12b``), a local ``save_pretrained`` folder, or ``builtin:tiny-*``."""
     revision: str | None = None
     trust_remote_code: bool = False
@@ -171,7 +168,7 @@ class SoftDistillConfig(Section):
     kind: str = "forward_kl"
     """``forward_kl`` (the paper), ``reverse_kl``, ``jsd`` or ``tvd``."""
     temperature: float = 2.0
-    sweep_temperatures: list[float] = field(default_factory=list)
+    sweep_temperatures: list[float] = field(default_factory=lambda: [1.0])
     """Extra soft students at these temperatures (paper: 1, 2, 3, 4), first seed only, named
     ``soft-T{t}``; the one at ``temperature`` is the ``soft`` student itself."""
     jsd_beta: float = 0.5
@@ -252,9 +249,9 @@ class ExtractionConfig(Section):
     suffix_len: int = 32
     batch_size: int | None = 64
     """Sequences per forward pass; None: the largest that fits in memory."""
-    full: bool = False
+    full: bool = True
     """One full forward pass per example, adding suffix_token_accuracy, suffix_loss and prefix curves."""
-    prefix_lens: list[int] = field(default_factory=list)
+    prefix_lens: list[int] = field(default_factory=lambda: [8, 16, 24, 32])
     """With ``full``: also decide memorization for each of these prefix lengths (same suffix_len)."""
     first_stage_tokens: int = 4
     """Early exit: suffix tokens every example is checked on before the survivors continue."""
@@ -290,7 +287,8 @@ class ExtractionConfig(Section):
                 self.fail(field_name, f"must be 0 or more, got {getattr(self, field_name)}.")
 
     def check_fits(self, seq_len: int, where: str) -> None:
-        """The prefix and suffix (and each curve prefix) fit sequences of ``seq_len`` tokens (``where`` names that setting)."""
+        """The prefix and suffix (and each curve prefix) fit sequences of ``seq_len`` tokens
+        (``where`` names that setting)."""
         if self.prefix_len + self.suffix_len > seq_len:
             raise ConfigError(
                 f"extraction.prefix_len + extraction.suffix_len = {self.prefix_len + self.suffix_len} is longer than "
@@ -299,7 +297,8 @@ class ExtractionConfig(Section):
         for length in self.prefix_lens:
             if length + self.suffix_len > seq_len:
                 raise ConfigError(
-                    f"extraction.prefix_lens entry {length} plus suffix_len {self.suffix_len} does not fit {where} = {seq_len}."
+                    f"extraction.prefix_lens entry {length} plus suffix_len {self.suffix_len} does not fit "
+                    f"{where} = {seq_len}."
                 )
 
 
@@ -325,10 +324,12 @@ class FilteringConfig(Section):
     """The intervention: remove from D what the predictor flags, distill the student again from the
     same teacher (first seed), and compare what it memorizes."""
 
-    enabled: bool = False
-    student: str = "soft"
+    enabled: bool = True
+    student: str = "hard"
     """Which student is predicted, filtered for and distilled again: ``soft`` (the paper's) or
-    ``hard`` (trained again on the teacher's continuations of the kept examples)."""
+    ``hard`` (trained again on the teacher's continuations of the kept examples). The default run
+    filters for the hard student: at its scale the soft student (T = 2) memorizes too few examples
+    to fit a predictor on."""
     target_recall: float = 0.99
     """The flagging threshold is set on held-out examples so at least this share of the
     student's memorized examples are flagged."""
@@ -401,7 +402,8 @@ class TinySizeConfig(Section):
         if min(self.layers, self.hidden, self.heads) < 1 or self.hidden % self.heads:
             self.fail(
                 "hidden",
-                f"and heads must be positive, the heads dividing the hidden size; got hidden {self.hidden}, heads {self.heads}, layers {self.layers}.",
+                "and heads must be positive, the heads dividing the hidden size; "
+                f"got hidden {self.hidden}, heads {self.heads}, layers {self.layers}.",
             )
 
 
@@ -421,7 +423,7 @@ class EmbeddedModelsConfig(Section):
     pretrain_tokens: int = 400_000
     """Cap on public-corpus tokens used for pre-training."""
     pretraining: TrainingConfig = field(
-        default_factory=lambda: TrainingConfig(epochs=2.0, learning_rate=2e-3, warmup_ratio=0.05, batch_size=32)
+        default_factory=lambda: TrainingConfig(epochs=2.0, learning_rate=2e-3, warmup_ratio=0.05)
     )
     seed: int = 0
 
@@ -437,33 +439,15 @@ class ExperimentConfig(Section):
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(
-        default_factory=lambda: ModelConfig(
-            model="builtin:tiny-teacher", training=TrainingConfig(epochs=12.0, learning_rate=2e-3, batch_size=32)
-        )
+        default_factory=lambda: ModelConfig(model="builtin:tiny-teacher", training=TrainingConfig(learning_rate=2e-3))
     )
-    student: ModelConfig = field(
-        default_factory=lambda: ModelConfig(
-            model="builtin:tiny-student", training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32)
-        )
-    )
+    student: ModelConfig = field(default_factory=ModelConfig)
     """The student's base; its ``training`` is the cross-entropy baseline's."""
-    soft: SoftDistillConfig = field(
-        default_factory=lambda: SoftDistillConfig(
-            sweep_temperatures=[1.0], training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32)
-        )
-    )
-    hard: HardDistillConfig = field(
-        default_factory=lambda: HardDistillConfig(
-            training=TrainingConfig(epochs=12.0, learning_rate=3e-3, batch_size=32)
-        )
-    )
-    extraction: ExtractionConfig = field(
-        default_factory=lambda: ExtractionConfig(full=True, prefix_lens=[8, 16, 24, 32])
-    )
+    soft: SoftDistillConfig = field(default_factory=SoftDistillConfig)
+    hard: HardDistillConfig = field(default_factory=HardDistillConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
-    filtering: FilteringConfig = field(default_factory=lambda: FilteringConfig(enabled=True, student="hard"))
-    """On in the default run, for the hard student: at this scale the soft student (T = 2) memorizes
-    too few examples to fit a predictor on."""
+    filtering: FilteringConfig = field(default_factory=FilteringConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     second_family: SecondFamilyConfig = field(default_factory=SecondFamilyConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -485,7 +469,8 @@ class ExperimentConfig(Section):
         self.extraction.check_fits(self.data.seq_len, "data.seq_len")
         if not self.hard.prefix_len < self.data.seq_len:
             raise ConfigError(
-                f"hard.prefix_len = {self.hard.prefix_len} must be between 1 and data.seq_len - 1 = {self.data.seq_len - 1}."
+                f"hard.prefix_len = {self.hard.prefix_len} must be between 1 and "
+                f"data.seq_len - 1 = {self.data.seq_len - 1}."
             )
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed, e.g. seeds=[0].")
@@ -494,8 +479,8 @@ class ExperimentConfig(Section):
         if self.second_family.enabled:
             if self.data.packing != "documents":
                 raise ConfigError(
-                    "second_family needs data.packing=documents: only then do two tokenizers cut the same examples from the "
-                    "same documents, with the same example ids."
+                    "second_family needs data.packing=documents: only then do two tokenizers cut the same "
+                    "examples from the same documents, with the same example ids."
                 )
             second_family_config(self)  # its overrides name real keys and make a valid config
         uses_embedded = [m.model for m in (self.teacher, self.student) if m.model.startswith("builtin:")]
@@ -579,8 +564,8 @@ def _unknown_key(prefix: str, key: str, valid: list[str]) -> ConfigError:
 
 
 RETIRED_SETTINGS = {
-    "soft.cache_top_k": "soft.cache_top_k=null no longer means full logits: set soft.cache_kind=logits, or keep the default "
-    "soft.cache_kind=hidden (exact too, and the hidden size per token instead of the vocabulary).",
+    "soft.cache_top_k": "soft.cache_top_k=null no longer means full logits: set soft.cache_kind=logits, or keep "
+    "the default soft.cache_kind=hidden (exact too, and the hidden size per token instead of the vocabulary).",
 }
 """Settings whose null once meant something that is now spelled otherwise: key -> what to write."""
 

@@ -114,13 +114,16 @@ def settings_hash(value: Any) -> str:
 def claim_folder(marker: Path, settings: Any, *, holds: str, fix: str) -> bool:
     """Claim ``marker``'s folder for ``settings``: write them to ``marker`` (True), find the same
     ones there (False), or refuse a folder that holds other ones, naming the keys that differ,
-    so that two runs' partial results are never mixed. Call it on the main process."""
+    so that two runs' partial results are never mixed (``ConfigError``: the settings asked for
+    are the user's). Call it on the main process."""
     expected = json.loads(json.dumps(jsonable(settings), default=str))
     if marker.exists():
         found = json.loads(marker.read_text())
         if found != expected:
+            from kdmem.config import ConfigError  # not at the top: kdmem.config imports what imports kdmem.io
+
             differs = sorted(key for key in found.keys() | expected.keys() if found.get(key) != expected.get(key))
-            raise ValueError(f"{marker.parent} holds {holds} with other {', '.join(differs)}; {fix}")
+            raise ConfigError(f"{marker.parent} holds {holds} with other {', '.join(differs)}; {fix}")
         return False
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker, expected)

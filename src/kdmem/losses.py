@@ -9,10 +9,17 @@ magnitudes stay comparable across temperatures (Hinton et al. 2015; the paper's 
     jsd          T^2 * (beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)),  m = beta p_t + (1 - beta) p_s
     tvd          T^2 * 0.5 * sum_v |p_t(v) - p_s(v)|
 
-Logits are upcast to float32 one chunk of tokens at a time, so a float32 copy of the full
-(batch, seq, vocab) tensors never exists, for either model. Forward KL (the paper's loss, and the
-cached teacher's) computes its gradient, T (p_s - p_t), in the same pass and keeps it; the other
-kinds recompute each chunk during the backward pass.
+The loss upcasts logits to float32 one chunk of tokens at a time, so it never makes a float32 copy
+of a whole (batch, seq, vocab) tensor itself. In training, though, the student's logits reach it in
+float32 whole: the student trains with float32 weights, and under ``training.bf16`` mixed precision
+``transformers.Trainer`` leaves autocast to accelerate, whose ``Accelerator.prepare_model`` wraps
+the student's forward in ``convert_outputs_to_fp32`` (``accelerate.utils.operations``): every
+bf16 tensor the forward returns, the logits included, is upcast whole before the loss sees it (not
+under DeepSpeed, which casts the model itself). A later change is to remove that conversion. The
+teacher is not prepared by accelerate: its logits, live or recomputed from cached hidden states,
+come in its own dtype (``inference_dtype``) and are upcast here one chunk at a time. Forward KL
+(the paper's loss, and the cached teacher's) computes its gradient, T (p_s - p_t), in the same
+pass and keeps it; the other kinds recompute each chunk during the backward pass.
 
 ``sampled_forward_kl`` is forward KL against a teacher known only sparsely (what the
 teacher-logit cache keeps): its top-k tokens exactly, and N tokens of the tail (the V - k others)
@@ -32,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from kdmem.config import SOFT_KINDS
-
-KINDS = SOFT_KINDS  # the config's soft.kind takes the same names
+SOFT_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
+"""The divergences soft distillation can minimise: the values of ``distillation_loss``'s ``kind``
+and of the config's ``soft.kind``."""
 
 
 def _per_token(
@@ -94,16 +101,17 @@ def distillation_loss(
     Returns:
         A float32 scalar (``mean``, ``sum``) or a (...) float32 tensor (``none``).
     """
-    if kind not in KINDS:
-        raise ValueError(f"Unknown distillation loss kind {kind!r}; use one of {', '.join(KINDS)}.")
+    if kind not in SOFT_KINDS:
+        raise ValueError(f"Unknown distillation loss kind {kind!r}; use one of {', '.join(SOFT_KINDS)}.")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}.")
     if kind == "jsd" and not 0 < jsd_beta < 1:
         raise ValueError(f"jsd_beta must be strictly between 0 and 1, got {jsd_beta}.")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
-            f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
-            f"shape; the vocabulary sizes are {student_logits.shape[-1]} (student) and {teacher_logits.shape[-1]} (teacher)."
+            f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ "
+            f"in shape; the vocabulary sizes are {student_logits.shape[-1]} (student) and "
+            f"{teacher_logits.shape[-1]} (teacher)."
         )
     if kind == "forward_kl":
         return _forward_kl(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from kdmem.config import ExperimentConfig
+from kdmem.config import ConfigError, ExperimentConfig
 from kdmem.layout import model_names
 from kdmem.stages import Sizes
 from kdmem.train.teacher_cache import cache_bytes_per_token
@@ -69,7 +69,8 @@ def model_config(name: str, revision: str | None = None, trust_remote_code: bool
     if not hub_reachable():
         logger.warning(
             "Cannot look up %s: the Hugging Face Hub is unreachable and no copy of its config.json is cached here. "
-            "Give a local folder with its config.json as the model, or the counts with --parameters teacher=8.19e9,student=2.03e9.",
+            "Give a local folder with its config.json as the model, or the counts with --parameters "
+            "teacher=8.19e9,student=2.03e9.",
             name,
         )
         return None
@@ -105,7 +106,9 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
     parameters = parameters or {}
     unknown = set(parameters) - {"teacher", "student"}
     if unknown:
-        raise ValueError(f"--parameters takes teacher=N and student=N, not {', '.join(sorted(unknown))}.")
+        raise ConfigError(
+            f"--parameters takes teacher=N and student=N, not {', '.join(repr(name) for name in sorted(unknown))}."
+        )
     soft = config.soft
     cache = soft.teacher_cache
     exact_cache = cache and soft.cache_kind != "sampled"  # its size and cost follow the models' shapes
@@ -174,7 +177,8 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
             for name, f in stages
         ],
         "total_gpu_hours": None if total is None else total / (PEAK_FLOPS * UTILIZATION) / 3600,
-        "assumptions": f"2N FLOPs/token forward, 6N training; {PEAK_FLOPS / 1e12:.0f} TFLOP/s at {UTILIZATION:.0%} utilization"
+        "assumptions": f"2N FLOPs/token forward, 6N training; {PEAK_FLOPS / 1e12:.0f} TFLOP/s at "
+        f"{UTILIZATION:.0%} utilization"
         + (
             "; the hidden-state cache's output layer not counted (no config of the teacher or student here)"
             if cache and soft.cache_kind == "hidden" and shape is None
@@ -190,8 +194,10 @@ def format_plan(result: dict) -> str:
     sizes = {role: "unknown" if n is None else f"{n / 1e9:.2f}B" for role, n in result["parameters"].items()}
     lines = [
         f"plan for {result['name']!r}: nothing is downloaded or trained",
-        f"teacher {result['models']['teacher']} ({sizes['teacher']} parameters), student {result['models']['student']} ({sizes['student']} parameters)",
-        f"data {result['data']['source']}: {count(result['data']['examples'])} training sequences of {result['data']['seq_len']} tokens "
+        f"teacher {result['models']['teacher']} ({sizes['teacher']} parameters), student "
+        f"{result['models']['student']} ({sizes['student']} parameters)",
+        f"data {result['data']['source']}: {count(result['data']['examples'])} training sequences of "
+        f"{result['data']['seq_len']} tokens "
         f"= {count(result['data']['tokens'])} tokens; {result['data']['validation_examples']:,} held out",
         f"models trained: {', '.join(result['trained_models'])}",
     ]

@@ -46,7 +46,10 @@ def _is_hub_name(name: str) -> bool:
     return not name.startswith("builtin:") and not is_local(name)
 
 
-OFFLINE_FIXTURE = "kdmem's offline look-alike (the real config.json as recorded, a locally trained tokenizer with the real length and special-token ids)"
+OFFLINE_FIXTURE = (
+    "kdmem's offline look-alike (the real config.json as recorded, a locally trained tokenizer with the real length "
+    "and special-token ids)"
+)
 
 
 def lookalike_source(name: str, lookalikes: Path | None, online: bool) -> tuple[str, str]:
@@ -62,7 +65,8 @@ def lookalike_source(name: str, lookalikes: Path | None, online: bool) -> tuple[
     raise RehearsalError(
         f"The Hugging Face Hub is unreachable, so the rehearsal cannot read the config.json and tokenizer of {name}. "
         f"Point --lookalikes at a folder holding {name}/config.json and its tokenizer files (as `save_pretrained` "
-        "writes them; no weights are needed), or set the model to such a folder (teacher.model=PATH or student.model=PATH)."
+        "writes them; no weights are needed), or set the model to such a folder "
+        "(teacher.model=PATH or student.model=PATH)."
     )
 
 
@@ -85,9 +89,9 @@ def rehearsal_config(
     online = hub_reachable() if any(_is_hub_name(name) for name in names) else True
     if _is_hub_name(config.data.source) and not online:
         raise RehearsalError(
-            f"The Hugging Face Hub is unreachable, so the rehearsal cannot read a slice of {config.data.source}. Point "
-            "data.source at a local copy (a .parquet, .jsonl or .txt file or folder), or rehearse the shapes on the "
-            "embedded text: kdmem run CONFIG --rehearse data.source=builtin:python-docs"
+            f"The Hugging Face Hub is unreachable, so the rehearsal cannot read a slice of {config.data.source}. "
+            "Point data.source at a local copy (a .parquet, .jsonl or .txt file or folder), or rehearse the shapes "
+            "on the embedded text: kdmem run CONFIG --rehearse data.source=builtin:python-docs"
         )
     rehearsal = copy.deepcopy(config)
     rehearsal.name = f"{config.name}-rehearsal"
@@ -113,7 +117,8 @@ def rehearsal_config(
     if from_fixtures:
         logger.warning(
             "The Hugging Face Hub is unreachable: the look-alikes of %s are made from kdmem's offline fixtures "
-            "(src/kdmem/models/lookalikes). Pass --lookalikes DIR to use your own copies of their config.json and tokenizer files.",
+            "(src/kdmem/models/lookalikes). Pass --lookalikes DIR to use your own copies of their config.json "
+            "and tokenizer files.",
             " and ".join(from_fixtures),
         )
     data = rehearsal.data
@@ -178,7 +183,8 @@ def check_outputs(config: ExperimentConfig, root: Path) -> list[str]:
         verdicts = pd.read_parquet(layout.memorization(name))
         require(
             len(verdicts) == len(train) and all(f"memorized_p{p}" in verdicts for p in config.extraction.prefix_lens),
-            f"{name}: trained, and every example of D has a verdict (prefix curve {config.extraction.prefix_lens or 'off'})",
+            f"{name}: trained, and every example of D has a verdict (prefix curve "
+            f"{config.extraction.prefix_lens or 'off'})",
         )
     if config.soft.teacher_cache:
         spec = json.loads((layout.teacher_cache("train") / "spec.json").read_text())
@@ -219,7 +225,8 @@ def rehearse(
     marker = root / "rehearsal.json"
     if (root / "config.yaml").exists() and not marker.exists():
         raise RehearsalError(
-            f"{root} holds a run that is not a rehearsal; a rehearsal never writes into a real run's folder. Use another --output."
+            f"{root} holds a run that is not a rehearsal; a rehearsal never writes into a real run's folder. "
+            "Use another --output."
         )
     started = time.perf_counter()
     rehearsal, lookalike_models = rehearsal_config(config, lookalikes, examples)
@@ -243,8 +250,8 @@ def rehearse(
         reason = " ".join(str(error).split())[:600]
         raise RehearsalError(
             f"The rehearsal of {config.name} failed in stage {where} after {time.perf_counter() - started:.0f} s: "
-            f"{type(error).__name__}: {reason}. A run of the real models reaches the same code after every stage before it. "
-            f"Output so far: {root / 'run'}"
+            f"{type(error).__name__}: {reason}. A run of the real models reaches the same code after every stage "
+            f"before it. Output so far: {root / 'run'}"
         ) from error
     checked = check_outputs(rehearsal, root / "run")
     result = {
@@ -265,8 +272,9 @@ def format_rehearsal(result: dict) -> str:
     for role, info in result["lookalikes"].items():
         if "vocab_size" in info:
             lines.append(
-                f"{role}: {info['architecture']} look-alike of {info['model']} from {info['found_in']}: vocabulary {info['vocab_size']:,} "
-                f"(tokenizer {info['tokenizer_length']:,}), {'tied' if info['tie_word_embeddings'] else 'untied'}, special ids {info['special_token_ids']}, "
+                f"{role}: {info['architecture']} look-alike of {info['model']} from {info['found_in']}: "
+                f"vocabulary {info['vocab_size']:,} (tokenizer {info['tokenizer_length']:,}), "
+                f"{'tied' if info['tie_word_embeddings'] else 'untied'}, special ids {info['special_token_ids']}, "
                 f"sizes {info['lookalike_sizes']} (real {info['real_sizes']})"
             )
         else:

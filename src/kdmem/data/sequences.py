@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -25,9 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from kdmem.config import DataConfig
 from kdmem.data.sources import READ_ERRORS, DataError, load_documents, source_fingerprint, unreadable_data
 from kdmem.io import atomic_dir, atomic_path, cache_dir, write_parquet_atomic
+
+if TYPE_CHECKING:  # annotations only: kdmem.config imports kdmem.train.teacher_cache, which imports this module
+    from kdmem.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +125,7 @@ def _cutter(tokenizer, seq_len: int, stats: PackingStats):
 
     def cut(batch):
         encoded = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]
-        kept = [(text, ids[:seq_len]) for text, ids in zip(batch["text"], encoded) if len(ids) >= seq_len]
+        kept = [(text, ids[:seq_len]) for text, ids in zip(batch["text"], encoded, strict=True) if len(ids) >= seq_len]
         stats.documents += len(encoded)
         stats.tokens += sum(map(len, encoded))
         stats.dropped_tokens += sum(len(ids) - seq_len for ids in encoded if len(ids) >= seq_len)
@@ -207,7 +210,7 @@ def stream_sequences(cfg: DataConfig, tokenizer) -> Path:
     written = 0
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         while chunk := list(itertools.islice(packed, ROW_GROUP_SIZE)):
-            names, rows = zip(*chunk)
+            names, rows = zip(*chunk, strict=True)
             writer.write_table(pa.table({"example_id": list(names), "input_ids": list(rows)}, schema=schema))
             written += len(chunk)
         if not written:
@@ -275,8 +278,9 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
         logger.info("%s: %d sequences in D; %s", cfg.source, len(train), stats.describe(cfg.seq_len))
     if cfg.num_examples is not None and len(train) < cfg.num_examples:
         raise DataError(
-            f"{cfg.source} yields only {len(train)} distinct sequences of {cfg.seq_len} tokens for D from the documents not "
-            f"held out for validation, but data.num_examples={cfg.num_examples} are needed. Lower data.num_examples, or use a larger source."
+            f"{cfg.source} yields only {len(train)} distinct sequences of {cfg.seq_len} tokens for D from the "
+            f"documents not held out for validation, but data.num_examples={cfg.num_examples} are needed. Lower "
+            "data.num_examples, or use a larger source."
         )
     validation = pd.DataFrame({"example_id": [], "input_ids": []})
     if cfg.validation_examples:
@@ -289,7 +293,8 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
             raise DataError(
                 f"{cfg.source} yields only {len(validation)} validation sequences of {cfg.seq_len} tokens from the "
                 f"{share:.1%} of its documents held out (by document, so that none feeds both D and validation), but "
-                f"data.validation_examples={cfg.validation_examples} are needed. Lower data.validation_examples, or use a larger source."
+                f"data.validation_examples={cfg.validation_examples} are needed. Lower data.validation_examples, "
+                "or use a larger source."
             )
     train, validation = train.reset_index(drop=True), validation.reset_index(drop=True)
     with atomic_dir(folder) as tmp:
@@ -305,10 +310,14 @@ def sequence_file(cfg: DataConfig, tokenizer) -> Path:
     path = Path(cfg.source).expanduser()
     if path.suffix == ".parquet" and path.is_file():
         try:
-            names = pq.read_schema(path).names
+            metadata = pq.read_metadata(path)
         except (pa.ArrowException, OSError) as error:
             raise unreadable_data(cfg.source, error) from None
-        if "input_ids" in names:
+        if "input_ids" in metadata.schema.to_arrow_schema().names:
+            if not metadata.num_rows:
+                raise DataError(
+                    f"{path} holds no sequences (its input_ids column has no rows); give a file with some."
+                )
             return path
     return stream_sequences(cfg, tokenizer)
 
@@ -334,7 +343,13 @@ def read_sequence_rows(path: Path, start: int, stop: int) -> pd.DataFrame:
     if not groups:
         return pd.DataFrame({"example_id": [], "input_ids": []})
     frame = file.read_row_groups(groups, columns=columns).slice(start - offset, stop - start).to_pandas()
-    frame["input_ids"] = [np.asarray(ids, dtype=np.int32) for ids in frame["input_ids"]]
+    try:
+        frame["input_ids"] = [np.asarray(ids, dtype=np.int32) for ids in frame["input_ids"]]
+    except (TypeError, ValueError) as error:  # strings, nested lists, nulls
+        raise DataError(
+            f"{path}: input_ids must hold one list of integer token ids per row ({error}). Write the token ids "
+            "as lists of integers, or give the text instead and let kdmem tokenize it."
+        ) from None
     if "example_id" not in frame.columns:
         frame["example_id"] = [example_id(ids) for ids in frame["input_ids"]]
     if frame["input_ids"].map(len).nunique() > 1:

@@ -9,14 +9,17 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import pandas as pd
 import pyarrow as pa
 
-from kdmem.config import DataConfig
 from kdmem.data.builtin import python_docs
 from kdmem.io import write_parquet_atomic
+
+if TYPE_CHECKING:  # annotations only: kdmem.config imports kdmem.train.teacher_cache, which imports this module
+    from kdmem.config import DataConfig
 
 BUILTIN_SOURCES = {"builtin:python-docs": "private", "builtin:python-docs-public": "public"}
 logger = logging.getLogger(__name__)
@@ -73,7 +76,8 @@ def _saved_dataset(path: Path, split: str) -> datasets.Dataset:
     if isinstance(saved, datasets.DatasetDict):
         if split not in saved:
             raise DataError(
-                f"{path} is a DatasetDict with splits {', '.join(saved)}, not {split!r}. Set data.split to one of them."
+                f"{path} is a DatasetDict with splits {', '.join(saved)}, not {split!r}. "
+                "Set data.split to one of them."
             )
         saved = saved[split]
     return saved
@@ -94,8 +98,8 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
         if not files:
             raise DataError(
                 f"{path} is neither a dataset saved with save_to_disk (it has no {SAVED_DATASET_DICT_FILE}, nor "
-                f"{' and '.join(SAVED_DATASET_FILES)}) nor a folder of .txt, .jsonl or .parquet files; it holds {_found(path)}. "
-                "Point data.source at one of those."
+                f"{' and '.join(SAVED_DATASET_FILES)}) nor a folder of .txt, .jsonl or .parquet files; it holds "
+                f"{_found(path)}. Point data.source at one of those."
             )
     else:
         files = [path]
@@ -170,7 +174,14 @@ def load_documents(cfg: DataConfig) -> datasets.IterableDataset | datasets.Datas
             except READ_ERRORS as error:
                 raise unreadable_data(cfg.source, error) from None
     else:
-        documents = datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split, streaming=cfg.streaming)
+        try:
+            documents = datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split, streaming=cfg.streaming)
+        except ValueError as error:  # datasets' word for a config name or split the dataset does not have
+            raise DataError(
+                f"Cannot load the hub dataset {cfg.source} with data.subset={cfg.subset!r} and "
+                f"data.split={cfg.split!r}: {' '.join(str(error).split())[:400]} Set data.subset and data.split "
+                "to ones the dataset has."
+            ) from None
     columns = documents.column_names
     if columns is not None and cfg.text_field not in columns:
         raise DataError(
@@ -203,15 +214,16 @@ def write_documents(documents, folder: str | Path, text_field: str = "text") -> 
         columns = list(documents.column_names if isinstance(documents, datasets.Dataset) else documents.columns)
         if text_field not in columns:
             raise DataError(
-                f"The documents have no text field {text_field!r}; their columns are {columns}. Set data.text_field to the column that holds the text."
+                f"The documents have no text field {text_field!r}; their columns are {columns}. Set data.text_field "
+                "to the column that holds the text."
             )
         texts = list(documents[text_field])
     elif isinstance(documents, (list, tuple)):
         texts = list(documents)
     else:
         raise DataError(
-            f"Documents of type {type(documents).__name__} cannot be read: give a datasets.Dataset, a pandas DataFrame "
-            "with a text column, a list of strings, or a data.source path or dataset name."
+            f"Documents of type {type(documents).__name__} cannot be read: give a datasets.Dataset, a pandas "
+            "DataFrame with a text column, a list of strings, or a data.source path or dataset name."
         )
     if not texts:
         raise DataError("The documents are empty: there is no text to train on or audit.")

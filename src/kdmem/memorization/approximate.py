@@ -68,7 +68,10 @@ def approximate_memorization(
     generated = greedy_continuations(
         model, input_ids, prefix_len, prefix_len + suffix_len, batch_size, desc="approximate"
     )
-    rows = [suffix_similarity(g[prefix_len:].tolist(), t[prefix_len:].tolist()) for g, t in zip(generated, input_ids)]
+    rows = [
+        suffix_similarity(g[prefix_len:].tolist(), t[prefix_len:].tolist())
+        for g, t in zip(generated, input_ids, strict=True)
+    ]
     frame = pd.DataFrame(rows, columns=list(APPROXIMATE_COLUMNS))
     frame.insert(0, "example_id", sequences["example_id"].to_numpy())
     return frame

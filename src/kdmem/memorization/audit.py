@@ -36,7 +36,9 @@ class AuditConfig(Section):
     model: str
     data: DataConfig
     extraction: ExtractionConfig = field(
-        default_factory=lambda: ExtractionConfig(prefix_len=50, suffix_len=50, batch_size=None, approximate_sample=0)
+        default_factory=lambda: ExtractionConfig(
+            prefix_len=50, suffix_len=50, batch_size=None, full=False, prefix_lens=[], approximate_sample=0
+        )
     )
     shard_size: int = 10_000
     """Examples per output shard: the unit of resumption and of work per process."""

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from kdmem.config import CanaryConfig
+from kdmem.config import CanaryConfig, ConfigError
 from kdmem.data import as_tensor
 from kdmem.memorization.extraction import extract_memorized
 
@@ -48,12 +48,13 @@ def make_canaries(
         raise ValueError(f"prefix_len = {prefix_len} must be between 1 and seq_len - 1 = {seq_len - 1}.")
     tokens = _canary_tokens(vocab_size, excluded_token_ids)
     if len(cfg.repeats) > len(tokens) ** prefix_len:
-        raise ValueError(
-            f"{len(cfg.repeats)} canaries cannot have distinct keys of {prefix_len} tokens from {len(tokens)} token ids."
+        raise ConfigError(
+            f"{len(cfg.repeats)} canaries (canaries.repeats) cannot have distinct keys of {prefix_len} tokens "
+            f"(extraction.prefix_len) from {len(tokens)} token ids; plant fewer canaries or lengthen the key."
         )
     rng = np.random.default_rng(cfg.seed)
     rows, keys = [], set()
-    for repeats in cfg.repeats:
+    for _ in cfg.repeats:
         ids = rng.choice(tokens, seq_len)
         # Two canaries sharing a key would compete for one continuation; draw again (rarely needed).
         while ids[:prefix_len].tobytes() in keys:

@@ -35,7 +35,7 @@ from accelerate.utils import find_executable_batch_size
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from kdmem.data import as_tensor
+from kdmem.data import DataError, as_tensor
 from kdmem.models.decoding import greedy_continuations
 
 RECHECK_ULPS = 4
@@ -190,17 +190,18 @@ def extract_memorized(
     input_ids = as_tensor(sequences)
     length = input_ids.shape[1] if len(input_ids) else 0
     if len(input_ids) and length < prefix_len + suffix_len:
-        raise ValueError(
+        raise DataError(
             f"Sequences have {length} tokens, fewer than prefix_len + suffix_len = {prefix_len + suffix_len}. "
-            "Lower the prefix or suffix length, or use longer sequences."
+            "Lower the prefix or suffix length (--prefix-len, --suffix-len), or audit longer sequences."
         )
     prefix_lens = tuple(sorted(set(prefix_lens)))
     if prefix_lens and not full:
         raise ValueError("prefix_lens needs full=True: the curve comes from the full forward pass.")
     for p in prefix_lens:
         if p < 1 or p + suffix_len > length:
-            raise ValueError(
-                f"Prefix length {p} plus suffix_len {suffix_len} does not fit sequences of {length} tokens."
+            raise DataError(
+                f"Prefix length {p} plus suffix_len {suffix_len} does not fit sequences of {length} tokens; "
+                "drop it from --prefix-lens, or audit longer sequences."
             )
 
     model.eval()
@@ -234,7 +235,7 @@ def extract_memorized(
         values = verdict_columns(batch_size)
     started, rechecked_examples = time.perf_counter(), 0
 
-    def decided(matched: torch.Tensor, near_tie: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def decide(matched: torch.Tensor, near_tie: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal rechecked_examples
         rechecked = near_tie if recheck else torch.zeros_like(near_tie)
         if rechecked.any():
@@ -243,10 +244,10 @@ def extract_memorized(
             rechecked_examples += int(rechecked.sum())
         return matched, rechecked
 
-    matched, rechecked = decided(values.pop("matched_tokens"), values.pop("near_tie"), prefix_len)
+    matched, rechecked = decide(values.pop("matched_tokens"), values.pop("near_tie"), prefix_len)
     for length in prefix_lens:
         values[f"memorized_p{length}"] = (
-            decided(values.pop(f"matched_p{length}"), values.pop(f"near_tie_p{length}"), length)[0] == suffix_len
+            decide(values.pop(f"matched_p{length}"), values.pop(f"near_tie_p{length}"), length)[0] == suffix_len
         )
     frame = pd.DataFrame(
         {

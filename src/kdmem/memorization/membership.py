@@ -36,19 +36,24 @@ SCORES: dict[str, dict[str, str]] = {
         "source": "Yeom et al. 2018, Privacy Risk in Machine Learning",
     },
     "zlib_ratio": {
-        "formula": "loss / zlib_entropy(tokenizer.decode(input_ids)), where zlib_entropy = len(zlib.compress(text.encode('utf-8'))) bytes",
+        "formula": "loss / zlib_entropy(tokenizer.decode(input_ids)), "
+        "where zlib_entropy = len(zlib.compress(text.encode('utf-8'))) bytes",
         "direction": LOWER,
-        "source": "Carlini et al. 2021, Extracting Training Data from Large Language Models (zlib comparison; log-perplexity over zlib bytes, as in their code)",
+        "source": "Carlini et al. 2021, Extracting Training Data from Large Language Models "
+        "(zlib comparison; log-perplexity over zlib bytes, as in their code)",
     },
     "min_k_prob": {
-        "formula": "mean of the lowest max(1, floor(k * (T-1))) token log-probabilities log p(x_t | x_<t), nats; k = 0.2 unless stated",
+        "formula": "mean of the lowest max(1, floor(k * (T-1))) token log-probabilities log p(x_t | x_<t), nats; "
+        "k = 0.2 unless stated",
         "direction": HIGHER,
         "source": "Shi et al. 2024, Detecting Pretraining Data from Large Language Models (Min-K% Prob)",
     },
     "reference_ratio": {
-        "formula": "loss / reference_loss, the model's log-perplexity over a reference model's (kdmem: the base before fine-tuning); NaN without a reference",
+        "formula": "loss / reference_loss, the model's log-perplexity over a reference model's "
+        "(kdmem: the base before fine-tuning); NaN without a reference",
         "direction": LOWER,
-        "source": "Carlini et al. 2021, Extracting Training Data from Large Language Models (comparison to other models)",
+        "source": "Carlini et al. 2021, Extracting Training Data from Large Language Models "
+        "(comparison to other models)",
     },
 }
 """Every membership score: ``formula``, ``direction`` (the side of the score where members lie) and ``source``."""

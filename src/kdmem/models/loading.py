@@ -108,16 +108,19 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer) -> None:
     differences = [f"teacher {len(teacher_vocab)} tokens, student {len(student_vocab)}"]
     if only_teacher:
         differences.append(
-            f"{len(only_teacher)} only in the teacher's (e.g. {only_teacher[0]!r}, id {teacher_vocab[only_teacher[0]]})"
+            f"{len(only_teacher)} only in the teacher's (e.g. {only_teacher[0]!r}, id "
+            f"{teacher_vocab[only_teacher[0]]})"
         )
     if only_student:
         differences.append(
-            f"{len(only_student)} only in the student's (e.g. {only_student[0]!r}, id {student_vocab[only_student[0]]})"
+            f"{len(only_student)} only in the student's (e.g. {only_student[0]!r}, id "
+            f"{student_vocab[only_student[0]]})"
         )
     if moved:
         token = moved[0]
         differences.append(
-            f"{len(moved)} with other ids (e.g. {token!r}: teacher id {teacher_vocab[token]}, student id {student_vocab[token]})"
+            f"{len(moved)} with other ids (e.g. {token!r}: teacher id {teacher_vocab[token]}, student id "
+            f"{student_vocab[token]})"
         )
     raise ModelError(
         f"Teacher and student vocabularies differ: {'; '.join(differences)}. Soft distillation needs models of one "

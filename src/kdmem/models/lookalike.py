@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from kdmem.config import TinySizeConfig
 from kdmem.io import atomic_dir, cache_dir, settings_hash
+from kdmem.models.loading import LOAD_ERRORS, ModelError
 
 LEARNED_TOKENS = 8192
 """Tokens a look-alike tokenizer learns from the public corpus; the rest of its length is filler."""
@@ -58,7 +59,7 @@ def lookalike_tokenizer(spec: dict) -> PreTrainedTokenizerFast:
     special_ids = set(specials.values())
     free_ids = [i for i in range(length) if i not in special_ids]
     fillers = [f"<lookalike-unused-{i}>" for i in range(len(free_ids) - len(learned))]
-    vocab = dict(zip([token for token, _ in learned] + fillers, free_ids)) | specials
+    vocab = dict(zip([token for token, _ in learned] + fillers, free_ids, strict=True)) | specials
     merges = [
         tuple(pair.split(" ")) if isinstance(pair, str) else tuple(pair)
         for pair in json.loads(bpe.to_str())["model"]["merges"]
@@ -126,8 +127,16 @@ def build_lookalike(
     files) into ``folder``: safetensors random weights at ``size``, the real tokenizer. Returns
     what was kept and what shrank."""
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
-    real_config = AutoConfig.from_pretrained(source, **options)
-    tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    try:
+        real_config = AutoConfig.from_pretrained(source, **options)
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    except LOAD_ERRORS as error:
+        reason = " ".join(str(error).split()).rstrip(".")[:400]
+        raise ModelError(
+            f"No look-alike can be made of {source}: its config.json and tokenizer could not be read "
+            f"({type(error).__name__}: {reason}). Give a folder holding them as `save_pretrained` writes them "
+            "(no weights are needed), or a hub name."
+        ) from None
     sizes = shrunk_sizes(real_config, size)
     config = AutoConfig.from_pretrained(source, **options, **sizes)
     torch.manual_seed(seed)

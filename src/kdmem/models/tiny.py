@@ -6,10 +6,14 @@ Only construction lives here; pre-training the bases on the public corpus is a t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-from kdmem.config import TinySizeConfig
+if TYPE_CHECKING:  # annotations only: kdmem.config imports kdmem.train.teacher_cache, which imports this module
+    from kdmem.config import TinySizeConfig
+
 
 END_OF_TEXT = "<|endoftext|>"
 

@@ -12,15 +12,18 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 from transformers import PreTrainedTokenizerFast, set_seed
 
-from kdmem.config import EmbeddedModelsConfig
 from kdmem.data import pack_sequences, python_docs
 from kdmem.io import atomic_dir, cache_dir, settings_hash
-from kdmem.models import build_model, train_tokenizer
+from kdmem.models import ModelError, build_model, train_tokenizer
 from kdmem.train.trainers import fine_tune
+
+if TYPE_CHECKING:  # annotations only: kdmem.config imports kdmem.train.teacher_cache, which imports this module
+    from kdmem.config import EmbeddedModelsConfig
 
 logger = logging.getLogger(__name__)
 BUILTIN_MODELS = ("builtin:tiny-teacher", "builtin:tiny-student")
@@ -89,5 +92,8 @@ def resolve_model_name(name: str, cfg: EmbeddedModelsConfig) -> str:
     if not name.startswith("builtin:"):
         return name
     if name not in BUILTIN_MODELS:
-        raise ValueError(f"Unknown builtin model {name!r}; use {' or '.join(BUILTIN_MODELS)}.")
+        raise ModelError(
+            f"Unknown builtin model {name!r}; use {' or '.join(BUILTIN_MODELS)}, a hub name or a "
+            "save_pretrained folder."
+        )
     return str(embedded_bases(cfg)[name.removeprefix("builtin:tiny-")])

@@ -51,10 +51,17 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from kdmem.config import CACHE_KINDS, PAPER_TEMPERATURES
 from kdmem.data import as_tensor
 from kdmem.io import atomic_path, claim_folder, process_state
 from kdmem.losses import importance_sampled_teacher
+from kdmem.models import ModelError
+
+CACHE_KINDS = ("hidden", "logits", "sampled")
+"""What a teacher cache can keep per token (see the module docstring); the values of ``soft.cache_kind``."""
+
+PAPER_TEMPERATURES = (1.0, 2.0, 3.0, 4.0)
+"""The paper's temperature sweep: what a sampled cache serves besides the run's own temperatures,
+so that sweeping them reuses one cache."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +112,9 @@ class CacheSpec:
     def check_serves(self, temperature: float) -> None:
         if self.kind == "sampled" and temperature not in self.temperatures:
             raise ValueError(
-                f"The teacher-logit cache serves temperatures {list(self.temperatures)}, not {temperature}: a sampled cache "
-                "keeps the teacher's log-partition at each temperature it serves. Build it with this temperature too."
+                f"The teacher-logit cache serves temperatures {list(self.temperatures)}, not {temperature}: a "
+                "sampled cache keeps the teacher's log-partition at each temperature it serves. Build it with this "
+                "temperature too."
             )
 
 
@@ -139,8 +147,9 @@ def output_head(teacher: PreTrainedModel, vocab_size: int) -> dict[str, torch.Te
     """The teacher's output layer over the first ``vocab_size`` entries: ``weight`` (and ``bias``)."""
     layer = teacher.get_output_embeddings()
     if not isinstance(layer, torch.nn.Linear):
-        raise ValueError(
-            f"{type(teacher).__name__} has no linear output layer to cache hidden states for; set soft.cache_kind=logits."
+        raise ModelError(
+            f"{type(teacher).__name__} has no linear output layer to cache hidden states for; "
+            "set soft.cache_kind=logits."
         )
     head = {"weight": layer.weight.detach()[:vocab_size].contiguous()}
     if layer.bias is not None:
@@ -173,10 +182,11 @@ def _check_head(logits: torch.Tensor, recomputed: torch.Tensor, model: str) -> N
     tolerance = 2 * torch.finfo(logits.dtype).eps * largest
     gap = (recomputed.float() - logits.float()).abs().max()
     if gap > tolerance:
-        raise ValueError(
-            f"{model}'s logits are not its output layer applied to the last hidden state (they differ by up to {gap.item():.3g}, "
-            f"rounding allows {tolerance.item():.3g}): the model transforms them further (soft-capping, scaling), which a hidden-state "
-            "cache would lose. Set soft.cache_kind=logits (exact) or sampled."
+        raise ModelError(
+            f"{model}'s logits are not its output layer applied to the last hidden state (they differ by up to "
+            f"{gap.item():.3g}, rounding allows {tolerance.item():.3g}): the model transforms them further "
+            "(soft-capping, scaling), which a hidden-state cache would lose. Set soft.cache_kind=logits (exact) "
+            "or sampled."
         )
 
 
@@ -254,16 +264,22 @@ def build_teacher_cache(
             ``tail_samples`` sampled tail tokens in each of ``tail_draws`` draws, and the
             log-partition at each of ``temperatures`` (the ones it can serve).
     """
+    from kdmem.config import ConfigError  # here, not at the top: kdmem.config imports this module
+
     root = Path(root)
     if kind not in CACHE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(CACHE_KINDS)}, not {kind!r}.")
     vocab = vocab_size or teacher.config.get_text_config().vocab_size
     sampled = kind == "sampled"
     if sampled and not 1 <= top_k <= vocab:
-        raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab}; got {top_k}.")
+        raise ConfigError(
+            f"top_k must be between 1 and the vocabulary size {vocab}; got {top_k}. Lower soft.cache_top_k, "
+            "or cache every logit exactly with soft.cache_kind=logits."
+        )
     if sampled and top_k < vocab and tail_samples < 1:
-        raise ValueError(
-            f"A top-{top_k} cache of a {vocab}-token vocabulary needs tail_samples >= 1: without them the tail is lost and the target biased."
+        raise ConfigError(
+            f"A top-{top_k} cache of a {vocab}-token vocabulary needs tail_samples >= 1: without them the tail is "
+            "lost and the target biased. Raise soft.cache_tail_samples."
         )
     head = output_head(teacher, vocab) if kind == "hidden" else None
     input_ids = as_tensor(sequences)
@@ -354,7 +370,8 @@ class TeacherLogitCache:
         missing = [i for i in range(self.spec.num_shards) if not _shard_path(self.root, i).exists()]
         if missing:
             raise FileNotFoundError(
-                f"{self.root} is missing {len(missing)} of {self.spec.num_shards} shards; build the cache again to finish it."
+                f"{self.root} is missing {len(missing)} of {self.spec.num_shards} shards; build the cache again to "
+                "finish it."
             )
         self._files = [safe_open(str(_shard_path(self.root, i)), framework="pt") for i in range(self.spec.num_shards)]
         self._heads: dict[torch.device, dict[str, torch.Tensor]] = {}

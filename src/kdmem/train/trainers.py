@@ -9,43 +9,61 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers.integrations import get_reporting_integration_callbacks
 
-from kdmem.config import SoftDistillConfig, TrainingConfig
 from kdmem.data import as_training_dataset
 from kdmem.losses import distillation_loss, on_shared_vocabulary, sampled_forward_kl
 from kdmem.train.teacher_cache import TeacherLogitCache
+
+if TYPE_CHECKING:  # annotations only: kdmem.config imports kdmem.train.teacher_cache, which imports this module
+    from kdmem.config import SoftDistillConfig, TrainingConfig
 
 
 def training_arguments(
     cfg: TrainingConfig, output_dir: Path, seed: int, remove_unused_columns: bool = True
 ) -> TrainingArguments:
-    return TrainingArguments(
-        remove_unused_columns=remove_unused_columns,
-        output_dir=str(output_dir),
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=float(cfg.warmup_ratio),  # a float below 1 is a share of all steps
-        weight_decay=cfg.weight_decay,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        bf16=cfg.bf16,
-        # bf16 mixed precision without a GPU is CPU autocast, which transformers runs only when asked
-        use_cpu=cfg.bf16 and not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-        logging_steps=cfg.logging_steps,
-        report_to=cfg.report_to,
-        save_strategy=cfg.extra_args.get("save_strategy", "no"),
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        **{k: v for k, v in cfg.extra_args.items() if k != "save_strategy"},
-    )
+    """``cfg`` as ``TrainingArguments``; settings transformers refuses (an unknown ``lr_scheduler`` or
+    ``report_to``, a key of ``extra_args`` it does not have, bf16 where the hardware has none) raise
+    ``ConfigError``."""
+    from kdmem.config import ConfigError  # not at the top: kdmem.config imports what imports this module
+
+    try:
+        args = TrainingArguments(
+            remove_unused_columns=remove_unused_columns,
+            output_dir=str(output_dir),
+            num_train_epochs=cfg.epochs,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=float(cfg.warmup_ratio),  # a float below 1 is a share of all steps
+            weight_decay=cfg.weight_decay,
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            bf16=cfg.bf16,
+            # bf16 mixed precision without a GPU is CPU autocast, which transformers runs only when asked
+            use_cpu=cfg.bf16 and not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+            logging_steps=cfg.logging_steps,
+            report_to=cfg.report_to,
+            save_strategy=cfg.extra_args.get("save_strategy", "no"),
+            seed=seed,
+            data_seed=seed,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            **{k: v for k, v in cfg.extra_args.items() if k != "save_strategy"},
+        )
+        get_reporting_integration_callbacks(args.report_to)  # what Trainer() would refuse, refused here
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"transformers refuses the training settings of the {Path(output_dir).name} stage: "
+            f"{str(error).rstrip('.')}. "
+            "Check its training section (lr_scheduler, logging_steps, report_to, bf16, extra_args)."
+        ) from None
+    return args
 
 
 def causal_lm_collator(rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -77,9 +95,9 @@ class KdmemTrainer(Trainer):
             self.save_model(str(kept))  # the optimizer has not applied this step: the weights are still good
             raise TrainingError(
                 f"The training loss became {loss.item()} at step {step} (epoch {self.state.epoch or 0:.2f}) of "
-                f"{Path(self.args.output_dir).name}; training stopped before the step changed the weights. The weights "
-                f"after step {self.state.global_step} are saved in {kept}. Lower the learning rate, or check the data "
-                "and the model's dtype (bf16 on hardware without it overflows)."
+                f"{Path(self.args.output_dir).name}; training stopped before the step changed the weights. The "
+                f"weights after step {self.state.global_step} are saved in {kept}. Lower the learning rate, or "
+                "check the data and the model's dtype (bf16 on hardware without it overflows)."
             )
         return loss
 
@@ -162,7 +180,8 @@ class DistillationTrainer(KdmemTrainer):
             raise ValueError("DistillationTrainer needs exactly one of a teacher and a teacher-logit cache.")
         if cache is not None and cache.spec.kind == "sampled" and distill.kind != "forward_kl":
             raise ValueError(
-                f"A sampled teacher-logit cache serves forward_kl only, not {distill.kind}; cache hidden states or logits (exact)."
+                f"A sampled teacher-logit cache serves forward_kl only, not {distill.kind}; cache hidden states or "
+                "logits (exact)."
             )
         if cache is not None:
             cache.spec.check_serves(distill.temperature)  # before training starts, not at its first step
@@ -232,7 +251,8 @@ def distill(
         if "cache_row" not in train:
             if len(train) != cache.spec.examples:
                 raise ValueError(
-                    f"The cache holds {cache.spec.examples} sequences and the training set {len(train)}; give train a cache_row column."
+                    f"The cache holds {cache.spec.examples} sequences and the training set {len(train)}; give train "
+                    "a cache_row column."
                 )
             train = train.assign(cache_row=range(len(train)))
         teacher = None
