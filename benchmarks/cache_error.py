@@ -12,11 +12,18 @@ per token (mean of |g - g_exact| / |g_exact|) and of the summed gradient, and th
 summed gradient with the exact one.
 
 Part 2, the students (``--students``): soft students distilled with the run's own soft settings
-from the full-logit cache, from the hidden-state cache (``--no-hidden`` skips it) and from sampled caches (``--draws``: how many independent tail
-draws, epoch e reading draw e mod draws; default one per soft epoch), at each temperature:
+from the full-logit cache (``--no-full`` skips it), from the hidden-state cache (``--no-hidden``
+skips it) and from sampled caches (``--draws``: how many independent tail draws, epoch e reading
+draw e mod draws; default one per soft epoch; ``--draws`` alone: none), at each temperature:
 memorized set (the run's extraction settings) and validation loss.
 
-    python benchmarks/cache_error.py runs/default [--top-k 64] [--tail-samples 16] [--students] [--draws 12] [--no-hidden]
+The run folder is the embedded default's, made by ``kdmem run --output runs/default``:
+
+    python benchmarks/cache_error.py runs/default [--top-k 64] [--tail-samples 16] [--students] \
+        [--draws 12] [--no-full] [--no-hidden] [--output benchmarks/results/cache_error.json]
+
+The JSON records this command (``command``), the one that made the run (``input_command``) and
+the run folder, relative to the repository root.
 """
 
 from __future__ import annotations
@@ -224,12 +231,16 @@ def main() -> None:
     )
     parser.add_argument("--output", default="benchmarks/results/cache_error.json")
     args = parser.parse_args()
+    from provenance import command, input_command, relative  # benchmarks/provenance.py
+
     config = load_config(args.run / "config.yaml")
     teacher = load_model(str(args.run / "models" / "teacher")).eval()
     baseline = load_model(str(args.run / "models" / "baseline")).eval()
     train = read_sequences(args.run / "data" / "train.parquet")
     result = {
-        "run": str(args.run),
+        "command": command(),
+        **input_command(args.run),
+        "run": relative(args.run),
         "top_k": args.top_k,
         "tail_samples": args.tail_samples,
         "sequences": args.sequences,
@@ -237,7 +248,8 @@ def main() -> None:
     }
     for row in result["target"]:
         print(
-            f"T={row['temperature']:g} {row['estimator']:26s} loss {100 * row['loss_error']:+6.1f}%  token grad {row['token_gradient_relative_error']:.3f}  "
+            f"T={row['temperature']:g} {row['estimator']:26s} loss {100 * row['loss_error']:+6.1f}%  "
+            f"token grad {row['token_gradient_relative_error']:.3f}  "
             f"summed grad {row['summed_gradient_relative_error']:.3f}  cos {row['summed_gradient_cosine']:.3f}"
         )
     if args.students:

@@ -11,7 +11,8 @@ near 1 and the intercept is small against the largest D's time.
     python benchmarks/cost_curve.py                        # D = 1k, 4k, 16k
     python benchmarks/cost_curve.py --sizes 500 1000 2000 --output /tmp/curve.json
 
-Prints a table and writes JSON and a PNG next to it (default ``benchmarks/results/cost_curve.*``).
+Prints a table and writes JSON and a PNG next to it (default ``benchmarks/results/cost_curve.*``);
+the JSON records this command (``command``), with paths relative to the repository root.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=200)
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "cost_curve.json"))
     args = parser.parse_args()
+    from provenance import command  # benchmarks/provenance.py
 
     stage_seconds: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -98,10 +100,11 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     payload = {
+        "command": command(),
         "sizes": args.sizes,
         "seq_len": args.seq_len,
         "stage_seconds": {str(size): times for size, times in stage_seconds.items()},
-        "total_seconds": dict(zip(map(str, args.sizes), totals)),
+        "total_seconds": dict(zip(map(str, args.sizes), totals, strict=True)),
         "fits": fits,
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),

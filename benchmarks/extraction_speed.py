@@ -14,7 +14,10 @@ Verdicts of ``kdmem`` and ``generate`` are checked equal before any time is repo
     python benchmarks/extraction_speed.py                       # default teacher base, k = L = 50
     python benchmarks/extraction_speed.py --model runs/default/models/teacher --prefix-len 32 --suffix-len 32
 
-Prints a table and writes JSON (default ``benchmarks/results/extraction_speed.json``).
+``runs/default`` is the embedded default run, made by ``kdmem run --output runs/default``. Prints a
+table and writes JSON (default ``benchmarks/results/extraction_speed.json``), which records this
+command (``command``) and, for a model or data from a run, the one that made it
+(``input_command``), with paths relative to the repository root.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "extraction_speed.json"))
     args = parser.parse_args()
+    from provenance import command, input_command, relative  # benchmarks/provenance.py
 
     model_path = resolve_model_name(args.model, EmbeddedModelsConfig())
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -89,8 +93,11 @@ def main() -> None:
     }
     n = len(sequences)
     result = {
-        "model": args.model,
-        "model_path": model_path,
+        "command": command(),
+        **input_command(args.model, args.data),
+        "model": relative(args.model),
+        "model_path": relative(model_path),
+        "data": relative(args.data),
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
@@ -111,13 +118,15 @@ def main() -> None:
     }
     print(
         f"{n} examples, k = {k}, L = {L}, batch {batch}, {result['parameters']:,} parameters on {result['device']}; "
-        f"memorized {memorized_rate:.1%}, {result['still_matching_after_4_tokens']:.0%} still matching after 4 suffix tokens, rechecked {result['rechecked']}"
+        f"memorized {memorized_rate:.1%}, {result['still_matching_after_4_tokens']:.0%} still matching after "
+        f"4 suffix tokens, rechecked {result['rechecked']}"
     )
     for name, s in seconds.items():
         print(f"  {name:13s} {s:8.3f} s  {n / s:9.1f} examples/s")
     print(
         f"  kdmem is {result['speedup_vs_generate']:.2f}x faster than generate, "
-        f"{result['kdmem_over_floor']:.2f}x the floor; the full pass is {result['kdmem_full_over_forward_full']:.2f}x a bare forward pass"
+        f"{result['kdmem_over_floor']:.2f}x the floor; "
+        f"the full pass is {result['kdmem_full_over_forward_full']:.2f}x a bare forward pass"
     )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ a bf16 model produces them; what a setting adds over them is what the loss itsel
     python benchmarks/kd_loss_memory.py                      # batch 8, seq 256, vocab 50304
     python benchmarks/kd_loss_memory.py --batch 8 --chunks 256 1024 0
 
-Prints a table and writes JSON (default ``benchmarks/results/kd_loss_memory.json``).
+Prints a table and writes JSON (default ``benchmarks/results/kd_loss_memory.json``); the JSON
+records this command (``command``), with paths relative to the repository root.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def main() -> None:
         print(json.dumps(one_step(args.batch, args.seq, args.vocab, args.child, args.device)))
         return
 
+    from provenance import command as command_line  # benchmarks/provenance.py
+
     tokens = args.batch * args.seq
     float32_tensor = tokens * args.vocab * 4
     rows = []
@@ -99,15 +102,17 @@ def main() -> None:
     losses = {round(row["loss"], 4) for row in rows}
     assert len(losses) == 1, f"chunking changed the loss: {losses}"
     print(
-        f"batch {args.batch} x seq {args.seq} x vocab {args.vocab} on {args.device}: one float32 (batch, seq, vocab) tensor "
-        f"is {float32_tensor / 2**20:.0f} MiB"
+        f"batch {args.batch} x seq {args.seq} x vocab {args.vocab} on {args.device}: "
+        f"one float32 (batch, seq, vocab) tensor is {float32_tensor / 2**20:.0f} MiB"
     )
     print(f"{'chunk tokens':>13}{'peak MiB':>10}{'added by loss MiB':>19}{'seconds':>9}")
     for row in rows:
         print(
-            f"{row['chunk_tokens']:>13}{row['peak_bytes'] / 2**20:>10.0f}{row['added_by_loss_bytes'] / 2**20:>19.0f}{row['seconds']:>9.2f}"
+            f"{row['chunk_tokens']:>13}{row['peak_bytes'] / 2**20:>10.0f}"
+            f"{row['added_by_loss_bytes'] / 2**20:>19.0f}{row['seconds']:>9.2f}"
         )
     result = {
+        "command": command_line(),
         "batch": args.batch,
         "seq": args.seq,
         "vocab": args.vocab,

@@ -1,6 +1,7 @@
 """One soft-KD training step, side by side: kdmem's ``DistillationTrainer`` (live teacher, and
-reading a teacher cache: ``--cache-kind``, hidden states by default), TRL's ``GKDTrainer`` (forward KL: beta = 0, lmbda = 0, no
-generation) and the plain loop that recomputes the teacher and takes the KL of the full tensors.
+reading a teacher cache: ``--cache-kind``, hidden states by default), TRL's ``GKDTrainer``
+(forward KL: beta = 0, lmbda = 0, no generation) and the plain loop that recomputes the teacher
+and takes the KL of the full tensors.
 
 Every variant runs in a fresh subprocess on the same models, batch and seed, and times
 ``training_step`` (forward of student and teacher, loss, backward; no optimizer step, which is
@@ -15,9 +16,11 @@ T = 1 because ``GKDTrainer`` does not apply its temperature to the loss (only to
     python benchmarks/kd_step.py                                   # batch 8, seq 256
     python benchmarks/kd_step.py --teacher-hidden 1024 --teacher-layers 8 --steps 5
 
-Prints a table and writes JSON (default ``benchmarks/results/kd_step.json``). On a GPU it also
-records bf16 tokens per second and model FLOPs utilization (6 N_student + 2 N_teacher FLOPs per
-token, the teacher's share only what runs of it: ``step_flops``; ``--peak-tflops``, default 989, an H100/H200's dense bf16 peak).
+Prints a table and writes JSON (default ``benchmarks/results/kd_step.json``), which records this
+command (``command``), with paths relative to the repository root. On a GPU it also records bf16
+tokens per second and model FLOPs utilization (6 N_student + 2 N_teacher FLOPs per token, the
+teacher's share only what runs of it: ``step_flops``; ``--peak-tflops``, default 989, an
+H100/H200's dense bf16 peak).
 """
 
 from __future__ import annotations
@@ -114,14 +117,14 @@ def run_variant(variant: str, args) -> dict:
     tokens = args.batch * (args.seq - 1)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
     scratch = Path(tempfile.mkdtemp())
-    common = dict(
-        output_dir=str(scratch / "out"),
-        per_device_train_batch_size=args.batch,
-        report_to="none",
-        bf16=bf16,
-        dataloader_pin_memory=False,
-        disable_tqdm=True,
-    )
+    common = {
+        "output_dir": str(scratch / "out"),
+        "per_device_train_batch_size": args.batch,
+        "report_to": "none",
+        "bf16": bf16,
+        "dataloader_pin_memory": False,
+        "disable_tqdm": True,
+    }
 
     if variant == "plain":
         student, teacher = student.to(device).train(), teacher.to(device).eval()
@@ -265,7 +268,8 @@ def check_agreement(results: list[dict], cache_kind: str) -> float:
     if spread > bound:
         losses = ", ".join(f"{row['variant']} {row['first_loss']:.6g}" for row in exact)
         raise SystemExit(
-            f"The exact variants disagree (relative difference {spread:.2e} > {bound:g}): {losses}. No timing is reported."
+            f"The exact variants disagree (relative difference {spread:.2e} > {bound:g}): {losses}. "
+            "No timing is reported."
         )
     return spread
 
@@ -303,6 +307,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_variant(args.one, args)))
         return
+    from provenance import command  # benchmarks/provenance.py
+
     settings = {k: v for k, v in vars(args).items() if k not in ("one", "output", "variants")}
     forwarded = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
     results = []
@@ -313,18 +319,23 @@ def main() -> None:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     spread = check_agreement(results, args.cache_kind)
     print(
-        f"batch {args.batch} x seq {args.seq}, vocab {args.vocab}; teacher {args.teacher_hidden}x{args.teacher_layers}, "
-        f"student {args.student_hidden}x{args.student_layers}; {results[0]['device']}, median of {args.steps} steps"
+        f"batch {args.batch} x seq {args.seq}, vocab {args.vocab}; "
+        f"teacher {args.teacher_hidden}x{args.teacher_layers}, student {args.student_hidden}x{args.student_layers}; "
+        f"{results[0]['device']}, median of {args.steps} steps"
     )
     print(
         f"{'variant':>12}{'step s':>9}{'tokens/s':>10}{'added MiB':>11}{'loss':>10}"
         + ("{:>7}".format("MFU") if "mfu" in results[0] else "")
     )
     for row in results:
-        line = f"{row['variant']:>12}{row['step_seconds']:>9.3f}{row['tokens_per_second']:>10.0f}{row['peak_added_bytes'] / 2**20:>11.0f}{row['loss']:>10.5f}"
+        line = (
+            f"{row['variant']:>12}{row['step_seconds']:>9.3f}{row['tokens_per_second']:>10.0f}"
+            f"{row['peak_added_bytes'] / 2**20:>11.0f}{row['loss']:>10.5f}"
+        )
         print(line + (f"{row['mfu']:>7.1%}" if "mfu" in row else ""))
     print(f"exact variants agree: largest relative loss difference {spread:.1e}")
     payload = {
+        "command": command(),
         "settings": settings,
         "results": results,
         "exact_variants_loss_spread": spread,

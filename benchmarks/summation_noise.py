@@ -10,6 +10,8 @@ with AdamW show why the tests use SGD: Adam's noise is 100x larger and hides sca
 
     python benchmarks/summation_noise.py [--output benchmarks/results/summation_noise.json]
 
+The JSON records this command (``command``), with paths relative to the repository root.
+
 The two-process (DDP) figures come from ``tests/test_train.py::test_two_processes_*`` itself.
 """
 
@@ -95,7 +97,10 @@ def main() -> None:
         DistillationTrainer.compute_loss = exact_loss
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    from provenance import command  # benchmarks/provenance.py
+
     results = {
+        "command": command(),
         "cpu": cpu_name(),
         "torch": torch.__version__,
         "largest_weight": max(v.abs().max().item() for v in base.values()),

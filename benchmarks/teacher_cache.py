@@ -8,11 +8,15 @@ Same process, teacher, student base, data and training settings for both:
 The S students differ only in temperature (1, 2, 3, 4, ...), as in the paper's sweep. The cost
 of the cache is paid once, so its advantage grows with S.
 
+The teacher and data are the embedded default run's, made by ``kdmem run --output runs/default``:
+
     python benchmarks/teacher_cache.py --teacher runs/default/models/teacher --data runs/default/data/train.parquet
     python benchmarks/teacher_cache.py ... --students 1 3 --kind sampled --top-k 64 --epochs 2
     python benchmarks/teacher_cache.py --teacher-size 512x6 --data ... --epochs 1   # a random 8x teacher
 
-Prints a table and writes JSON (default ``benchmarks/results/teacher_cache.json``).
+Prints a table and writes JSON (default ``benchmarks/results/teacher_cache.json``), which records
+this command (``command``), the one that made the run it reads (``input_command``) and the
+teacher and data paths, relative to the repository root.
 """
 
 from __future__ import annotations
@@ -99,7 +103,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "teacher_cache.json"))
     args = parser.parse_args()
+    from provenance import command, input_command, relative  # benchmarks/provenance.py
 
+    provenance = {"command": command(), **input_command(args.teacher, args.data)}
     student_base = resolve_model_name(args.student, EmbeddedModelsConfig())
     teacher = (load_model(args.teacher) if args.teacher else random_teacher(args.teacher_size, student_base)).eval()
     args.teacher = args.teacher or f"random GPT-NeoX {args.teacher_size}"
@@ -168,7 +174,9 @@ def main() -> None:
             }
         )
     result = {
-        "teacher": args.teacher,
+        **provenance,
+        "teacher": relative(args.teacher) if args.teacher_size is None else args.teacher,
+        "data": relative(args.data),
         "student": args.student,
         "parameters": {
             "teacher": sum(p.numel() for p in teacher.parameters()),
@@ -190,7 +198,8 @@ def main() -> None:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
     print(
-        f"{len(train)} sequences, {args.epochs:g} epochs per student, cache {args.kind} top_k={top_k} {'' if top_k is None else tail}: built in {cache_seconds:.1f} s, "
+        f"{len(train)} sequences, {args.epochs:g} epochs per student, "
+        f"cache {args.kind} top_k={top_k} {'' if top_k is None else tail}: built in {cache_seconds:.1f} s, "
         f"{cache_bytes / 1e6:.1f} MB ({cache.spec.bytes_per_token} bytes per token)"
     )
     print(f"{'students':>9}{'live s':>10}{'cache s':>10}{'speedup':>9}")

@@ -61,6 +61,12 @@ def file_measures(path: Path) -> dict:
     }
 
 
+def _density(item: tuple[str, dict]) -> tuple[int, float]:
+    """Files by lines over 120 characters, then by code tokens per line."""
+    m = item[1]
+    return m["over_120"], m["code_tokens"] / max(1, m["code_lines"])
+
+
 def summarize(measures: dict[str, dict]) -> dict:
     total = {
         key: sum(m[key] for m in measures.values())
@@ -84,7 +90,7 @@ def summarize(measures: dict[str, dict]) -> dict:
                 "over_120": m["over_120"],
                 "code_tokens_per_line": round(m["code_tokens"] / max(1, m["code_lines"]), 1),
             }
-            for path, m in sorted(measures.items(), key=lambda item: -item[1]["over_120"])[:5]
+            for path, m in sorted(measures.items(), key=_density, reverse=True)[:5]
         },
     }
 
