@@ -1,7 +1,9 @@
 """Look-alikes of the paper's models and ``kdmem run --rehearse``.
 
 The paper configs are rehearsed offline (``HF_HUB_OFFLINE=1``) against kdmem's look-alike
-fixtures, on the builtin text: the Pythia setting in the default suite, the others in the slow set.
+fixtures, on the builtin text. The default suite rehearses the Pythia setting with one seed and no
+extra temperature (every stage of the graph, at Pythia's vocabularies and dtypes, in a minute); the
+slow set rehearses all five paper configs whole (``pytest -m slow tests/test_rehearsal.py``).
 """
 
 import json
@@ -110,7 +112,7 @@ def test_extraction_verdicts_equal_generate_on_olmo2_and_qwen3_lookalikes_in_bfl
     with torch.no_grad():  # top logits of a trained model's size, where bfloat16 steps are coarse
         model.get_output_embeddings().weight.mul_(40)
     torch.manual_seed(0)
-    prefix, suffix, examples = 10, 30, 192
+    prefix, suffix, examples = 10, 30, 64
     ids = greedy_continuations(
         model, torch.randint(0, 8000, (examples, prefix)), prefix, prefix + suffix, batch_size=64
     )
@@ -133,32 +135,38 @@ EXAMPLES = (16, 8)
 """Training and validation sequences of the suite's rehearsals (the CLI's default: 64 and 16)."""
 
 
-def _rehearsed(name: str, tmp_path_factory) -> tuple[dict, Path]:
+ONE_SEED = ["seeds=[0]", "soft.sweep_temperatures=[2.0]"]
+"""The default suite's Pythia rehearsal: pythia-fineweb's graph with one seed and only its soft
+temperature (6 models instead of 14), every stage kind still in it."""
+
+
+def _rehearsed(name: str, tmp_path_factory, overrides: list[str] = ()) -> tuple[dict, Path]:
     output = tmp_path_factory.mktemp(f"rehearse-{name}")
-    result = rehearse(load_config(PAPER / f"{name}.yaml", overrides=OFFLINE_DATA), output, examples=EXAMPLES)
-    return result, output
+    config = load_config(PAPER / f"{name}.yaml", overrides=OFFLINE_DATA + list(overrides))
+    return rehearse(config, output, examples=EXAMPLES), output
 
 
 @pytest.fixture(scope="module")
 def pythia(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
-        return _rehearsed("pythia-fineweb", tmp_path_factory)
+        return _rehearsed("pythia-fineweb", tmp_path_factory, ONE_SEED)
 
 
-def _check_rehearsal(result: dict, output: Path, teacher_rows: int, student_rows: int) -> None:
+def _check_rehearsal(result: dict, output: Path, teacher_rows: int, student_rows: int, seeds=(0, 1, 2)) -> None:
     run = output / "run"
     assert result["status"] == "passed" and json.loads((output / "rehearsal.json").read_text())["status"] == "passed"
     config = load_config(run / "config.yaml")
     assert config.data.seq_len == 256 and (config.extraction.prefix_len, config.extraction.suffix_len) == (50, 50)
-    assert config.teacher.training.bf16 and config.inference_dtype == "bfloat16" and config.seeds == [0, 1, 2]
+    assert config.teacher.training.bf16 and config.inference_dtype == "bfloat16" and config.seeds == list(seeds)
     assert (result["lookalikes"]["teacher"]["vocab_size"], result["lookalikes"]["student"]["vocab_size"]) == (
         teacher_rows,
         student_rows,
     )
     summary = json.loads((run / "summary.json").read_text())
-    expected = {"teacher", "baseline", "soft", "hard", "soft-T1", "soft-T3", "soft-T4", "soft-filtered"}
-    expected |= {f"{kind}-seed{s}" for kind in ("baseline", "soft", "hard") for s in (1, 2)}
+    expected = {"teacher", "baseline", "soft", "hard", "soft-filtered"}
+    expected |= {f"soft-T{t:g}" for t in config.soft.sweep_temperatures if t != config.soft.temperature}
+    expected |= {f"{kind}-seed{s}" for kind in ("baseline", "soft", "hard") for s in seeds[1:]}
     assert set(summary["models"]) == expected
     shared = min(teacher_rows, student_rows)
     hard = pd.read_parquet(run / "data" / "hard.parquet")
@@ -171,9 +179,9 @@ def _check_rehearsal(result: dict, output: Path, teacher_rows: int, student_rows
     assert any("teacher cache" in line for line in result["checked"])
 
 
-def test_rehearsal_of_the_pythia_paper_config(pythia):
+def test_rehearsal_of_the_pythia_paper_config_with_one_seed(pythia):
     result, output = pythia
-    _check_rehearsal(result, output, 50688, 50304)
+    _check_rehearsal(result, output, 50688, 50304, seeds=(0,))
     assert "offline look-alike" in result["lookalikes"]["teacher"]["found_in"]
 
 
@@ -189,7 +197,7 @@ def test_rehearsal_fails_loudly_on_the_features_bug(pythia, tmp_path, monkeypatc
         (copy / "run" / later).unlink(missing_ok=True)
     shutil.rmtree(copy / "run" / "models" / "soft-filtered")
     monkeypatch.setattr(features, "on_shared_vocabulary", lambda *tensors: tensors)  # the code before the fix
-    config = load_config(PAPER / "pythia-fineweb.yaml", overrides=OFFLINE_DATA)
+    config = load_config(PAPER / "pythia-fineweb.yaml", overrides=OFFLINE_DATA + ONE_SEED)
     with pytest.raises(
         RehearsalError,
         match=r"failed in stage features .*size of tensor a \(50688\) must match the size of tensor b \(50304\)",
@@ -230,12 +238,13 @@ def test_lookalikes_folder_is_read_before_the_hub(tmp_path):
 @pytest.mark.parametrize(
     "name, rows",
     [
+        ("pythia-fineweb", (50688, 50304)),
         ("olmo2-fineweb", (100352, 100352)),
         ("qwen3-fineweb", (151936, 151936)),
         ("pythia-wikitext", (50688, 50304)),
         ("pythia-nemotron", (50688, 50304)),
     ],
 )
-def test_rehearsal_of_the_other_paper_configs(name, rows, tmp_path_factory):
+def test_rehearsal_of_every_paper_config(name, rows, tmp_path_factory):
     result, output = _rehearsed(name, tmp_path_factory)
     _check_rehearsal(result, output, *rows)

@@ -308,26 +308,30 @@ from kdmem.train import distill
 
 from kdmem.train.trainers import DistillationTrainer
 
-teacher, student, data, out, batch, normalisation, accumulation = sys.argv[1:8]
-if normalisation == "broken":
+# One launch distills once per OUT:BATCH:NORMALISATION:ACCUMULATION (a launch costs seconds).
+teacher, student, data, *runs = sys.argv[1:]
+exact = DistillationTrainer.compute_loss
+
+
+def too_small(self, *args, **kwargs):
     # DDP averages gradients over processes: a loss not scaled back by their number is too small
-    exact = DistillationTrainer.compute_loss
+    return exact(self, *args, **kwargs) / self.accelerator.num_processes
 
-    def too_small(self, *args, **kwargs):
-        return exact(self, *args, **kwargs) / self.accelerator.num_processes
 
-    DistillationTrainer.compute_loss = too_small
-cfg = SoftDistillConfig(training=TrainingConfig(
-    epochs=1, learning_rate=1.0, batch_size=int(batch), gradient_accumulation_steps=int(accumulation),
-    lr_scheduler="constant", weight_decay=0.0, extra_args={"optim": "sgd"},
-))
-model = distill(load_model(student), load_model(teacher), pd.read_parquet(data), cfg, Path(out) / "work", seed=0)
 state = PartialState()
-print(f"process {state.process_index} of {state.num_processes}")
-if state.is_main_process:
-    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(weights, str(Path(out) / "weights.safetensors"))
-state.wait_for_everyone()
+for spec in runs:
+    out, batch, normalisation, accumulation = spec.split(":")
+    DistillationTrainer.compute_loss = too_small if normalisation == "broken" else exact
+    cfg = SoftDistillConfig(training=TrainingConfig(
+        epochs=1, learning_rate=1.0, batch_size=int(batch), gradient_accumulation_steps=int(accumulation),
+        lr_scheduler="constant", weight_decay=0.0, extra_args={"optim": "sgd"},
+    ))
+    model = distill(load_model(student), load_model(teacher), pd.read_parquet(data), cfg, Path(out) / "work", seed=0)
+    print(f"process {state.process_index} of {state.num_processes}")
+    if state.is_main_process:
+        weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(weights, str(Path(out) / "weights.safetensors"))
+    state.wait_for_everyone()
 state.destroy_process_group()  # a gloo group left to interpreter exit can abort the process
 """
 
@@ -350,20 +354,16 @@ def test_two_processes_distill_like_one_with_the_same_global_batch(tiny_bases, t
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     models = [str(tiny_bases["teacher"]), str(tiny_bases["student"]), str(data)]
     one = subprocess.run(
-        [sys.executable, str(script), *models, str(tmp_path / "one"), "8", "exact", "1"],
+        [sys.executable, str(script), *models, f"{tmp_path / 'one'}:8:exact:1"],
         env=env,
         capture_output=True,
         text=True,
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    for name, batch, normalisation, accumulation in (
-        ("exact", "4", "exact", "1"),
-        ("broken", "4", "broken", "1"),
-        ("accumulated", "2", "exact", "2"),
-    ):
-        two = two_cpu_processes(str(script), *models, str(tmp_path / name), batch, normalisation, accumulation)
-        assert two.returncode == 0, two.stderr[-3000:]
-        assert "process 0 of 2" in two.stdout and "process 1 of 2" in two.stdout
+    runs = [f"{tmp_path / name}:{setting}" for name, setting in (("exact", "4:exact:1"), ("broken", "4:broken:1"))]
+    two = two_cpu_processes(str(script), *models, *runs, f"{tmp_path / 'accumulated'}:2:exact:2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("process 0 of 2") == 3 and two.stdout.count("process 1 of 2") == 3
     single, double, broken, accumulated = (
         load_file(str(tmp_path / name / "weights.safetensors")) for name in ("one", "exact", "broken", "accumulated")
     )
