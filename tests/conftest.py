@@ -55,6 +55,7 @@ TINY_OVERRIDES = [
     "soft.training.epochs=2",
     "hard.training.epochs=2",
     "extraction.track_every_epochs=2",
+    "utility.tasks=[]",  # lm-eval's own cost; tests/test_utility.py runs it
 ]
 
 

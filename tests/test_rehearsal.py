@@ -182,6 +182,11 @@ def _check_rehearsal(
     assert "stand_in" in filtering and filtering["flagged"] > 0
     assert "Not a result" in (run / "report.html").read_text()
     assert any("teacher cache" in line for line in result["checked"])
+    # the paper's lambada_openai and winogrande, rehearsed offline as kdmem's tasks of the same kinds
+    assert any(
+        "utility: every model evaluated by lm-eval on kdmem_last_word, kdmem_two_choice" in line
+        for line in result["checked"]
+    )
 
 
 def test_rehearsal_of_the_pythia_paper_config_with_one_seed(pythia):

@@ -34,13 +34,23 @@ def test_reduction_compares_with_the_baseline_of_the_same_seed():
 # --- The findings table: verdicts from hand-built summaries and analyses -------------------------
 
 
+def utility(last_word, two_choice):
+    return {
+        "utility": {"kdmem_last_word": {"perplexity": 90.0, "acc": last_word}, "kdmem_two_choice": {"acc": two_choice}}
+    }
+
+
+FINDINGS = [*range(1, 10), "9b", 10]
+
+
 def paper_like():
     """A summary and analysis that agree with the paper on every analysis (3 seeds, a second family)."""
     summary = {
         "models": {
-            "teacher": row(30) | {"val_loss": 3.0},
-            "baseline": row(12) | {"val_loss": 4.0},
-            "soft": row(3) | {"val_loss": 3.8},
+            "teacher": row(30) | {"val_loss": 3.0} | utility(0.60, 0.70),
+            "baseline": row(12) | {"val_loss": 4.0} | utility(0.50, 0.52),
+            "soft": row(3) | {"val_loss": 3.8} | utility(0.52, 0.54),
+            "hard": row(3) | {"val_loss": 4.1} | utility(0.56, 0.60),
         }
     }
     overlap = {
@@ -93,7 +103,7 @@ def verdicts(summary, analysis):
 
 def test_findings_agree_with_the_paper_where_the_numbers_do():
     summary, analysis = paper_like()
-    assert verdicts(summary, analysis) == dict.fromkeys(range(1, 11), "yes")
+    assert verdicts(summary, analysis) == dict.fromkeys(FINDINGS, "yes")
 
 
 def test_findings_disagree_where_the_numbers_go_the_other_way():
@@ -103,6 +113,7 @@ def test_findings_disagree_where_the_numbers_go_the_other_way():
     flip = copy.deepcopy(analysis)
     changed = copy.deepcopy(summary)
     changed["models"]["soft"]["val_loss"] = 4.5  # memorizes less, but at a higher loss than the baseline
+    changed["models"]["hard"] |= utility(0.45, 0.50)  # below the baseline downstream: no gain recovered
     flip["overlap"]["soft_union"]["share_easy"] = 0.4
     flip["seed_consistency"]["soft"] = [
         [500, 1, 0, 3],
@@ -117,7 +128,7 @@ def test_findings_disagree_where_the_numbers_go_the_other_way():
     flip["mechanism"]["soft"]["soft"]["log_prob"] = -20.0
     flip["soft_vs_hard"] = {"inherited_hard": 1, "inherited_soft": 1}
     flip["temperature_sweep"][2]["memorized"] = 5  # rises from T = 2 to T = 3
-    assert verdicts(changed, flip) == dict.fromkeys(range(1, 11), "no")
+    assert verdicts(changed, flip) == dict.fromkeys(FINDINGS, "no")
 
 
 def test_findings_without_data_are_not_applicable():
@@ -137,7 +148,7 @@ def test_findings_without_data_are_not_applicable():
     from kdmem.report.findings import paper_findings
 
     findings = paper_findings(summary, analysis)
-    assert [f.agrees for f in findings] == ["n/a"] * 10
+    assert [f.agrees for f in findings] == ["n/a"] * 11
     assert "needs at least 2 memorized examples" in findings[5].kdmem and "one seed only" in findings[2].kdmem
 
 
@@ -146,7 +157,7 @@ def test_the_findings_table_in_markdown_keeps_characters_and_escapes_data():
     from kdmem.report.html import _markdown_data, findings_table
 
     table = findings_table(paper_findings(*paper_like()))
-    assert table.count("\n") == 11 and "| 6 | Predicting student memorization |" in table and "student's" in table
+    assert table.count("\n") == 12 and "| 6 | Predicting student memorization |" in table and "student's" in table
     assert "&#x27;" not in table and "&amp;" not in table
     assert _markdown_data("<img src=x onerror=alert(1)> *run*") == r"\<img src=x onerror=alert\(1\)\> \*run\*"
 

@@ -21,7 +21,7 @@ DERIVED = {"summary", "analysis", "report"}
 """Read every model's evaluation: changed by any change that reaches one."""
 
 
-SCORING = ("extract", "validation", "membership")
+SCORING = ("extract", "validation", "membership", "utility")
 """A model's scoring stages in the default config (no canaries)."""
 
 
@@ -47,8 +47,13 @@ def test_a_change_reaches_exactly_the_stages_that_read_it():
     # Memorization tracked over training measures with the extraction's prefix and suffix: with it
     # on, those reach the training stages.
     assert {"teacher", "baseline", "soft"} <= changed_by("extraction.suffix_len=16")
-    # The baseline never reads the teacher.
-    assert changed_by("teacher.training.epochs=3") == stages - {"data", "baseline", *evaluation_of("baseline")}
+    # The baseline never reads the teacher, nor do the utility tasks' documents (held-out text).
+    assert changed_by("teacher.training.epochs=3") == stages - {
+        "data",
+        "utility",
+        "baseline",
+        *evaluation_of("baseline"),
+    }
     assert (
         changed_by("hard.training.learning_rate=1e-3")
         == {"hard", "features", "filtering", "hard-filtered", *evaluation_of("hard", "hard-filtered")} | DERIVED

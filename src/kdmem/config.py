@@ -320,6 +320,34 @@ class MembershipConfig(Section):
 
 
 @dataclass
+class UtilityConfig(Section):
+    """Downstream utility of every model, through lm-evaluation-harness (``kdmem.utility``): the
+    paper's LAMBADA and WinoGrande, or kdmem's own tasks of the same kinds on held-out text."""
+
+    tasks: list[str] = field(default_factory=lambda: ["kdmem_last_word", "kdmem_two_choice"])
+    """lm-eval task names (``lambada_openai``, ``winogrande``) or kdmem's own (``kdmem_last_word``,
+    ``kdmem_two_choice``, written from the run's validation sequences); empty: no utility stage."""
+    limit: int | None = None
+    """Documents per task (lm-eval's ``limit``); None: all."""
+    batch_size: int = 16
+    bootstrap_iters: int = 1000
+    """lm-eval's bootstrap of the standard errors of non-mean metrics (perplexity); lm-eval's own
+    default, 100,000, costs about 30 s per model; 0 skips them."""
+
+    section = "utility"
+
+    def check(self) -> None:
+        if len(set(self.tasks)) != len(self.tasks):
+            self.fail("tasks", f"must not repeat a task: {self.tasks}.")
+        if self.limit is not None and self.limit < 1:
+            self.fail("limit", f"must be at least 1, or null for every document; got {self.limit}.")
+        if self.batch_size < 1:
+            self.fail("batch_size", f"must be at least 1, got {self.batch_size}.")
+        if self.bootstrap_iters < 0:
+            self.fail("bootstrap_iters", f"must be 0 or more, got {self.bootstrap_iters}.")
+
+
+@dataclass
 class FilteringConfig(Section):
     """The intervention: remove from D what the predictor flags, distill the student again from the
     same teacher (first seed), and compare what it memorizes."""
@@ -447,6 +475,7 @@ class ExperimentConfig(Section):
     hard: HardDistillConfig = field(default_factory=HardDistillConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
+    utility: UtilityConfig = field(default_factory=UtilityConfig)
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     second_family: SecondFamilyConfig = field(default_factory=SecondFamilyConfig)

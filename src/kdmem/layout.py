@@ -85,6 +85,15 @@ class RunLayout:
     def canaries(self, name: str) -> Path:
         return self.root / "canaries" / f"{name}.parquet"
 
+    def utility(self, name: str) -> Path:
+        """lm-eval's results for model ``name`` (JSON); per-sample outputs beside it (``.parquet``)."""
+        return self.root / "utility" / f"{name}.json"
+
+    @property
+    def utility_documents(self) -> Path:
+        """kdmem's own utility tasks' documents (``TASK.jsonl``), from the held-out sequences."""
+        return self.root / "utility" / "tasks"
+
     def teacher_cache(self, rows: str) -> Path:
         """The teacher-logit cache over the named training rows (``train``, or a filtered set)."""
         return self.root / "cache" / f"teacher-logits-{rows}"

@@ -72,6 +72,15 @@ from kdmem.stages import (
 )
 from kdmem.train import distill, fine_tune, resolve_model_name, validation_loss
 from kdmem.train.teacher_cache import TeacherLogitCache, build_teacher_cache, complete_teacher_cache
+from kdmem.utility import (
+    LOCAL_TASKS,
+    check_tasks,
+    evaluate_utility,
+    lm_eval_version,
+    task_tokens,
+    write_local_documents,
+    write_utility,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -616,7 +625,62 @@ def score_canaries(
     return None
 
 
-def _summary_row(layout: RunLayout, name: str, prefix_lens: list[int], membership: bool, canaries: bool) -> dict:
+@stage_action(outputs=lambda layout, settings: (layout.utility_documents,))
+def write_utility_documents(ctx: RunContext, *, tasks: list[str], definitions: dict[str, str], lm_eval: str) -> dict:
+    """kdmem's own utility tasks among ``tasks`` (their YAML in ``definitions``), written from the
+    held-out sequences, decoded: ``utility/tasks/TASK.jsonl``."""
+    tokenizer = ctx.tokenizer()
+    validation = ctx.sequences("validation")["input_ids"]
+    texts = [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in validation]
+    return {"documents": write_local_documents(texts, ctx.layout.utility_documents, tasks)}
+
+
+def _utility_flops(sizes: Sizes, *, config, settings: dict) -> float | None:
+    """A forward pass over each task's requests (``kdmem.utility.task_tokens``)."""
+    tokens = [task_tokens(task, config, settings["limit"]) for task in settings["tasks"]]
+    return None if None in tokens else per_token(sum(tokens), (2, _parameters(sizes, settings["name"])))
+
+
+@stage_action(
+    outputs=lambda layout, settings: (
+        layout.utility(settings["name"]),
+        layout.utility(settings["name"]).with_suffix(".parquet"),
+    ),
+    flops=_utility_flops,
+)
+def evaluate_downstream(
+    ctx: RunContext,
+    *,
+    name: str,
+    tasks: list[str],
+    limit: int | None,
+    batch_size: int,
+    bootstrap_iters: int,
+    dtype: str,
+) -> dict | None:
+    """Model ``name`` on the utility tasks, by lm-eval's ``simple_evaluate``: ``utility/NAME.json``
+    (lm-eval's results) and ``utility/NAME.parquet`` (per sample). The main process runs it."""
+    if skipped := _skip_reason(ctx, name):
+        return skipped
+    work = ctx.layout.work(f"utility-{name}")
+    results = evaluate_utility(
+        ctx.trained_model(name, dtype),
+        ctx.tokenizer(),
+        tasks,
+        ctx.layout.utility_documents,
+        work,
+        limit=limit,
+        batch_size=batch_size,
+        bootstrap_iters=bootstrap_iters,
+    )
+    write_utility(ctx.layout.utility(name), results)
+    shutil.rmtree(work, ignore_errors=True)
+    return None
+
+
+def _summary_row(
+    layout: RunLayout, name: str, prefix_lens: list[int], membership: bool, canaries: bool, utility: bool
+) -> dict:
     """Model ``name``'s row of the summary, from what its scoring stages wrote."""
     verdicts = pd.read_parquet(layout.memorization(name))
     memorized = int(verdicts["memorized"].sum())
@@ -631,6 +695,8 @@ def _summary_row(layout: RunLayout, name: str, prefix_lens: list[int], membershi
     }
     if membership:
         row["membership"] = read_membership_metrics(layout.membership(name))
+    if utility:
+        row["utility"] = json.loads(layout.utility(name).read_text())["metrics"]
     if canaries:
         row["canaries"] = pd.read_parquet(layout.canaries(name))[
             ["canary_id", "repeats", "exposure", "extractable"]
@@ -723,13 +789,14 @@ def summarize(
     seq_len: int,
     membership: bool,
     canaries: bool,
+    utility: bool,
     graph_names: list[str],
 ) -> None:
     """``summary.json``: every trained model's row (what its scoring stages measured), its
     memorization over training, the stage times."""
     layout = ctx.layout
     trained = [name for name in models if "skipped" not in read_marker(layout.root, name)]
-    rows = {name: _summary_row(layout, name, prefix_lens, membership, canaries) for name in trained}
+    rows = {name: _summary_row(layout, name, prefix_lens, membership, canaries, utility) for name in trained}
     summary = {
         "name": ctx.run_name,
         "models": rows,
@@ -764,7 +831,7 @@ def render_report(ctx: RunContext) -> None:
     write_report(ctx.layout.root)
 
 
-SCORING_ACTIONS = (extract, score_validation, score_membership, score_canaries)
+SCORING_ACTIONS = (extract, score_validation, score_membership, score_canaries, evaluate_downstream)
 """What a trained model's scoring stages run; the summary reads them all."""
 
 
@@ -902,6 +969,11 @@ class Recipe:
             canaries = {"num_candidates": config.canaries.num_candidates, "seed": config.canaries.seed}
             spans = {"prefix_len": config.extraction.prefix_len, "suffix_len": config.extraction.suffix_len}
             self.add(f"canaries:{name}", score_canaries, {"name": name, **canaries, **spans, "dtype": dtype}, needs)
+        if config.utility.tasks:
+            utility = dataclasses.asdict(config.utility)
+            self.add(
+                f"utility:{name}", evaluate_downstream, {"name": name, **utility, "dtype": dtype}, (name, "utility")
+            )
 
     def add_reading_stages(self) -> None:
         """The summary of every scoring stage so far, the analysis and the report."""
@@ -914,6 +986,7 @@ class Recipe:
             "seq_len": config.data.seq_len,
             "membership": config.membership.enabled,
             "canaries": bool(config.canaries.repeats),
+            "utility": bool(config.utility.tasks),
             "graph_names": [stage.name for stage in self.stages],
         }
         scored = [stage.name for stage in self.stages if stage.action in SCORING_ACTIONS]
@@ -960,6 +1033,16 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
     for temperature, name in temperature_sweep(config).items():
         if name != "soft":
             recipe.add_soft_student(name, temperature, first_seed, "train", (soft_source,), tracked=False)
+    # Downstream utility: kdmem's own tasks are written from the held-out sequences once.
+    if config.utility.tasks:
+        tasks = config.utility.tasks
+        definitions = {task: LOCAL_TASKS.get(task, "lm-eval's own") for task in tasks}
+        recipe.add(
+            "utility",
+            write_utility_documents,
+            {"tasks": tasks, "definitions": definitions, "lm_eval": lm_eval_version()},
+            ("data",),
+        )
     # Every trained model: extraction, then scoring (the filtered student's once it exists).
     filtered = filtered_name(config)
     for name in model_names(config):
@@ -1008,6 +1091,7 @@ def run(
     the others wait. Only the main process writes.
     """
     config.validate()
+    check_tasks(config.utility.tasks)
     state = process_state()
     layout = RunLayout(Path(output) if output else Path("runs") / config.name)
     if documents is not None:

@@ -187,6 +187,14 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
     }
 
 
+def _hours(hours: float | None) -> str:
+    """GPU-hours as shown: to 0.1 hour, or to 2 significant digits below 0.1 (evaluation stages
+    take minutes), ``unknown`` where a size is unknown."""
+    if hours is None:
+        return "unknown"
+    return f"{hours:,.1f}" if hours >= 0.1 or hours == 0 else f"{hours:.2g}"
+
+
 def format_plan(result: dict) -> str:
     def count(value: float | None, unit: str = "") -> str:
         return "unknown" if value is None else f"{value:,.0f}{unit}"
@@ -206,7 +214,7 @@ def format_plan(result: dict) -> str:
     lines.append(f"{'stage':<34}{'GPU-hours':>12}")
     for stage in result["stages"]:
         hours = stage["gpu_hours"]
-        lines.append(f"{stage['stage']:<34}{'unknown' if hours is None else f'{hours:,.1f}':>12}")
+        lines.append(f"{stage['stage']:<34}{_hours(hours):>12}")
     total = result["total_gpu_hours"]
     lines.append(f"{'total':<34}{'unknown' if total is None else f'{total:,.0f}':>12}")
     lines.append(f"estimate: {result['assumptions']}")

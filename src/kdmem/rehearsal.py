@@ -30,6 +30,7 @@ from kdmem.io import cache_dir, settings_hash, write_json_atomic
 from kdmem.layout import RunLayout, model_names
 from kdmem.models.lookalike import STUDENT_SIZE, TEACHER_SIZE, build_lookalike, materialized_fixture, offline_fixture
 from kdmem.plan import hub_reachable
+from kdmem.utility import PAPER_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,9 @@ def rehearsal_config(
     ext.track_examples = min(ext.track_examples or 4, 4)
     rehearsal.hard.generation_batch_size = min(rehearsal.hard.generation_batch_size, 16)
     rehearsal.canaries.num_candidates = min(rehearsal.canaries.num_candidates, 64)
+    # The hub's utility tasks stand in as kdmem's local tasks of the same kinds: no download.
+    rehearsal.utility.tasks = list(dict.fromkeys(PAPER_TASKS.get(task, task) for task in rehearsal.utility.tasks))
+    rehearsal.utility.limit = min(rehearsal.utility.limit or examples[1], examples[1])
     if rehearsal.filtering.enabled:  # random look-alikes memorize nothing; let a stand-in exercise the stages
         rehearsal.filtering.stand_in_examples = max(MIN_MEMORIZED_TO_FILTER, rehearsal.data.num_examples // 8)
     rehearsal.validate()
@@ -196,6 +200,12 @@ def check_outputs(config: ExperimentConfig, root: Path) -> list[str]:
         len(features) == len(train) and features["teacher_baseline_kl"].notna().all(),
         "features: teacher-baseline KL (over the shared vocabulary) of every example",
     )
+    if config.utility.tasks:
+        rows = [row for row in summary["models"].values() if "utility" in row]
+        require(
+            len(rows) == len(summary["models"]) and all(set(config.utility.tasks) <= set(r["utility"]) for r in rows),
+            f"utility: every model evaluated by lm-eval on {', '.join(config.utility.tasks)}",
+        )
     analysis = json.loads(layout.analysis.read_text())
     require(bool(analysis), "analysis.json written")
     require(

@@ -1,5 +1,5 @@
 """The run's findings, from ``summary.json`` and ``analysis.json``: the key findings in words, and
-the paper's 10 analyses beside this run's figures, each with a verdict computed from the numbers
+the paper's analyses 1 to 10 (9 in two halves) beside this run's figures, each with a verdict computed from the numbers
 (``paper_findings``). Both open the HTML report and ``report.md``, and both read their numbers
 through ``Measures``, so a sentence and a verdict never read one measure two ways."""
 
@@ -82,6 +82,12 @@ class Measures:
         """The temperature sweep's rows (temperature, model, memorized, ...); empty without one."""
         sweep = self.analysis.get("temperature_sweep")
         return sweep if isinstance(sweep, list) else []
+
+    def downstream_accuracy(self, name: str) -> float | None:
+        """Model ``name``'s mean accuracy over its utility tasks (lm-eval's ``acc``); None unmeasured."""
+        tasks = self.models.get(name, {}).get("utility", {})
+        accuracies = [metrics["acc"] for metrics in tasks.values() if "acc" in metrics]
+        return float(np.mean(accuracies)) if accuracies else None
 
     @property
     def membership_aucs(self) -> dict[str, float]:
@@ -196,9 +202,10 @@ def key_findings(summary: dict, analysis: dict) -> list[str]:
 
 @dataclass(frozen=True)
 class Finding:
-    """One of the paper's analyses (``../shared/PAPER.md``, 1 to 10) beside this run's figure."""
+    """One of the paper's analyses (``../shared/PAPER.md``, 1 to 10, and 9b) beside this run's figure."""
 
-    number: int
+    number: int | str
+    """The paper's analysis number; ``9b``: the second half of analysis 9 (the paper's v2)."""
     analysis: str
     paper: str
     kdmem: str
@@ -308,13 +315,44 @@ def _mechanism(m: Measures) -> tuple[str, bool | None]:
 
 
 def _soft_vs_hard(m: Measures) -> tuple[str, bool | None]:
+    """Two halves, each decided where the run measured it: the hard student inherits more
+    teacher-specific examples, and beats the baseline downstream (mean accuracy over the tasks)."""
     versus = m.soft_vs_hard
-    if not versus or "inherited_hard" not in versus:
+    figures, verdicts = [], []
+    if versus and "inherited_hard" in versus:
+        figures.append(
+            f"teacher-specific examples inherited: hard {versus['inherited_hard']}, soft {versus['inherited_soft']}"
+        )
+        if versus["inherited_hard"] or versus["inherited_soft"]:
+            verdicts.append(versus["inherited_hard"] > versus["inherited_soft"])
+    hard, baseline = m.downstream_accuracy("hard"), m.downstream_accuracy("baseline")
+    if hard is not None and baseline is not None:
+        figures.append(f"downstream accuracy hard {100 * hard:.1f}% vs baseline {100 * baseline:.1f}%")
+        verdicts.append(hard > baseline)
+    if not figures:
         return "needs the soft and the hard student", None
-    figure = f"teacher-specific examples inherited: hard {versus['inherited_hard']}, soft {versus['inherited_soft']}"
-    if versus["inherited_hard"] == versus["inherited_soft"] == 0:
-        return figure, None
-    return figure, versus["inherited_hard"] > versus["inherited_soft"]
+    return "; ".join(figures), all(verdicts) if verdicts else None
+
+
+def _gain_recovered(m: Measures) -> tuple[str, bool | None]:
+    """The share of the teacher's downstream gain over the baseline that each student recovers:
+    (student - baseline) / (teacher - baseline), in mean accuracy; decided on the hard student."""
+    teacher, baseline = m.downstream_accuracy("teacher"), m.downstream_accuracy("baseline")
+    if teacher is None or baseline is None:
+        return "no utility tasks (utility.tasks)", None
+    if teacher <= baseline:
+        return f"the teacher gains nothing downstream: {100 * teacher:.1f}% vs baseline {100 * baseline:.1f}%", None
+    shares = {
+        kind: (accuracy - baseline) / (teacher - baseline)
+        for kind in ("hard", "soft")
+        if (accuracy := m.downstream_accuracy(kind)) is not None
+    }
+    if not shares:
+        return "needs a student evaluated downstream", None
+    figure = "; ".join(f"{kind} {100 * share:.0f}%" for kind, share in shares.items())
+    figure += f" of the teacher's {100 * (teacher - baseline):.1f} points over the baseline"
+    decided = shares.get("hard", shares.get("soft"))
+    return figure, decided > 0
 
 
 def _temperature(m: Measures) -> tuple[str, bool | None]:
@@ -390,9 +428,19 @@ PAPER_FINDINGS = (
     (
         9,
         "Soft vs hard",
-        "hard KD inherits 2.7x more teacher-specific examples (50 vs 18)",
-        "the hard student inherits more teacher-specific examples than the soft one",
+        "hard KD inherits 2.7x more teacher-specific examples (50 vs 18); downstream the hard student beats the "
+        "baseline: LAMBADA 56.65% vs 51.85% (PPL 6.43 vs 9.41), WinoGrande 57.46% vs 55.72%",
+        "the hard student inherits more teacher-specific examples than the soft one, and its mean accuracy on "
+        "the utility tasks is above the baseline's (each half decided where the run measured it)",
         _soft_vs_hard,
+    ),
+    (
+        "9b",
+        "Teacher's gain recovered",
+        "the student recovers 78% of the teacher's generalization (v2)",
+        "the hard student (else the soft) recovers a positive share of the teacher's gain in mean downstream "
+        "accuracy over the baseline",
+        _gain_recovered,
     ),
     (
         10,
@@ -407,7 +455,7 @@ the function giving a run's figure and verdict from its ``Measures``)."""
 
 
 def paper_findings(summary: dict, analysis: dict) -> list[Finding]:
-    """The paper's 10 analyses beside this run's figures, each with a verdict decided on the numbers."""
+    """The paper's analyses beside this run's figures, each with a verdict decided on the numbers."""
     measures = Measures(summary, analysis)
     findings = []
     for number, name, paper, criterion, measure in PAPER_FINDINGS:

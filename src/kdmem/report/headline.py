@@ -16,22 +16,66 @@ def reduction_vs_baseline(summary: dict, name: str) -> float | None:
     return baseline["memorized"] / memorized
 
 
+TASK_LABELS = {
+    "kdmem_last_word": "last-word",
+    "kdmem_two_choice": "two-choice",
+    "lambada_openai": "lambada",
+    "winogrande": "winogrande",
+}
+"""Short names of utility tasks in table headers; any other task shows its own name."""
+
+UTILITY_METRICS = {"perplexity": "ppl", "acc": "acc"}
+"""The utility metrics the headline table shows, where a task has them, and their short names."""
+
+
+def utility_columns(summary: dict) -> list[tuple[str, str, str]]:
+    """(task, metric, header) of each utility column: every task any model was evaluated on, each
+    with its perplexity and accuracy where it has them."""
+    tasks = dict.fromkeys(task for row in summary["models"].values() for task in row.get("utility", {}))
+    columns = []
+    for task in tasks:
+        metrics = set().union(*(row.get("utility", {}).get(task, {}) for row in summary["models"].values()))
+        for metric, short in UTILITY_METRICS.items():
+            if metric in metrics:
+                columns.append((task, metric, f"{TASK_LABELS.get(task, task)} {short}"))
+    return columns
+
+
+def utility_value(row: dict, task: str, metric: str) -> str:
+    """A utility metric as shown: accuracy in percent, perplexity to 1 decimal; blank where missing."""
+    value = row.get("utility", {}).get(task, {}).get(metric)
+    if value is None:
+        return ""
+    return f"{100 * value:.2f}" if metric == "acc" else f"{value:.1f}"
+
+
 def headline_table(summary: dict) -> str:
     """A fixed-width text table: model, memorized / examples, rate, validation loss and PPL, reduction,
-    and the membership-inference AUC of the loss score where it was measured."""
+    the membership-inference AUC of the loss score where it was measured, and each utility task's
+    perplexity and accuracy (%) where they were."""
+    columns = utility_columns(summary)
+    widths = [max(len(header) + 2, 10) for _, _, header in columns]
     header = (
         f"{'model':<16}{'memorized':>14}{'rate %':>9}{'val loss':>10}{'val ppl':>10}{'reduction':>11}{'MIA AUC':>9}"
+        + "".join(f"{h:>{w}}" for (_, _, h), w in zip(columns, widths, strict=True))
     )
     lines = [header, "-" * len(header)]
     for name, row in summary["models"].items():
         reduction = reduction_vs_baseline(summary, name)
         shown = "" if reduction is None else ("inf" if reduction == float("inf") else f"{reduction:.2f}x")
+        utility = "".join(
+            f"{utility_value(row, task, metric):>{w}}" for (task, metric, _), w in zip(columns, widths, strict=True)
+        )
         lines.append(
             f"{name:<16}{row['memorized']:>7d} / {row['examples']:<5d}{100 * row['rate']:>8.2f}"
-            f"{row['val_loss']:>10.3f}{row['val_ppl']:>10.1f}{shown:>11}{_mia_auc(row):>9}"
+            f"{row['val_loss']:>10.3f}{row['val_ppl']:>10.1f}{shown:>11}{_mia_auc(row):>9}{utility}"
         )
     lines.append("reduction: the baseline's memorized count divided by the model's (paper: 2.1x to 7.6x for students)")
     lines.append("MIA AUC: membership inference by loss, training vs validation examples (0.5 = chance)")
+    if columns:
+        lines.append(
+            "utility: lm-evaluation-harness on held-out text (ppl: perplexity of the target word; acc: accuracy, %)"
+        )
     ext = summary.get("extraction")
     if ext:
         lines.append(

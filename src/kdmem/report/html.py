@@ -21,7 +21,7 @@ from kdmem.io import write_text_atomic
 from kdmem.layout import RunLayout
 from kdmem.models import load_tokenizer
 from kdmem.report.findings import key_findings, paper_findings
-from kdmem.report.headline import reduction_vs_baseline
+from kdmem.report.headline import reduction_vs_baseline, utility_columns, utility_value
 
 EXAMPLES_SHOWN = 10
 
@@ -29,6 +29,7 @@ EXAMPLES_SHOWN = 10
 def headline_rows(summary: dict) -> list[dict]:
     """The headline table's rows: one per model, numbers formatted for display."""
     rows = []
+    columns = utility_columns(summary)
     for name, row in summary["models"].items():
         reduction = reduction_vs_baseline(summary, name)
         auc = row.get("membership", {}).get("loss", {}).get("auc")
@@ -44,6 +45,7 @@ def headline_rows(summary: dict) -> list[dict]:
                 if reduction is None
                 else ("inf" if reduction == float("inf") else f"{reduction:.2f}x"),
                 "mia_auc": "" if auc is None else f"{auc:.3f}",
+                "utility": [utility_value(row, task, metric) for task, metric, _ in columns],
             }
         )
     return rows
@@ -105,6 +107,7 @@ def report_context(run: str | Path) -> dict:
         "summary": summary,
         "analysis": analysis,
         "headline": headline_rows(summary),
+        "utility_headers": [header for _, _, header in utility_columns(summary)],
         "findings": key_findings(summary, analysis),
         "paper_findings": paper_findings(summary, analysis),
         "figures": _figures(layout),
@@ -170,10 +173,13 @@ def render_markdown(context: dict) -> str:
     lines = [
         f"# kdmem report: {_markdown_data(context['name'])}",
         "",
-        "| " + " | ".join(title for _, title in columns) + " |",
-        "|" + "---|" * len(columns),
+        "| " + " | ".join([*(title for _, title in columns), *context["utility_headers"]]) + " |",
+        "|" + "---|" * (len(columns) + len(context["utility_headers"])),
     ]
-    lines += ["| " + " | ".join(_markdown_text(row[key]) for key, _ in columns) + " |" for row in context["headline"]]
+    lines += [
+        "| " + " | ".join([*(_markdown_text(row[key]) for key, _ in columns), *row["utility"]]) + " |"
+        for row in context["headline"]
+    ]
     ext = context["summary"]["extraction"]
     lines += [
         "",
