@@ -140,6 +140,10 @@ def hostile_run(tiny_bases, tmp_path_factory):
     return config, out, run(config, out)
 
 
+CPU_ONLY = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+"""The environment of a test's CPU subprocess, also on a machine with a GPU (whose bits differ from the CPU's)."""
+
+
 def two_cpu_processes(*command: str, timeout: int = 300):
     """Run ``command`` (a script or ``-m module`` and its arguments) under ``accelerate launch`` in
     two CPU processes with gloo DDP. ``--cpu --num_processes 2`` would start a single process:
@@ -147,7 +151,7 @@ def two_cpu_processes(*command: str, timeout: int = 300):
     import subprocess
     import sys
 
-    env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
+    env = os.environ | CPU_ONLY | {"ACCELERATE_USE_CPU": "true"}
     launch = [
         sys.executable,
         "-m",

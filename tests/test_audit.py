@@ -15,7 +15,7 @@ from kdmem.memorization import extract_memorized, sample_positions
 from kdmem.memorization.audit import AuditConfig, audit
 from kdmem.models import load_tokenizer
 
-from .conftest import two_cpu_processes
+from .conftest import CPU_ONLY, two_cpu_processes
 
 PREFIX, SUFFIX = 16, 16
 
@@ -171,7 +171,10 @@ def test_automatic_batch_size_halves_until_it_fits(memorizing_model, tiny_data, 
     monkeypatch.setattr(memorizing_model, "forward", forward_with_small_memory)
     automatic = extract_memorized(memorizing_model, tiny_data.train, PREFIX, SUFFIX, batch_size=None)
     assert automatic.attrs["batch_size"] == 8  # 64 -> 32 -> 16 -> 8
-    pd.testing.assert_frame_equal(automatic, reference)
+    # Bit for bit on the CPU. On a GPU the kernels depend on the batch's shape: an H200 gave min_margin
+    # 0.0364723 at batch 48 and 0.0364714 at 8, and the same verdicts.
+    exact = memorizing_model.device.type == "cpu"
+    pd.testing.assert_frame_equal(automatic, reference, check_exact=exact, rtol=1e-5, atol=1e-5)
 
 
 def test_two_processes_under_accelerate_equal_one(saved_case, tmp_path):
@@ -191,7 +194,7 @@ def test_two_processes_under_accelerate_equal_one(saved_case, tmp_path):
         "--shard-size",
         "10",
     ]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = os.environ | CPU_ONLY
     subprocess.run(
         [sys.executable, "-m", "kdmem.cli", "extract", *common, "--output", str(single)],
         check=True,

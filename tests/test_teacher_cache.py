@@ -248,7 +248,9 @@ state.destroy_process_group()  # a gloo group left to interpreter exit can abort
 def test_two_processes_under_accelerate_build_the_same_cache(tiny_bases, teacher_and_rows, tmp_path):
     from .conftest import two_cpu_processes
 
-    teacher, rows = teacher_and_rows
+    _, rows = teacher_and_rows
+    # The reference on the CPU, where the two processes run: on a GPU the same teacher's bits differ.
+    teacher = load_model(str(tiny_bases["teacher"]), device="cpu").eval()
     data = tmp_path / "rows.parquet"
     rows.to_parquet(data)
     script = tmp_path / "build.py"
