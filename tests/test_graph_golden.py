@@ -26,7 +26,7 @@ CONFIGS = {
     **{path.stem: {"path": str(path)} for path in sorted((REPOSITORY / "configs" / "paper").glob("*.yaml"))},
 }
 # Made-up sizes, so that every stage's compute estimate is a number to compare.
-SIZES = Sizes(teacher=12e9, student=1.4e9, tokens=2.56e8, head=5120 * 50304, held_out_tokens=2.56e6)
+SIZES = Sizes(teacher=12e9, student=1.4e9, tokens=2.56e8, head=5120 * 50304, held_out_tokens=2.56e6, cross_scale=1e9)
 
 
 def describe(name: str) -> dict:

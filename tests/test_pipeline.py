@@ -387,8 +387,14 @@ def test_run_under_two_processes(tiny_bases, tmp_path):
         "soft.teacher_cache=true",
         "soft.sweep_temperatures=[]",
         "extraction.approximate_sample=10",
+        "cross_scale.model=builtin:tiny-small",  # one more training stage, distributed like the others
+        "utility.tasks=[kdmem_last_word]",  # the main process alone evaluates, the other one waits
     ]
-    batches = lambda size: [f"{stage}.training.batch_size={size}" for stage in ("teacher", "student", "soft", "hard")]  # noqa: E731
+    trained = ("teacher", "student", "soft", "hard", "cross_scale")
+
+    def batches(size: int) -> list[str]:
+        return [f"{stage}.training.batch_size={size}" for stage in trained]
+
     one = run(load_config(preset="smoke", overrides=shared + batches(16)), tmp_path / "one")
     launched = two_cpu_processes(
         "-m", "kdmem.cli", "run", "--preset", "smoke", *shared, *batches(8), "-o", str(tmp_path / "two"), timeout=900
@@ -399,6 +405,12 @@ def test_run_under_two_processes(tiny_bases, tmp_path):
     assert (two_dir / "report.html").exists() and (two_dir / "analysis.json").exists()
     assert list(two["models"]) == list(one["models"])
     assert json.loads((two_dir / "run.json").read_text())["hardware"]["processes"] == 2
+    assert "cross-scale" in two["models"]
+    for name in two["models"]:  # every model evaluated downstream once, by the main process
+        assert (two_dir / "utility" / f"{name}.parquet").exists(), name
+        assert len(pd.read_parquet(two_dir / "utility" / f"{name}.parquet")) == len(
+            pd.read_parquet(tmp_path / "one" / "utility" / f"{name}.parquet")
+        )
     for name, row in one["models"].items():  # DDP: same models, up to float rounding
         # Measured: 4.8e-7 at most (4 float32 ulps of a loss near 4) after 2 epochs of AdamW. Bound 200x that.
         assert two["models"][name]["val_loss"] == pytest.approx(row["val_loss"], abs=1e-4), name

@@ -36,6 +36,7 @@ OFFLINE_DATA = ["data.source=builtin:python-docs"]
 REAL = {  # rows of the embedding matrix, tokenizer length, tied, eos id, pad id (None: none of its own)
     "EleutherAI/pythia-12b": (50688, 50277, False, 0, None),
     "EleutherAI/pythia-1.4b": (50304, 50277, False, 0, None),
+    "EleutherAI/pythia-1b": (50304, 50277, False, 0, None),
     "allenai/OLMo-2-1124-7B": (100352, 100278, False, 100257, 100277),
     "allenai/OLMo-2-0425-1B": (100352, 100278, False, 100257, 100277),
     "Qwen/Qwen3-8B-Base": (151936, 151669, False, 151643, 151643),
@@ -52,7 +53,7 @@ def test_every_paper_model_has_an_offline_lookalike():
     models = set()
     for path in PAPER.glob("*.yaml"):
         config = load_config(path)
-        models |= {config.teacher.model, config.student.model}
+        models |= {config.teacher.model, config.student.model} | ({config.cross_scale.model} - {None})
     assert models == set(REAL) == set(offline_fixture_names())
 
 
@@ -172,6 +173,9 @@ def _check_rehearsal(
     expected = {"teacher", "baseline", "soft", "hard", "soft-filtered"}
     expected |= {f"soft-T{t:g}" for t in config.soft.sweep_temperatures if t != config.soft.temperature}
     expected |= {f"{kind}-seed{s}" for kind in ("baseline", "soft", "hard") for s in seeds[1:]}
+    if config.cross_scale.model:  # another size of the student's family: its vocabulary too
+        expected.add("cross-scale")
+        assert result["lookalikes"]["cross_scale"]["vocab_size"] == student_rows
     assert set(summary["models"]) == expected
     shared = min(teacher_rows, student_rows)
     hard = pd.read_parquet(run / "data" / "hard.parquet")

@@ -43,6 +43,18 @@ def utility(last_word, two_choice):
 FINDINGS = [*range(1, 10), "9b", 10]
 
 
+def cross_scale(share: float | None) -> dict:
+    return {
+        "model": "EleutherAI/pythia-1b",
+        "cross_scale": 25 if share is not None else 0,
+        "baseline": 30,
+        "both": round(25 * (share or 0)),
+        "share_of_cross_scale_in_baseline": share,
+        "share_of_baseline_in_cross_scale": 0.8,
+        "jaccard": 0.7,
+    }
+
+
 def paper_like():
     """A summary and analysis that agree with the paper on every analysis (3 seeds, a second family)."""
     summary = {
@@ -66,6 +78,7 @@ def paper_like():
         # [baseline seeds, student seeds]: what 3 student seeds memorize, 3 baseline seeds do
         "seed_consistency": {"soft": [[500, 1, 0, 0], [20, 2, 0, 0], [5, 1, 1, 0], [4, 0, 1, 3]]},
         "cross_family": {"zlib_pearson": 0.97, "overlap": {"baseline": {"jaccard": 0.0}}},
+        "cross_scale": cross_scale(0.96),
         "features": {
             "easy_vs_rest": {
                 "selected": {"zlib_entropy": 120.0, "baseline_ppl": 1.5},
@@ -221,3 +234,23 @@ def test_key_findings_and_the_findings_table_state_the_same_numbers():
     assert table[10] == "9 / 3 / 3 / 0 at T = 1, 2, 3, 4"
     assert "10 memorized before, 2 after, 2 of them new" in sentences
     assert table[7] == "soft student: 10 memorized before, 2 after (2 new)"
+
+
+def test_the_cross_scale_half_of_row_4_is_decided_on_its_own():
+    """Row 4's cross-scale half decides the row where the run has no second family: over half of
+    the cross-scale model's memorized set the baseline's too (the paper: 96%)."""
+    from kdmem.report.findings import paper_findings
+
+    summary, analysis = paper_like()
+    del analysis["cross_family"]
+    for share, expected in ((0.96, "yes"), (0.3, "no"), (None, "n/a")):
+        analysis["cross_scale"] = cross_scale(share)
+        row4 = next(f for f in paper_findings(summary, analysis) if f.number == 4)
+        assert row4.agrees == expected, (share, row4)
+        assert "cross-scale" in row4.kdmem and "cross-family" not in row4.kdmem
+    analysis["cross_scale"] = cross_scale(0.96)
+    assert "96% of EleutherAI/pythia-1b's 25 memorized examples are the baseline's too" in next(
+        f.kdmem for f in paper_findings(summary, analysis) if f.number == 4
+    )
+    analysis["cross_scale"] = {"skipped": "no cross-scale model"}
+    assert next(f.agrees for f in paper_findings(summary, analysis) if f.number == 4) == "n/a"

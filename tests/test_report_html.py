@@ -24,6 +24,7 @@ SECTIONS = [
     "mechanism",
     "temperature",
     "soft-vs-hard",
+    "cross-scale",
     "cross-family",
     "filtering",
     "prefix-curve",

@@ -133,11 +133,16 @@ def temperature_sweep(config: ExperimentConfig) -> dict[float, str]:
     return dict(sorted(sweep.items()))
 
 
+CROSS_SCALE = "cross-scale"
+"""The model of ``cross_scale``: another size of the student's family, trained like the baseline."""
+
+
 def model_names(config: ExperimentConfig) -> list[str]:
     """Every model a run trains, in order: teacher, then baseline, soft and hard for each seed,
-    then the temperature sweep's extra soft students."""
+    then the temperature sweep's extra soft students, the cross-scale model and the filtered one."""
     names = ["teacher"]
     for kind in ("baseline", "soft", "hard"):
         names += [kind + seed_suffix(seed, config) for seed in config.seeds]
     names += [name for name in temperature_sweep(config).values() if name not in names]
+    names += [CROSS_SCALE] if config.cross_scale.model else []
     return names + ([filtered_name(config)] if config.filtering.enabled else [])

@@ -51,7 +51,7 @@ from kdmem.config import (
 )
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_documents, write_sequences
 from kdmem.io import process_state, split_across_processes, write_json_atomic, write_parquet_atomic
-from kdmem.layout import RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
+from kdmem.layout import CROSS_SCALE, RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
 from kdmem.memorization.membership import membership_metrics, read_membership_metrics, split_scores, write_membership
@@ -267,7 +267,7 @@ def _provenance(versions: dict, seeds: list[int], seconds: dict[str, float]) -> 
 
 
 def _parameters(sizes: Sizes, name: str) -> float | None:
-    return sizes.teacher if name == "teacher" else sizes.student
+    return {"teacher": sizes.teacher, CROSS_SCALE: sizes.cross_scale}.get(name, sizes.student)
 
 
 def _model_outputs(layout: RunLayout, settings: dict) -> tuple[Path, ...]:
@@ -875,6 +875,11 @@ class Recipe:
         self.config, self.layout = config, layout
         self.stages: list[Stage] = []
         self.teacher, self.student = model_spec(config.teacher), model_spec(config.student)
+        self.cross_scale = None
+        if config.cross_scale.model:
+            self.cross_scale = model_spec(config.cross_scale)
+            if config.cross_scale.model == "builtin:tiny-small":  # the size it is built at
+                self.cross_scale["embedded_size"] = dataclasses.asdict(config.embedded.small)
         ext = config.extraction
         self.speed = {"batch_size": ext.batch_size}
         # Memorization over training is part of a training stage's output: what it measures shapes it.
@@ -948,6 +953,13 @@ class Recipe:
             }
         return self.add(f"cache:{rows}", build_cache, settings, needs)
 
+    def add_utility_documents(self, tasks: list[str]) -> str:
+        """The documents of kdmem's own utility tasks, from the held-out sequences; the stage's
+        settings hold every task's definition and lm-eval's version, which the scores depend on."""
+        definitions = {task: LOCAL_TASKS.get(task, "lm-eval's own") for task in tasks}
+        settings = {"tasks": tasks, "definitions": definitions, "lm_eval": lm_eval_version()}
+        return self.add("utility", write_utility_documents, settings, ("data",))
+
     def add_scoring_stages(self, name: str) -> None:
         """Model ``name``'s scoring stages: each reads the model and its own settings only, so a
         scoring setting (membership.min_k) rescores that and nothing else."""
@@ -957,7 +969,7 @@ class Recipe:
         self.add(f"extract:{name}", extract, {"name": name, "extraction": verdicts, "dtype": dtype}, needs)
         self.add(f"validation:{name}", score_validation, {"name": name, "dtype": dtype}, needs)
         if config.membership.enabled:
-            base = self.teacher if name == "teacher" else self.student
+            base = {"teacher": self.teacher, CROSS_SCALE: self.cross_scale}.get(name, self.student)
             membership = {"min_k": config.membership.min_k, "reference": config.membership.reference}
             self.add(
                 f"membership:{name}",
@@ -996,6 +1008,15 @@ class Recipe:
         self.add("report", render_report, {}, ("analysis",))
 
 
+def _shared_embedded_settings(config: ExperimentConfig) -> dict:
+    """The embedded family's settings, which every stage reads through the data's tokenizer, less
+    the third base's size (``embedded.small``): only the cross-scale model reads that, and its
+    stage names it, so that a finished run stays current when it changes."""
+    settings = dataclasses.asdict(config.embedded)
+    del settings["small"]
+    return settings
+
+
 def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> list[Stage]:
     """Every stage of ``kdmem run`` for ``config``, in order: the one place that loops over seeds,
     temperatures and the filtering. Nothing is loaded; ``--dry-run`` plans from it."""
@@ -1005,7 +1026,7 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
     # Data: D, validation and canaries, tokenized by the teacher base's tokenizer.
     data = {
         "data": config.data,
-        "tokenizer": teacher | {"embedded": config.embedded},
+        "tokenizer": teacher | {"embedded": _shared_embedded_settings(config)},
         "canary_repeats": config.canaries.repeats,
         "canary_seed": config.canaries.seed,
         "canary_key_length": ext.prefix_len if config.canaries.repeats else 0,
@@ -1033,16 +1054,15 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
     for temperature, name in temperature_sweep(config).items():
         if name != "soft":
             recipe.add_soft_student(name, temperature, first_seed, "train", (soft_source,), tracked=False)
+    # Cross-scale: another size of the student's family, fine-tuned on D like the baseline.
+    if recipe.cross_scale:
+        cross_scale = config.cross_scale
+        recipe.add_training_stage(
+            CROSS_SCALE, "cross-scale", recipe.cross_scale, cross_scale.training, first_seed, "train", ("data",)
+        )
     # Downstream utility: kdmem's own tasks are written from the held-out sequences once.
     if config.utility.tasks:
-        tasks = config.utility.tasks
-        definitions = {task: LOCAL_TASKS.get(task, "lm-eval's own") for task in tasks}
-        recipe.add(
-            "utility",
-            write_utility_documents,
-            {"tasks": tasks, "definitions": definitions, "lm_eval": lm_eval_version()},
-            ("data",),
-        )
+        recipe.add_utility_documents(config.utility.tasks)
     # Every trained model: extraction, then scoring (the filtered student's once it exists).
     filtered = filtered_name(config)
     for name in model_names(config):
@@ -1118,6 +1138,8 @@ def run(
             save_config(config, layout.config)
     context = run_context(config, layout, graph)
     check_same_vocabulary(context.tokenizer(), context.tokenizer(model_spec(config.student)))
+    if config.cross_scale.model:
+        check_same_vocabulary(context.tokenizer(), context.tokenizer(model_spec(config.cross_scale)), "cross_scale")
     versions = _versions()
     names = [stage.name for stage in graph]
     execute(graph, context, versions, lambda: _provenance(versions, config.seeds, stage_seconds(layout.root, names)))

@@ -26,6 +26,7 @@ UTILIZATION = 0.4
 KNOWN_PARAMETERS = {
     "EleutherAI/pythia-12b": 11.85e9,
     "EleutherAI/pythia-1.4b": 1.41e9,
+    "EleutherAI/pythia-1b": 1.01e9,
     "allenai/OLMo-2-1124-7B": 7.30e9,
     "allenai/OLMo-2-0425-1B": 1.48e9,
     "Qwen/Qwen3-8B-Base": 8.19e9,
@@ -104,10 +105,11 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
     """The stages of the run, its token counts, the teacher-cache size and a compute estimate.
     ``parameters`` (``teacher``, ``student``) overrides the parameter counts looked up."""
     parameters = parameters or {}
-    unknown = set(parameters) - {"teacher", "student"}
+    unknown = set(parameters) - {"teacher", "student", "cross_scale"}
     if unknown:
         raise ConfigError(
-            f"--parameters takes teacher=N and student=N, not {', '.join(repr(name) for name in sorted(unknown))}."
+            "--parameters takes teacher=N, student=N and cross_scale=N, not "
+            f"{', '.join(repr(name) for name in sorted(unknown))}."
         )
     soft = config.soft
     cache = soft.teacher_cache
@@ -119,6 +121,13 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
         if exact_cache or counts[role] is None:
             configs[role] = model_config(model.model, model.revision, model.trust_remote_code)
         counts[role] = counts[role] or counted_parameters(configs[role], model.trust_remote_code)
+    cross_scale = config.cross_scale
+    if cross_scale.model:
+        counts["cross_scale"] = parameters.get("cross_scale") or KNOWN_PARAMETERS.get(cross_scale.model)
+        counts["cross_scale"] = counts["cross_scale"] or counted_parameters(
+            model_config(cross_scale.model, cross_scale.revision, cross_scale.trust_remote_code),
+            cross_scale.trust_remote_code,
+        )
     teacher_n, student_n = counts["teacher"], counts["student"]
     shape = None  # (teacher hidden size, shared vocabulary)
     if configs.get("teacher") is not None and configs.get("student") is not None:
@@ -132,6 +141,7 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
         tokens,
         None if shape is None else float(shape[0] * shape[1]),
         config.data.validation_examples * config.data.seq_len,
+        counts.get("cross_scale"),
     )
     # The same graph kdmem run executes: its stages, and each stage's own cost formula.
     from kdmem.pipeline import stage_graph

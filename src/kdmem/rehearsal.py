@@ -28,7 +28,14 @@ from kdmem.config import ExperimentConfig, TinySizeConfig
 from kdmem.data.sources import is_local
 from kdmem.io import cache_dir, settings_hash, write_json_atomic
 from kdmem.layout import RunLayout, model_names
-from kdmem.models.lookalike import STUDENT_SIZE, TEACHER_SIZE, build_lookalike, materialized_fixture, offline_fixture
+from kdmem.models.lookalike import (
+    CROSS_SCALE_SIZE,
+    STUDENT_SIZE,
+    TEACHER_SIZE,
+    build_lookalike,
+    materialized_fixture,
+    offline_fixture,
+)
 from kdmem.plan import hub_reachable
 from kdmem.utility import PAPER_TASKS
 
@@ -87,6 +94,7 @@ def rehearsal_config(
     ``examples`` training and validation sequences; and what each look-alike kept."""
     lookalikes = Path(lookalikes).expanduser() if lookalikes else None
     names = [config.teacher.model, config.student.model, config.data.source]
+    names += [config.cross_scale.model] if config.cross_scale.model else []
     online = hub_reachable() if any(_is_hub_name(name) for name in names) else True
     if _is_hub_name(config.data.source) and not online:
         raise RehearsalError(
@@ -97,10 +105,10 @@ def rehearsal_config(
     rehearsal = copy.deepcopy(config)
     rehearsal.name = f"{config.name}-rehearsal"
     found = {}
-    for role, spec, size, seed in (
-        ("teacher", rehearsal.teacher, TEACHER_SIZE, 0),
-        ("student", rehearsal.student, STUDENT_SIZE, 1),
-    ):
+    roles = [("teacher", rehearsal.teacher, TEACHER_SIZE, 0), ("student", rehearsal.student, STUDENT_SIZE, 1)]
+    if rehearsal.cross_scale.model:
+        roles.append(("cross_scale", rehearsal.cross_scale, CROSS_SCALE_SIZE, 2))
+    for role, spec, size, seed in roles:
         if spec.model.startswith("builtin:"):  # already tiny, built and pre-trained locally
             found[role] = {"source": spec.model, "found_in": "the embedded family"}
             continue
@@ -132,6 +140,7 @@ def rehearsal_config(
         rehearsal.student.training,
         rehearsal.soft.training,
         rehearsal.hard.training,
+        rehearsal.cross_scale.training,
     ):
         _shrink_training(training)
     ext = rehearsal.extraction

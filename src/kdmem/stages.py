@@ -48,6 +48,8 @@ class Sizes:
     """Teacher hidden size x shared vocabulary: the output layer a hidden-state cache recomputes."""
     held_out_tokens: float | None = None
     """Tokens of the held-out (validation) sequences."""
+    cross_scale: float | None = None
+    """Parameters of the cross-scale model (``cross_scale.model``), if any."""
 
     @property
     def scored_tokens(self) -> float | None:

@@ -22,7 +22,14 @@ import pandas as pd
 from kdmem.analysis import figures
 from kdmem.analysis.features import model_features
 from kdmem.analysis.filtering import filtering_report
-from kdmem.analysis.overlaps import categories, memorized_ids, overlap, seed_consistency, soft_vs_hard
+from kdmem.analysis.overlaps import (
+    categories,
+    memorized_ids,
+    overlap,
+    seed_consistency,
+    shared_both_ways,
+    soft_vs_hard,
+)
 from kdmem.analysis.predictor import (
     FEATURES,
     TEACHER_ONLY_FEATURES,
@@ -33,7 +40,7 @@ from kdmem.analysis.predictor import (
 from kdmem.config import DataConfig, ExperimentConfig, load_config
 from kdmem.data import DataError, load_sequences, read_sequences, write_documents
 from kdmem.io import split_across_processes, write_json_atomic, write_parquet_atomic
-from kdmem.layout import RunLayout, filtered_name, seed_suffix, temperature_sweep
+from kdmem.layout import CROSS_SCALE, RunLayout, filtered_name, seed_suffix, temperature_sweep
 from kdmem.models import load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -341,6 +348,24 @@ def _cross_family(run: AnalysedRun) -> dict:
     return {"skipped": "no second family; set second_family.enabled=true (and data.packing=documents)"}
 
 
+def _cross_scale(run: AnalysedRun) -> dict:
+    """The cross-scale model (another size of the student's family, trained like the baseline)
+    against the first seed's baseline: the share of each one's memorized set that the other
+    memorizes too (the paper: 96% of Pythia-1B's memorized set is the 1.4B baseline's too)."""
+    if CROSS_SCALE not in run.memorized:
+        return {"skipped": "no cross-scale model; set cross_scale.model (e.g. EleutherAI/pythia-1b)"}
+    shared = shared_both_ways(run.memorized[CROSS_SCALE], run.memorized["baseline"])
+    return {
+        "model": run.config.cross_scale.model,
+        "cross_scale": shared["first"],
+        "baseline": shared["second"],
+        "both": shared["both"],
+        "share_of_cross_scale_in_baseline": shared["share_of_first_in_second"],
+        "share_of_baseline_in_cross_scale": shared["share_of_second_in_first"],
+        "jaccard": shared["jaccard"],
+    }
+
+
 ANALYSES = (
     ("memorized", _memorized_counts),
     ("overlap", _set_overlaps),
@@ -354,6 +379,7 @@ ANALYSES = (
     ("membership_roc", _membership_roc),
     ("prefix_curve", _prefix_curve),
     ("canaries", _canaries),
+    ("cross_scale", _cross_scale),
     ("cross_family", _cross_family),
 )
 """The paper's analyses and what else each model leaks, in ``analysis.json``'s order, as (key, the

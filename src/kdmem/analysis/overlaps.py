@@ -61,6 +61,20 @@ def overlap(teacher: set, baseline: set, student: set) -> dict[str, float]:
     }
 
 
+def shared_both_ways(first: set, second: set) -> dict[str, float | None]:
+    """How much two memorized sets share, read from each side: the share of ``first`` that
+    ``second`` memorizes too and the reverse (None for an empty side), and their Jaccard index."""
+    both, either = len(first & second), len(first | second)
+    return {
+        "first": len(first),
+        "second": len(second),
+        "both": both,
+        "share_of_first_in_second": both / len(first) if first else None,
+        "share_of_second_in_first": both / len(second) if second else None,
+        "jaccard": both / either if either else None,
+    }
+
+
 def categories(example_ids: Iterable[str], teacher: set, baseline: set, student: set) -> pd.Series:
     """Each example's Venn region (one of ``CATEGORIES``' values), indexed like ``example_ids``."""
     ids = list(example_ids)

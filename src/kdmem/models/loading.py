@@ -93,9 +93,10 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def check_same_vocabulary(teacher_tokenizer, student_tokenizer) -> None:
-    """Soft distillation compares distributions token by token: both models must share a vocabulary.
-    The message says what differs: tokens only one side has, or tokens with other ids."""
+def check_same_vocabulary(teacher_tokenizer, student_tokenizer, student: str = "student") -> None:
+    """Soft distillation compares distributions token by token, and every model reads D as the
+    teacher's tokenizer cut it: the models must share a vocabulary. The message says what differs:
+    tokens only one side has, or tokens with other ids; ``student`` names the other model."""
     teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     if teacher_vocab == student_vocab:
         return
@@ -105,7 +106,7 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer) -> None:
         (t for t in set(teacher_vocab) & set(student_vocab) if teacher_vocab[t] != student_vocab[t]),
         key=teacher_vocab.get,
     )
-    differences = [f"teacher {len(teacher_vocab)} tokens, student {len(student_vocab)}"]
+    differences = [f"teacher {len(teacher_vocab)} tokens, {student} {len(student_vocab)}"]
     if only_teacher:
         differences.append(
             f"{len(only_teacher)} only in the teacher's (e.g. {only_teacher[0]!r}, id "
@@ -113,16 +114,16 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer) -> None:
         )
     if only_student:
         differences.append(
-            f"{len(only_student)} only in the student's (e.g. {only_student[0]!r}, id "
+            f"{len(only_student)} only in the {student}'s (e.g. {only_student[0]!r}, id "
             f"{student_vocab[only_student[0]]})"
         )
     if moved:
         token = moved[0]
         differences.append(
-            f"{len(moved)} with other ids (e.g. {token!r}: teacher id {teacher_vocab[token]}, student id "
+            f"{len(moved)} with other ids (e.g. {token!r}: teacher id {teacher_vocab[token]}, {student} id "
             f"{student_vocab[token]})"
         )
     raise ModelError(
-        f"Teacher and student vocabularies differ: {'; '.join(differences)}. Soft distillation needs models of one "
-        "family that share a tokenizer (e.g. Pythia-12B and Pythia-1.4B)."
+        f"Teacher and {student} vocabularies differ: {'; '.join(differences)}. kdmem needs models of one "
+        "family that share a tokenizer (e.g. Pythia-12B, Pythia-1.4B and Pythia-1B)."
     )

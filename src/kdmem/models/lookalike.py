@@ -27,6 +27,7 @@ LEARNED_TOKENS = 8192
 
 TEACHER_SIZE = TinySizeConfig(layers=2, hidden=64, heads=4)
 STUDENT_SIZE = TinySizeConfig(layers=2, hidden=32, heads=2)
+CROSS_SCALE_SIZE = TinySizeConfig(layers=1, hidden=32, heads=2)
 
 
 def offline_fixture(name: str) -> Path | None:

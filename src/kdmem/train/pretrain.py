@@ -26,7 +26,9 @@ if TYPE_CHECKING:  # annotations only: kdmem.config imports kdmem.train.teacher_
     from kdmem.config import EmbeddedModelsConfig
 
 logger = logging.getLogger(__name__)
-BUILTIN_MODELS = ("builtin:tiny-teacher", "builtin:tiny-student")
+BUILTIN_MODELS = ("builtin:tiny-teacher", "builtin:tiny-student", "builtin:tiny-small")
+ROLES = ("teacher", "student")
+"""The bases every embedded run needs; ``small`` is built only when asked for (``cross_scale``)."""
 
 
 def _key(*parts) -> str:
@@ -42,8 +44,9 @@ def _embedded_tokenizer(cfg: EmbeddedModelsConfig, public: list[str]) -> tuple[P
     return folder, key
 
 
-def embedded_bases(cfg: EmbeddedModelsConfig) -> dict[str, Path]:
-    """``{"teacher": path, "student": path}`` of the pretrained tiny bases, each built on first use.
+def embedded_bases(cfg: EmbeddedModelsConfig, roles: tuple[str, ...] = ROLES) -> dict[str, Path]:
+    """``{role: path}`` of the pretrained tiny bases of ``roles`` (``teacher``, ``student``,
+    ``small``), each built on first use.
 
     Each base is cached under a key of everything that shapes it (tokenizer, size, pre-training),
     so changing the student's size rebuilds the student alone.
@@ -53,7 +56,8 @@ def embedded_bases(cfg: EmbeddedModelsConfig) -> dict[str, Path]:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_path)
     corpus = None
     paths = {}
-    for role, size in (("teacher", cfg.teacher), ("student", cfg.student)):
+    for role in roles:
+        size = getattr(cfg, role)
         recipe = (
             tokenizer_key,
             dataclasses.asdict(size),
@@ -96,4 +100,5 @@ def resolve_model_name(name: str, cfg: EmbeddedModelsConfig) -> str:
             f"Unknown builtin model {name!r}; use {' or '.join(BUILTIN_MODELS)}, a hub name or a "
             "save_pretrained folder."
         )
-    return str(embedded_bases(cfg)[name.removeprefix("builtin:tiny-")])
+    role = name.removeprefix("builtin:tiny-")
+    return str(embedded_bases(cfg, (role,))[role])
