@@ -21,6 +21,44 @@ def test_save_pretrained_loads_by_local_path(tmp_path, tiny_bases):
     assert load_tokenizer(str(tmp_path / "m")).get_vocab() == tokenizer.get_vocab()
 
 
+def test_a_local_model_s_revisions_are_its_subfolders(tmp_path, tiny_bases):
+    """A local folder's revision is its subfolder of that name (as kdmem's own pre-training saves
+    its checkpoints): that one loads; a revision it lacks is refused, naming those it has."""
+    from kdmem.plan import model_config
+
+    tokenizer = load_tokenizer(str(tiny_bases["student"]))
+    checkpoints = {}
+    for step in ("step1", "step2"):
+        torch.manual_seed(len(checkpoints))
+        checkpoints[step] = build_model(TinySizeConfig(layers=1, hidden=32, heads=2), len(tokenizer), 16, tokenizer)
+        checkpoints[step].save_pretrained(tmp_path / "m" / step)
+        tokenizer.save_pretrained(tmp_path / "m" / step)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        loaded = load_model(str(tmp_path / "m"), revision="step2", device="cpu")
+        torch.testing.assert_close(loaded(ids).logits, checkpoints["step2"](ids).logits)
+    assert load_tokenizer(str(tmp_path / "m"), revision="step1").get_vocab() == tokenizer.get_vocab()
+    assert model_config(str(tmp_path / "m"), "step1").hidden_size == 32
+    with pytest.raises(ModelError, match=r"has no revision 'step3'.*\(step1, step2\)"):
+        load_model(str(tmp_path / "m"), revision="step3")
+    with pytest.raises(ModelError, match="It holds revisions step1, step2"):
+        load_model(str(tmp_path / "m"))
+
+
+def test_a_revision_a_local_model_lacks_is_refused_before_training(tmp_path, tiny_bases):
+    from kdmem.config import load_config
+    from kdmem.layout import RunLayout
+    from kdmem.pipeline import run
+
+    from .conftest import TINY_OVERRIDES
+
+    out = tmp_path / "run"
+    overrides = [*TINY_OVERRIDES, f"student.model={tiny_bases['student']}", "student.revision=step115000"]
+    with pytest.raises(ModelError, match="has no revision 'step115000'"):
+        run(load_config(preset="smoke", overrides=overrides), out)
+    assert not RunLayout(out).model("teacher").exists()
+
+
 @torch.no_grad()
 def test_embedded_bases_are_pretrained_gpt_neox(tiny_bases, tiny_data):
     teacher, student = load_model(str(tiny_bases["teacher"])), load_model(str(tiny_bases["student"]))

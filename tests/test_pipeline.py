@@ -488,7 +488,9 @@ def test_membership_reference_loads_with_the_bases_settings(finished_run, tmp_pa
     config, out, _ = finished_run
     shutil.copytree(out, tmp_path / "copy")
     layout = RunLayout(tmp_path / "copy")
-    base = str(layout.model("baseline"))  # a local folder stands in for the student base
+    # a local folder of checkpoints stands in for the student base, its revision "main" a subfolder
+    shutil.copytree(layout.model("baseline"), tmp_path / "base" / "main")
+    base = str(tmp_path / "base")
     pinned = dataclasses.replace(config, student=dataclasses.replace(config.student, model=base, revision="main"))
     loads = []
     real = pipeline.load_model

@@ -54,13 +54,15 @@ def model_config(name: str, revision: str | None = None, trust_remote_code: bool
     message saying why."""
     from transformers import AutoConfig
 
+    from kdmem.models.loading import resolve_local
     from kdmem.models.lookalike import offline_fixture
 
     if name.startswith("builtin:"):
         return None  # built at run time from the embedded config
+    source, local_revision = resolve_local(name, revision)  # a local folder's revision is its subfolder
     try:
         return AutoConfig.from_pretrained(
-            name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True
+            source, revision=local_revision, trust_remote_code=trust_remote_code, local_files_only=True
         )
     except Exception:  # not a local folder, and not in the local hub cache
         pass

@@ -13,20 +13,40 @@ class ModelError(ValueError):
     """A model that cannot be used; the message names the problem and the fix."""
 
 
-def _check_local(name_or_path: str) -> None:
+def _revisions(path: Path) -> list[str]:
+    """A local model folder's revisions: its subfolders that hold a model (``config.json``)."""
+    return sorted(child.name for child in path.iterdir() if (child / "config.json").is_file()) if path.is_dir() else []
+
+
+def resolve_local(name_or_path: str, revision: str | None = None) -> tuple[str, str | None]:
+    """``(name_or_path, revision)`` as ``from_pretrained`` takes them. A hub name keeps its revision.
+    A local folder's revision is its subfolder of that name (``FOLDER/step116000``, as Pythia names
+    its checkpoints; kdmem's own pre-training saves its checkpoints so): that folder, and no
+    revision. Raises ``ModelError`` for a folder that is no model, or that lacks the revision."""
     path = Path(name_or_path).expanduser()
     looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
     if not looks_local:
-        return
+        return name_or_path, revision
     if not path.is_dir():
         raise ModelError(
             f"Model path {path} does not exist or is not a folder. Give a save_pretrained folder or a hub name."
         )
+    found = _revisions(path)
+    if revision is not None:
+        if revision not in found:
+            raise ModelError(
+                f"{path} has no revision {revision!r}: a local model's revisions are its subfolders holding a "
+                f"config.json ({', '.join(found) if found else 'it has none'}). Name one of those, or drop the "
+                "revision to load the folder itself."
+            )
+        return str(path / revision), None
     if not (path / "config.json").exists():
+        hint = f" It holds revisions {', '.join(found)}: name one with the model's revision." if found else ""
         raise ModelError(
             f"{path} is not a model folder: it has no config.json. Save a model there with "
-            "`model.save_pretrained(path)` and `tokenizer.save_pretrained(path)`, or give a hub name."
+            f"`model.save_pretrained(path)` and `tokenizer.save_pretrained(path)`, or give a hub name.{hint}"
         )
+    return name_or_path, None
 
 
 LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError)
@@ -44,9 +64,9 @@ def _unusable(name_or_path: str, what: str, error: BaseException) -> ModelError:
 def load_tokenizer(
     name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
-    _check_local(name_or_path)
+    source, revision = resolve_local(name_or_path, revision)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except LOAD_ERRORS as error:
         raise _unusable(name_or_path, "tokenizer", error) from None
     if tokenizer.pad_token_id is None:
@@ -67,10 +87,10 @@ def load_model(
 
     It is placed on ``device``, by default the first GPU when there is one, else the CPU.
     """
-    _check_local(name_or_path)
+    source, revision = resolve_local(name_or_path, revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path,
+            source,
             revision=revision,
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
@@ -85,8 +105,9 @@ def model_vocab_size(name_or_path: str, spec=None) -> int:
     """Rows of a model's embedding matrix, from its config alone (``spec``: its revision and code setting)."""
     from transformers import AutoConfig
 
-    options = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code} if spec is not None else {}
-    return AutoConfig.from_pretrained(name_or_path, **options).get_text_config().vocab_size
+    source, revision = resolve_local(name_or_path, spec.revision if spec is not None else None)
+    options = {"revision": revision, "trust_remote_code": spec.trust_remote_code} if spec is not None else {}
+    return AutoConfig.from_pretrained(source, **options).get_text_config().vocab_size
 
 
 def default_device() -> torch.device:
