@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # Every package's version, as the README's numbers were measured with; pyproject.toml keeps ranges.
 LOCK := requirements-cpu.lock
 
-.PHONY: run smoke paper-mini lint format test test-all lock
+.PHONY: run smoke paper-mini pilot-mini lint format test test-all lock
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ smoke: $(VENV)/.installed
 
 paper-mini: $(VENV)/.installed
 	$(BIN)/kdmem run --preset paper-mini
+
+pilot-mini: $(VENV)/.installed
+	$(BIN)/kdmem run --preset pilot-mini
 
 # ruff, configured in pyproject.toml (line length 119): CI runs this before the tests.
 lint: $(VENV)/.installed

@@ -15,10 +15,16 @@ def test_the_paper_presets_are_valid_and_planned_without_downloads(capsys):
         "olmo2-fineweb",
         "pythia-fineweb",
         "pythia-nemotron",
+        "pythia-pretraining-pilot",
         "pythia-wikitext",
         "qwen3-fineweb",
     ]
     for path in PAPER_CONFIGS:
+        if path.stem == "pythia-pretraining-pilot":  # its own shape: tests/test_pilot.py
+            assert cli.main(["run", str(path), "--dry-run"]) == 0
+            printed = capsys.readouterr().out
+            assert "1,024,000 training sequences of 256 tokens" in printed and "unknown" not in printed
+            continue
         config = load_config(path)
         assert (config.data.num_examples, config.data.seq_len, config.seeds) == (1_000_000, 256, [0, 1, 2])
         assert (config.extraction.prefix_len, config.extraction.suffix_len) == (50, 50)

@@ -37,6 +37,8 @@ REAL = {  # rows of the embedding matrix, tokenizer length, tied, eos id, pad id
     "EleutherAI/pythia-12b": (50688, 50277, False, 0, None),
     "EleutherAI/pythia-1.4b": (50304, 50277, False, 0, None),
     "EleutherAI/pythia-1b": (50304, 50277, False, 0, None),
+    "EleutherAI/pythia-12b-deduped": (50688, 50277, False, 0, None),
+    "EleutherAI/pythia-2.8b-deduped": (50304, 50277, False, 0, None),
     "allenai/OLMo-2-1124-7B": (100352, 100278, False, 100257, 100277),
     "allenai/OLMo-2-0425-1B": (100352, 100278, False, 100257, 100277),
     "Qwen/Qwen3-8B-Base": (151936, 151669, False, 151643, 151643),
@@ -53,7 +55,9 @@ def test_every_paper_model_has_an_offline_lookalike():
     models = set()
     for path in PAPER.glob("*.yaml"):
         config = load_config(path)
-        models |= {config.teacher.model, config.student.model} | ({config.cross_scale.model} - {None})
+        models |= {config.teacher.model, config.student.model} | (
+            {config.cross_scale.model, config.baseline.model} - {None}
+        )
     assert models == set(REAL) == set(offline_fixture_names())
 
 
@@ -262,3 +266,29 @@ def test_lookalikes_folder_is_read_before_the_hub(tmp_path):
 def test_rehearsal_of_every_paper_config(name, rows, tmp_path_factory):
     result, output = _rehearsed(name, tmp_path_factory)
     _check_rehearsal(result, output, *rows)
+
+
+@pytest.mark.slow
+def test_rehearsal_of_the_pretraining_pilot(tmp_path_factory):
+    """The pilot's config on look-alikes at its revisions: teacher and baseline given (saved into the
+    run, trained by nobody), the student distilled from step 115,000, the given teacher scored
+    against its own look-alike at the student's revision; D the range's first sequences."""
+    overrides = ["data.packing=concatenate", "data.sequence_range=[0,80]"]
+    result, output = _rehearsed("pythia-pretraining-pilot", tmp_path_factory, overrides)
+    run = output / "run"
+    assert result["status"] == "passed"
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["models"]) == {"teacher", "baseline", "soft", "hard"}
+    assert summary["given_models"] == ["teacher", "baseline"]
+    found = result["lookalikes"]
+    assert (found["teacher"]["revision"], found["student"]["revision"], found["baseline"]["revision"]) == (
+        "step116000",
+        "step115000",
+        "step116000",
+    )
+    config = load_config(run / "config.yaml")
+    assert sorted(p.name for p in Path(config.teacher.model).iterdir()) == ["step115000", "step116000"]
+    assert config.data.sequence_range == [0, EXAMPLES[0]] and summary["data"]["train_examples"] == EXAMPLES[0]
+    train = pd.read_parquet(run / "data" / "train.parquet")
+    assert train["example_id"].tolist() == [f"seq-{i}" for i in range(EXAMPLES[0])]
+    assert "| 11 | Pre-training distillation pilot |" in (run / "report.md").read_text()

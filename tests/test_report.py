@@ -40,7 +40,7 @@ def utility(last_word, two_choice):
     }
 
 
-FINDINGS = [*range(1, 10), "9b", 10]
+FINDINGS = [*range(1, 10), "9b", 10, 11]
 
 
 def cross_scale(share: float | None) -> dict:
@@ -63,7 +63,8 @@ def paper_like():
             "baseline": row(12) | {"val_loss": 4.0} | utility(0.50, 0.52),
             "soft": row(3) | {"val_loss": 3.8} | utility(0.52, 0.54),
             "hard": row(3) | {"val_loss": 4.1} | utility(0.56, 0.60),
-        }
+        },
+        "given_models": ["teacher", "baseline"],  # read as a pre-training pilot too, for row 11
     }
     overlap = {
         "student": 10,
@@ -72,6 +73,7 @@ def paper_like():
         "teacher_only": 40,
         "inherited_share_of_teacher_only": 0.025,
         "suppressed": 7,
+        "student_only": 1,
     }
     analysis = {
         "overlap": {"soft": overlap | {"student": 3}, "soft_union": overlap},
@@ -161,7 +163,7 @@ def test_findings_without_data_are_not_applicable():
     from kdmem.report.findings import paper_findings
 
     findings = paper_findings(summary, analysis)
-    assert [f.agrees for f in findings] == ["n/a"] * 11
+    assert [f.agrees for f in findings] == ["n/a"] * 12
     assert "needs at least 2 memorized examples" in findings[5].kdmem and "one seed only" in findings[2].kdmem
 
 
@@ -170,7 +172,7 @@ def test_the_findings_table_in_markdown_keeps_characters_and_escapes_data():
     from kdmem.report.html import _markdown_data, findings_table
 
     table = findings_table(paper_findings(*paper_like()))
-    assert table.count("\n") == 12 and "| 6 | Predicting student memorization |" in table and "student's" in table
+    assert table.count("\n") == 13 and "| 6 | Predicting student memorization |" in table and "student's" in table
     assert "&#x27;" not in table and "&amp;" not in table
     assert _markdown_data("<img src=x onerror=alert(1)> *run*") == r"\<img src=x onerror=alert\(1\)\> \*run\*"
 

@@ -66,7 +66,7 @@ def test_the_run_writes_a_self_contained_report(hostile_run):
     assert "&lt;script&gt;window.__kdmem_pwned=" in page and "&amp;lt;" not in page
     markdown = (out / "report.md").read_text(encoding="utf-8")
     # the headline table, then the paper's findings (rows 1 to 10 and 9b)
-    assert markdown.count("\n| ") == (1 + len(summary["models"])) + (1 + 11)
+    assert markdown.count("\n| ") == (1 + len(summary["models"])) + (1 + 12)
     # Markdown renderers pass HTML through: the run's name (data) is backslash-escaped, never entity-escaped
     assert (
         "## Key findings" in markdown and "# kdmem report: \\<script\\>window" in markdown and "&lt;" not in markdown

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from kdmem.losses import SOFT_KINDS
+from kdmem.train.pretrain import PILOT_REVISIONS
 from kdmem.train.teacher_cache import CACHE_KINDS, PAPER_TEMPERATURES
 
 
@@ -51,6 +52,9 @@ class Section:
 
     section: typing.ClassVar[str] = ""
     """The section's usual key, naming its fields in errors when it is made on its own."""
+    later_fields: typing.ClassVar[tuple[str, ...]] = ()
+    """Fields added after runs were made whose default changes nothing: at that default they are
+    left out of stage fingerprints (``kdmem.io.jsonable``), so a finished run stays current."""
 
     def __post_init__(self) -> None:
         for name, annotation in _field_types(type(self)).items():
@@ -96,21 +100,44 @@ class DataConfig(Section):
     """Drop sequences whose tokens exactly repeat an earlier one."""
     seed: int = 0
     """Seed of the hash that decides which documents are held out (D keeps the source's order)."""
+    sequence_range: list[int] | None = None
+    """``[start, end]``: D is the sequences ``start`` to ``end - 1`` of the source's stream, in its
+    order (counted before any dedupe), and validation the ``validation_examples`` after them (which
+    a pre-training checkpoint at ``end`` has not seen yet); ``num_examples`` must then be null. The
+    pre-training pilot's slice: Pythia's steps 115,000 to 116,000 at 1,024 sequences a step are
+    ``[117760000, 118784000]``. None: D is the first ``num_examples`` sequences of the documents
+    not held out."""
     packing: str = "concatenate"
     """``concatenate``: documents joined with end-of-text between them and cut into ``seq_len``
     tokens (no BOS; as Pythia was pre-trained). ``documents``: one example per document, its first
     ``seq_len`` tokens as the tokenizer starts a text (with BOS for Llama, Gemma), shorter
     documents dropped and counted; each example's id comes from its document's text, so two runs
     with different tokenizers share their examples (``kdmem compare`` of two families). Either
-    way validation is split by document: no document feeds both D and validation."""
+    way validation is split by document: no document feeds both D and validation. ``tokens``: the
+    source is already tokenized, one training sequence per record (a Megatron ``.bin``/``.idx``
+    pair, as Pythia's pre-shuffled Pile, or Parquet/JSON lines with an ``input_ids`` column), and
+    each sequence's first ``seq_len`` tokens are one example."""
 
     section = "data"
+    later_fields = ("sequence_range",)
+
+    @property
+    def size(self) -> int | None:
+        """Sequences of D: the range's length, else ``num_examples`` (None: every sequence)."""
+        return self.sequence_range[1] - self.sequence_range[0] if self.sequence_range else self.num_examples
 
     def check(self) -> None:
         if self.packing not in PACKINGS:
             self.fail("packing", f"must be one of {', '.join(PACKINGS)}; got {self.packing!r}.")
         if self.num_examples is not None and self.num_examples < 1:
             self.fail("num_examples", "must be at least 1 (or null for every sequence).")
+        if self.sequence_range is not None:
+            if len(self.sequence_range) != 2 or not 0 <= self.sequence_range[0] < self.sequence_range[1]:
+                self.fail("sequence_range", f"must be [start, end] with 0 <= start < end; got {self.sequence_range}.")
+            if self.num_examples is not None:
+                self.fail("num_examples", "must be null with data.sequence_range, which sets the size of D.")
+        if self.packing == "tokens" and self.source.startswith("builtin:"):
+            self.fail("packing", f"= tokens needs a tokenized source; {self.source} is text (use concatenate).")
         if self.validation_examples < 0:
             self.fail("validation_examples", f"must be 0 or more, got {self.validation_examples}.")
         if self.seq_len < 2:
@@ -159,6 +186,32 @@ class ModelConfig(Section):
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     section = "model"
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
+    """The teacher's base, and how it is fine-tuned on D; or, with ``fine_tune`` false, the teacher
+    as given (the pre-training pilot's, a checkpoint that saw D in pre-training)."""
+
+    fine_tune: bool = True
+    """False: the teacher is ``model`` at ``revision`` as it is, trained by nobody (``training`` unused)."""
+
+    section = "teacher"
+    later_fields = ("fine_tune",)
+
+
+@dataclass
+class BaselineConfig(Section):
+    """The cross-entropy baseline: by default the student's base fine-tuned on D with
+    ``student.training``; or a given checkpoint, trained by nobody (the pre-training pilot's: the
+    student's own family at the step after the student's starting point)."""
+
+    model: str | None = None
+    """None: fine-tune the student's base. Else a hub name, a local folder or ``builtin:tiny-*``."""
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    section = "baseline"
 
 
 @dataclass
@@ -468,24 +521,36 @@ class EmbeddedModelsConfig(Section):
     pretraining: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(epochs=2.0, learning_rate=2e-3, warmup_ratio=0.05)
     )
+    pilot_training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(epochs=1.0, learning_rate=3.6e-4, lr_scheduler="constant")
+    )
+    """How pre-training goes on from step k to k + 1 for the pilot's ``k+1`` revisions: one pass
+    over the chunk at 18% of ``pretraining``'s peak rate, what Pythia's cosine schedule (to 10% of
+    its peak over 143,000 steps) gives at step 115,000."""
     seed: int = 0
 
     section = "embedded"
+    later_fields = ("pilot_training",)
 
 
 INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
-PACKINGS = ("concatenate", "documents")
+PACKINGS = ("concatenate", "documents", "tokens")
 
 
 @dataclass
 class ExperimentConfig(Section):
+    later_fields = ("baseline",)
+
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
-    teacher: ModelConfig = field(
-        default_factory=lambda: ModelConfig(model="builtin:tiny-teacher", training=TrainingConfig(learning_rate=2e-3))
+    teacher: TeacherConfig = field(
+        default_factory=lambda: TeacherConfig(
+            model="builtin:tiny-teacher", training=TrainingConfig(learning_rate=2e-3)
+        )
     )
     student: ModelConfig = field(default_factory=ModelConfig)
     """The student's base; its ``training`` is the cross-entropy baseline's."""
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     soft: SoftDistillConfig = field(default_factory=SoftDistillConfig)
     hard: HardDistillConfig = field(default_factory=HardDistillConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
@@ -528,7 +593,32 @@ class ExperimentConfig(Section):
                     "examples from the same documents, with the same example ids."
                 )
             second_family_config(self)  # its overrides name real keys and make a valid config
-        models = [m.model for m in (self.teacher, self.student, self.cross_scale) if m.model]
+        if self.baseline.model and len(self.seeds) > 1:
+            raise ConfigError(
+                "baseline.model is a given checkpoint, one model, so seeds must list one seed; "
+                f"got seeds={self.seeds}."
+            )
+        given_teacher = not self.teacher.fine_tune
+        if given_teacher and self.membership.enabled and self.membership.reference and not self.student.revision:
+            raise ConfigError(
+                "membership.reference scores a given teacher (teacher.fine_tune=false) against its own checkpoint "
+                "at student.revision (where the student starts), but student.revision is not set. Set it, or set "
+                "membership.reference=false."
+            )
+        sections = {"teacher": self.teacher, "student": self.student, "baseline": self.baseline}
+        for key, section in (sections | {"cross_scale": self.cross_scale}).items():
+            if section.model and section.model.startswith("builtin:") and section.revision is not None:
+                if section.revision not in PILOT_REVISIONS:
+                    raise ConfigError(
+                        f"{key}.revision = {section.revision!r}: an embedded base has the revisions "
+                        f"{' and '.join(PILOT_REVISIONS)} (the pre-training pilot's checkpoints) or none."
+                    )
+                if self.data.sequence_range is None:
+                    raise ConfigError(
+                        f"{key}.revision = {section.revision}: the embedded pilot's checkpoints are pre-trained "
+                        "through D's chunk of the stream, so set data.sequence_range (e.g. [0, 1000])."
+                    )
+        models = [m.model for m in (self.teacher, self.student, self.cross_scale, self.baseline) if m.model]
         uses_embedded = [model for model in models if model.startswith("builtin:")]
         if uses_embedded and self.embedded.seq_len < self.data.seq_len:
             raise ConfigError(

@@ -92,10 +92,21 @@ PROCESS_GROUP_TIMEOUT = timedelta(hours=3)
 main process alone while the others wait; at 1M sequences that takes longer than torch's default."""
 
 
+def _default(item: dataclasses.Field) -> Any:
+    return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+
+
 def jsonable(value: Any) -> Any:
-    """Settings as JSON: dataclasses as dicts, tuples as lists, paths as strings."""
+    """Settings as JSON: dataclasses as dicts (less their ``later_fields`` at their defaults, so
+    that a field added to a config leaves the fingerprints of finished runs as they were), tuples
+    as lists, paths as strings."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value))
+        later = getattr(type(value), "later_fields", ())
+        return {
+            item.name: jsonable(getattr(value, item.name))
+            for item in dataclasses.fields(value)
+            if not (item.name in later and getattr(value, item.name) == _default(item))
+        }
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -37,6 +37,7 @@ from kdmem.analysis.compare import compare_runs
 from kdmem.analysis.filtering import MIN_MEMORIZED_TO_FILTER, flag_examples, stand_in_memorized
 from kdmem.analysis.overlaps import memorized_ids
 from kdmem.config import (
+    BaselineConfig,
     CanaryConfig,
     ConfigError,
     EmbeddedModelsConfig,
@@ -45,12 +46,11 @@ from kdmem.config import (
     ModelConfig,
     SoftDistillConfig,
     config_from_dict,
-    config_to_dict,
     save_config,
     second_family_config,
 )
 from kdmem.data import as_tensor, prepare_sequences, read_sequences, write_documents, write_sequences
-from kdmem.io import process_state, split_across_processes, write_json_atomic, write_parquet_atomic
+from kdmem.io import jsonable, process_state, split_across_processes, write_json_atomic, write_parquet_atomic
 from kdmem.layout import CROSS_SCALE, RunLayout, filtered_name, model_names, seed_suffix, temperature_sweep
 from kdmem.memorization import MemorizationTracker, approximate_summary, measure_memorization, sample_positions
 from kdmem.memorization.canaries import canary_exposure, inject_canaries, make_canaries
@@ -71,6 +71,7 @@ from kdmem.stages import (
     stage_seconds,
 )
 from kdmem.train import distill, fine_tune, resolve_model_name, validation_loss
+from kdmem.train.pretrain import PILOT_REVISIONS
 from kdmem.train.teacher_cache import TeacherLogitCache, build_teacher_cache, complete_teacher_cache
 from kdmem.utility import (
     LOCAL_TASKS,
@@ -117,7 +118,9 @@ class RunContext:
 
     def base(self, spec: dict) -> str:
         """A model spec's base: hub names pass through; builtin names are built (once, cached) here."""
-        return self._cached(("base", spec["model"]), lambda: resolve_model_name(spec["model"], self.embedded))
+        key = ("base", spec["model"], json.dumps(spec.get("pilot_chunk"), sort_keys=True))
+        resolve = functools.partial(resolve_model_name, spec["model"], self.embedded, spec["revision"])
+        return self._cached(key, lambda: resolve(spec.get("pilot_chunk")))
 
     def load_base(self, spec: dict, dtype: str | None = None):
         return load_model(
@@ -365,6 +368,19 @@ def train_with_cross_entropy(
     fine_tune(ctx.load_base(base), data, training, ctx.layout.work(name), seed, callbacks, save_to=save_to)
     _publish_trained(ctx, name, kind, seed, base, callbacks)
     return None
+
+
+@stage_action(outputs=_model_outputs)
+def adopt_checkpoint(ctx: RunContext, *, name: str, kind: str, base: dict) -> None:
+    """A model trained by nobody, the pre-training pilot's teacher or baseline: checkpoint ``base``
+    as given, saved into the run as model ``name`` (safetensors, in its own dtype) so that every
+    scoring stage reads it as it reads a trained one. The main process runs it."""
+    saving = _prepare_to_train(ctx, name)
+    model = ctx.load_base(base, dtype="auto")
+    model.save_pretrained(saving)
+    del model
+    info = {"stage": kind, "given": True, "seed": None, "base": ctx.base(base), "memorization_over_training": []}
+    _publish_model(ctx.tokenizer(), ctx.layout.model(name), info, ctx.layout.work(name))
 
 
 def _teacher_forward_flops(sizes: Sizes, *, config, settings: dict) -> float | None:
@@ -793,17 +809,18 @@ def summarize(
     graph_names: list[str],
 ) -> None:
     """``summary.json``: every trained model's row (what its scoring stages measured), its
-    memorization over training, the stage times."""
+    memorization over training, the models trained by nobody (``given_models``: the pre-training
+    pilot's teacher and baseline), the stage times."""
     layout = ctx.layout
     trained = [name for name in models if "skipped" not in read_marker(layout.root, name)]
     rows = {name: _summary_row(layout, name, prefix_lens, membership, canaries, utility) for name in trained}
+    made = {name: json.loads(layout.model_done(name).read_text()) for name in trained}
     summary = {
         "name": ctx.run_name,
         "models": rows,
         "extraction": {"prefix_len": prefix_len, "suffix_len": suffix_len},
-        "memorization_over_training": {
-            name: json.loads(layout.model_done(name).read_text())["memorization_over_training"] for name in trained
-        },
+        "memorization_over_training": {name: made[name]["memorization_over_training"] for name in trained},
+        "given_models": [name for name in trained if made[name].get("given")],
         "data": {
             "train_examples": len(ctx.sequences("train")),
             "validation_examples": len(ctx.sequences("validation")),
@@ -838,9 +855,19 @@ SCORING_ACTIONS = (extract, score_validation, score_membership, score_canaries, 
 # --- The recipe ----------------------------------------------------------------------------------
 
 
-def model_spec(model: ModelConfig) -> dict:
-    """What a stage reads of a ``ModelConfig`` to load its base (``model_from_spec`` inverts it)."""
-    return {"model": model.model, "revision": model.revision, "trust_remote_code": model.trust_remote_code}
+def model_spec(model: ModelConfig | BaselineConfig, config: ExperimentConfig) -> dict:
+    """What a stage reads of a model section to load its base (``model_from_spec`` inverts it). An
+    embedded base at a pilot revision (``k``, ``k+1``) also names what its checkpoints are
+    pre-trained through: D's chunk of the stream, and how (``embedded.pilot_training``)."""
+    spec = {"model": model.model, "revision": model.revision, "trust_remote_code": model.trust_remote_code}
+    if model.model.startswith("builtin:") and model.revision in PILOT_REVISIONS:
+        chunk = {key: value for key, value in dataclasses.asdict(config.data).items() if key in PILOT_CHUNK_KEYS}
+        spec |= {"pilot_chunk": chunk, "pilot_training": dataclasses.asdict(config.embedded.pilot_training)}
+    return spec
+
+
+PILOT_CHUNK_KEYS = ("source", "subset", "split", "text_field", "seq_len", "packing", "sequence_range")
+"""What names D's chunk of the stream (``data.sequence_range`` and how the stream is read)."""
 
 
 def model_from_spec(spec: dict) -> ModelConfig:
@@ -859,7 +886,7 @@ def run_context(config: ExperimentConfig, layout: RunLayout, graph: list[Stage] 
         layout,
         process_state(),
         config.embedded,
-        model_spec(config.teacher),
+        model_spec(config.teacher, config),
         config.canaries.seed,
         run_name=config.name,
         teacher_id=teacher_id,
@@ -874,10 +901,18 @@ class Recipe:
     def __init__(self, config: ExperimentConfig, layout: RunLayout):
         self.config, self.layout = config, layout
         self.stages: list[Stage] = []
-        self.teacher, self.student = model_spec(config.teacher), model_spec(config.student)
+        self.teacher, self.student = model_spec(config.teacher, config), model_spec(config.student, config)
+        self.baseline = model_spec(config.baseline, config) if config.baseline.model else None
+        # What membership's reference scores the teacher against: the base it was fine-tuned from;
+        # a given teacher's own checkpoint where the student starts (the pilot's step k).
+        self.teacher_reference = self.teacher
+        if not config.teacher.fine_tune:
+            self.teacher_reference = model_spec(
+                dataclasses.replace(config.teacher, revision=config.student.revision), config
+            )
         self.cross_scale = None
         if config.cross_scale.model:
-            self.cross_scale = model_spec(config.cross_scale)
+            self.cross_scale = model_spec(config.cross_scale, config)
             if config.cross_scale.model == "builtin:tiny-small":  # the size it is built at
                 self.cross_scale["embedded_size"] = dataclasses.asdict(config.embedded.small)
         ext = config.extraction
@@ -969,7 +1004,7 @@ class Recipe:
         self.add(f"extract:{name}", extract, {"name": name, "extraction": verdicts, "dtype": dtype}, needs)
         self.add(f"validation:{name}", score_validation, {"name": name, "dtype": dtype}, needs)
         if config.membership.enabled:
-            base = {"teacher": self.teacher, CROSS_SCALE: self.cross_scale}.get(name, self.student)
+            base = {"teacher": self.teacher_reference, CROSS_SCALE: self.cross_scale}.get(name, self.student)
             membership = {"min_k": config.membership.min_k, "reference": config.membership.reference}
             self.add(
                 f"membership:{name}",
@@ -1010,11 +1045,10 @@ class Recipe:
 
 def _shared_embedded_settings(config: ExperimentConfig) -> dict:
     """The embedded family's settings, which every stage reads through the data's tokenizer, less
-    the third base's size (``embedded.small``): only the cross-scale model reads that, and its
-    stage names it, so that a finished run stays current when it changes."""
-    settings = dataclasses.asdict(config.embedded)
-    del settings["small"]
-    return settings
+    the third base's size (``embedded.small``) and the pilot's pre-training (``pilot_training``):
+    only the models that need them read them, and their specs name them, so that a finished run
+    stays current when they change."""
+    return {key: value for key, value in jsonable(config.embedded).items() if key not in ("small", "pilot_training")}
 
 
 def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> list[Stage]:
@@ -1032,7 +1066,12 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
         "canary_key_length": ext.prefix_len if config.canaries.repeats else 0,
     }
     recipe.add("data", prepare_data, data)
-    recipe.add_training_stage("teacher", "teacher", teacher, config.teacher.training, first_seed, "train", ("data",))
+    if config.teacher.fine_tune:
+        recipe.add_training_stage(
+            "teacher", "teacher", teacher, config.teacher.training, first_seed, "train", ("data",)
+        )
+    else:  # the pre-training pilot's: a checkpoint that saw D in pre-training, trained by nobody
+        recipe.add("teacher", adopt_checkpoint, {"name": "teacher", "kind": "teacher", "base": teacher}, ("data",))
     # The soft students read the teacher through its cache, when there is one.
     soft_source = recipe.add_teacher_cache("train", ("teacher",)) if config.soft.teacher_cache else "teacher"
     hard = {"prefix_len": config.hard.prefix_len, "seq_len": config.data.seq_len, "student": student, "dtype": dtype}
@@ -1045,9 +1084,13 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
     # Per seed: the baseline (cross-entropy, the student's size), the soft and the hard student.
     for seed in config.seeds:
         suffix = seed_suffix(seed, config)
-        recipe.add_training_stage(
-            "baseline" + suffix, "baseline", student, config.student.training, seed, "train", ("data",)
-        )
+        if recipe.baseline:  # a given checkpoint (one seed: the config says so)
+            given = {"name": "baseline", "kind": "baseline", "base": recipe.baseline}
+            recipe.add("baseline", adopt_checkpoint, given, ("data",))
+        else:
+            recipe.add_training_stage(
+                "baseline" + suffix, "baseline", student, config.student.training, seed, "train", ("data",)
+            )
         recipe.add_soft_student("soft" + suffix, config.soft.temperature, seed, "train", (soft_source,))
         recipe.add_training_stage("hard" + suffix, "hard", student, config.hard.training, seed, "hard", ("hard_data",))
     # The temperature sweep: one more soft student per temperature (first seed, not tracked).
@@ -1087,7 +1130,7 @@ def stage_graph(config: ExperimentConfig, layout: RunLayout | None = None) -> li
         recipe.add_scoring_stages(filtered)
     # The second family: the same documents and recipe under another family, then the two compared.
     if config.second_family.enabled:
-        family = config_to_dict(second_family_config(config))
+        family = jsonable(second_family_config(config))  # as a fingerprint holds it
         recipe.add("second_family", run_second_family, {"config": {k: v for k, v in family.items() if k != "name"}})
         compared = ("second_family", *(f"extract:{name}" for name in FIRST_SEED_MODELS))
         recipe.add("cross_family", compare_families, {}, compared)
@@ -1137,9 +1180,12 @@ def run(
             _remove_leftovers(layout.root)
             save_config(config, layout.config)
     context = run_context(config, layout, graph)
-    check_same_vocabulary(context.tokenizer(), context.tokenizer(model_spec(config.student)))
-    if config.cross_scale.model:
-        check_same_vocabulary(context.tokenizer(), context.tokenizer(model_spec(config.cross_scale)), "cross_scale")
+    check_same_vocabulary(context.tokenizer(), context.tokenizer(model_spec(config.student, config)))
+    for role in ("cross_scale", "baseline"):
+        if getattr(config, role).model:
+            check_same_vocabulary(
+                context.tokenizer(), context.tokenizer(model_spec(getattr(config, role), config)), role
+            )
     versions = _versions()
     names = [stage.name for stage in graph]
     execute(graph, context, versions, lambda: _provenance(versions, config.seeds, stage_seconds(layout.root, names)))

@@ -27,6 +27,8 @@ KNOWN_PARAMETERS = {
     "EleutherAI/pythia-12b": 11.85e9,
     "EleutherAI/pythia-1.4b": 1.41e9,
     "EleutherAI/pythia-1b": 1.01e9,
+    "EleutherAI/pythia-12b-deduped": 11.85e9,
+    "EleutherAI/pythia-2.8b-deduped": 2.78e9,
     "allenai/OLMo-2-1124-7B": 7.30e9,
     "allenai/OLMo-2-0425-1B": 1.48e9,
     "Qwen/Qwen3-8B-Base": 8.19e9,
@@ -135,7 +137,7 @@ def plan(config: ExperimentConfig, parameters: dict[str, float] | None = None) -
     if configs.get("teacher") is not None and configs.get("student") is not None:
         teacher_text, student_text = configs["teacher"].get_text_config(), configs["student"].get_text_config()
         shape = teacher_text.hidden_size, min(teacher_text.vocab_size, student_text.vocab_size)
-    examples = config.data.num_examples
+    examples = config.data.size
     tokens = None if examples is None else examples * config.data.seq_len
     sizes = Sizes(
         teacher_n,

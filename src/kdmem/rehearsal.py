@@ -108,20 +108,28 @@ def rehearsal_config(
     roles = [("teacher", rehearsal.teacher, TEACHER_SIZE, 0), ("student", rehearsal.student, STUDENT_SIZE, 1)]
     if rehearsal.cross_scale.model:
         roles.append(("cross_scale", rehearsal.cross_scale, CROSS_SCALE_SIZE, 2))
+    if rehearsal.baseline.model:  # a given checkpoint of the student's family
+        roles.append(("baseline", rehearsal.baseline, STUDENT_SIZE, 3))
     for role, spec, size, seed in roles:
         if spec.model.startswith("builtin:"):  # already tiny, built and pre-trained locally
             found[role] = {"source": spec.model, "found_in": "the embedded family"}
             continue
         source, where = lookalike_source(spec.model, lookalikes, online)
-        folder = _lookalike_folder(role, source, spec.revision, size, seed)
-        info_path = folder / "kdmem_lookalike.json"
-        if not info_path.exists():
-            logger.info("[rehearsal] %s look-alike of %s from %s", role, spec.model, where)
-            build_lookalike(
-                source, folder, size, revision=spec.revision, trust_remote_code=spec.trust_remote_code, seed=seed
-            )
-        found[role] = json.loads(info_path.read_text()) | {"model": spec.model, "found_in": where}
-        spec.model, spec.revision = str(folder), None
+        revisions = [spec.revision]
+        if role == "teacher" and not config.teacher.fine_tune and config.membership.reference:
+            revisions.append(config.student.revision)  # a given teacher's reference: itself where the student starts
+        if spec.revision is None:
+            folder = _lookalike_folder(role, source, None, size, seed)
+            info = _built_lookalike(role, spec, source, where, folder, size, None, seed)
+        else:  # one look-alike per revision, each in its subfolder, as a folder of checkpoints is laid out
+            folder = _lookalike_folder(role, source, "revisions", size, seed)
+            built = {
+                revision: _built_lookalike(role, spec, source, where, folder / revision, size, revision, seed + 10 * i)
+                for i, revision in enumerate(dict.fromkeys(revisions))
+            }
+            info = built[spec.revision]
+        found[role] = info | {"model": spec.model, "revision": spec.revision, "found_in": where}
+        spec.model = str(folder)  # a revision, if any, is now its subfolder
     from_fixtures = [info["model"] for info in found.values() if info["found_in"] == OFFLINE_FIXTURE]
     if from_fixtures:
         logger.warning(
@@ -131,7 +139,10 @@ def rehearsal_config(
             " and ".join(from_fixtures),
         )
     data = rehearsal.data
-    data.num_examples = examples[0] if data.num_examples is None else min(data.num_examples, examples[0])
+    if data.sequence_range:  # the range's first sequences
+        data.sequence_range = [data.sequence_range[0], data.sequence_range[0] + min(data.size, examples[0])]
+    else:
+        data.num_examples = examples[0] if data.num_examples is None else min(data.num_examples, examples[0])
     data.validation_examples = min(data.validation_examples, examples[1])
     if _is_hub_name(data.source):
         data.streaming = True  # read the slice, not the whole dataset
@@ -158,6 +169,17 @@ def rehearsal_config(
     return rehearsal, found
 
 
+def _built_lookalike(
+    role: str, spec, source: str, where: str, folder: Path, size: TinySizeConfig, revision: str | None, seed: int
+) -> dict:
+    """The look-alike of ``spec`` (at ``revision``) in ``folder``, built there on first use; what it kept."""
+    info_path = folder / "kdmem_lookalike.json"
+    if not info_path.exists():
+        logger.info("[rehearsal] %s look-alike of %s (revision %s) from %s", role, spec.model, revision, where)
+        build_lookalike(source, folder, size, revision=revision, trust_remote_code=spec.trust_remote_code, seed=seed)
+    return json.loads(info_path.read_text())
+
+
 def _lookalike_folder(role: str, source: str, revision: str | None, size: TinySizeConfig, seed: int) -> Path:
     """One folder per source, size and seed, so a look-alike made from other files is never reused,
     and one that is the same is built once for every rehearsal folder."""
@@ -182,8 +204,8 @@ def check_outputs(config: ExperimentConfig, root: Path) -> list[str]:
 
     train = pd.read_parquet(layout.data("train"))
     require(
-        len(train) == config.data.num_examples and all(len(ids) == config.data.seq_len for ids in train["input_ids"]),
-        f"D holds {config.data.num_examples} sequences of {config.data.seq_len} tokens",
+        len(train) == config.data.size and all(len(ids) == config.data.seq_len for ids in train["input_ids"]),
+        f"D holds {config.data.size} sequences of {config.data.seq_len} tokens",
     )
     summary = json.loads(layout.summary.read_text())
     for name in model_names(config):
@@ -196,7 +218,8 @@ def check_outputs(config: ExperimentConfig, root: Path) -> list[str]:
         verdicts = pd.read_parquet(layout.memorization(name))
         require(
             len(verdicts) == len(train) and all(f"memorized_p{p}" in verdicts for p in config.extraction.prefix_lens),
-            f"{name}: trained, and every example of D has a verdict (prefix curve "
+            f"{name}: {'given' if name in summary.get('given_models', []) else 'trained'}, and every example of D "
+            "has a verdict (prefix curve "
             f"{config.extraction.prefix_lens or 'off'})",
         )
     if config.soft.teacher_cache:

@@ -72,6 +72,8 @@ def zlib_entropy(text: str) -> int:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    if tokenizer is None:  # a tokenized source (packing: tokens) read without one
+        return "none"
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(f"{text}|eos={tokenizer.eos_token_id}".encode()).hexdigest()[:16]
@@ -240,12 +242,55 @@ HELD_OUT_SHARE_OF_ALL = 0.1
 def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
     """D and validation for a data config and tokenizer; cached on disk by source, tokenizer and shape.
 
-    Documents are held out by ``held_out`` in the share validation needs of D and validation
+    With ``cfg.sequence_range``, D is that slice of the source's stream (``_slice_of_stream``).
+    Else documents are held out by ``held_out`` in the share validation needs of D and validation
     together; each side is packed on its own, D in the source's order, and validation sequences
     whose tokens also occur in D are dropped."""
     folder = _cache_folder(cfg, tokenizer)
     if (folder / "train.parquet").exists():
         return SequenceSplits(read_sequences(folder / "train.parquet"), read_sequences(folder / "validation.parquet"))
+    splits = _slice_of_stream(cfg, tokenizer) if cfg.sequence_range else _split_by_document(cfg, tokenizer)
+    with atomic_dir(folder) as tmp:
+        write_sequences(tmp / "train.parquet", splits.train)
+        write_sequences(tmp / "validation.parquet", splits.validation)
+    return splits
+
+
+def _slice_of_stream(cfg: DataConfig, tokenizer) -> SequenceSplits:
+    """D as the sequences ``cfg.sequence_range`` of the source's stream, named by position
+    (``seq-117760000``), and validation as the ``validation_examples`` right after it, less any
+    that repeat a sequence of D: a pre-training slice and what comes after it."""
+    from kdmem.data.streams import stream_length, stream_rows
+
+    start, end = cfg.sequence_range
+    needed = end + 2 * cfg.validation_examples  # a few more, in case some repeat a sequence of D
+    known = stream_length(cfg)
+    rows = stream_rows(cfg, tokenizer, start, needed)
+    available = known if known is not None else start + len(rows)
+    if available < end + cfg.validation_examples:
+        raise DataError(
+            f"data.sequence_range = [{start}, {end}] is outside {cfg.source}: its stream holds {available:,} "
+            f"sequences of {cfg.seq_len} tokens, and the range with data.validation_examples = "
+            f"{cfg.validation_examples} after it needs {end + cfg.validation_examples:,}. Give a range inside the "
+            "stream (and room for the validation sequences after it)."
+        )
+    names = [f"seq-{position}" for position in range(start, start + len(rows))]
+    frame = pd.DataFrame({"example_id": names, "input_ids": rows})
+    train, after = frame.iloc[: end - start], frame.iloc[end - start :]
+    if cfg.dedupe:
+        train = train[~train["input_ids"].map(example_id).duplicated()]
+    in_train = set(train["input_ids"].map(example_id))
+    validation = after[~after["input_ids"].map(example_id).isin(in_train)].iloc[: cfg.validation_examples]
+    if len(validation) < cfg.validation_examples:
+        raise DataError(
+            f"{cfg.source}: only {len(validation)} of the sequences after data.sequence_range differ from every "
+            f"sequence of D, but data.validation_examples = {cfg.validation_examples} are needed. Lower it."
+        )
+    return SequenceSplits(train.reset_index(drop=True), validation.reset_index(drop=True))
+
+
+def _split_by_document(cfg: DataConfig, tokenizer) -> SequenceSplits:
+    """D and validation from documents held out by ``held_out``: see ``prepare_sequences``."""
     total = None if cfg.num_examples is None else cfg.num_examples + cfg.validation_examples
     share = cfg.validation_examples / total if total else HELD_OUT_SHARE_OF_ALL if cfg.validation_examples else 0.0
     documents = load_documents(cfg)
@@ -296,11 +341,7 @@ def prepare_sequences(cfg: DataConfig, tokenizer) -> SequenceSplits:
                 f"data.validation_examples={cfg.validation_examples} are needed. Lower data.validation_examples, "
                 "or use a larger source."
             )
-    train, validation = train.reset_index(drop=True), validation.reset_index(drop=True)
-    with atomic_dir(folder) as tmp:
-        write_sequences(tmp / "train.parquet", train)
-        write_sequences(tmp / "validation.parquet", validation)
-    return SequenceSplits(train, validation)
+    return SequenceSplits(train.reset_index(drop=True), validation.reset_index(drop=True))
 
 
 def sequence_file(cfg: DataConfig, tokenizer) -> Path:

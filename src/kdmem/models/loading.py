@@ -75,6 +75,13 @@ def load_tokenizer(
     return tokenizer
 
 
+def _torch_dtype(dtype: torch.dtype | str | None):
+    """float32 by default; ``"auto"``: the dtype the checkpoint was saved in."""
+    if dtype is None:
+        return torch.float32
+    return dtype if not isinstance(dtype, str) or dtype == "auto" else getattr(torch, dtype)
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -94,7 +101,7 @@ def load_model(
             revision=revision,
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
-            dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype if dtype is not None else torch.float32,
+            dtype=_torch_dtype(dtype),
         )
     except LOAD_ERRORS as error:
         raise _unusable(name_or_path, "causal language model", error) from None

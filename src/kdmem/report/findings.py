@@ -1,5 +1,5 @@
 """The run's findings, from ``summary.json`` and ``analysis.json``: the key findings in words, and
-the paper's analyses 1 to 10 (9 in two halves) beside this run's figures, each with a verdict computed from the numbers
+the paper's analyses 1 to 11 (9 in two halves) beside this run's figures, each with a verdict computed from the numbers
 (``paper_findings``). Both open the HTML report and ``report.md``, and both read their numbers
 through ``Measures``, so a sentence and a verdict never read one measure two ways."""
 
@@ -94,6 +94,11 @@ class Measures:
         tasks = self.models.get(name, {}).get("utility", {})
         accuracies = [metrics["acc"] for metrics in tasks.values() if "acc" in metrics]
         return float(np.mean(accuracies)) if accuracies else None
+
+    @property
+    def pilot(self) -> bool:
+        """A pre-training pilot: the teacher is a given checkpoint (``teacher.fine_tune`` false)."""
+        return "teacher" in self.summary.get("given_models", [])
 
     @property
     def membership_aucs(self) -> dict[str, float]:
@@ -202,6 +207,12 @@ def key_findings(summary: dict, analysis: dict) -> list[str]:
             f"training again: {filtered['memorized_before']} memorized before, {filtered['memorized_after']} after, "
             f"{filtered['new_after']} of them new (the privacy onion; paper: 4 new), "
             f"{_loss_change(filtered['val_loss_cost'])}."
+        )
+    if m.pilot and (row := m.models.get("soft")) is not None:
+        findings.append(
+            "In this pre-training pilot, where teacher and baseline are checkpoints that saw D in pre-training "
+            "and nobody fine-tuned them, the soft student distilled from the earlier checkpoint memorizes "
+            f"{_percent(row)} (paper: teacher 1.57%, baseline 0.27%, student 0.06%)."
         )
     if m.membership_aucs:
         shown = ", ".join(f"{name} {auc:.3f}" for name, auc in m.membership_aucs.items())
@@ -393,6 +404,28 @@ def _gain_recovered(m: Measures) -> tuple[str, bool | None]:
     return figure, decided > 0
 
 
+def _pilot(m: Measures) -> tuple[str, bool | None]:
+    """The pre-training pilot: memorized counts of the given teacher, the given baseline and the
+    soft student, its easy share and its new examples (memorized by neither teacher nor baseline)."""
+    if not m.pilot:
+        return "not a pre-training pilot (teacher.fine_tune=false, baseline.model; the pilot-mini preset)", None
+    if not {"teacher", "baseline", "soft"} <= set(m.models):
+        return "needs the teacher, the baseline and the soft student", None
+    t, b, s = (m.models[name] for name in ("teacher", "baseline", "soft"))
+    figure = (
+        f"memorized {t['memorized']} ({100 * t['rate']:.2f}%) / {b['memorized']} ({100 * b['rate']:.2f}%) / "
+        f"{s['memorized']} ({100 * s['rate']:.2f}%) of {t['examples']}"
+    )
+    overlap = m.overlap("soft")
+    if overlap and overlap["student"]:
+        figure += f"; {100 * overlap['share_easy']:.0f}% easy, {overlap['student_only']} new"
+        mostly_easy = overlap["share_easy"] > 0.5
+    else:
+        figure += "; the soft student memorizes none, so no easy share"
+        mostly_easy = True
+    return figure, t["memorized"] > b["memorized"] > s["memorized"] and mostly_easy
+
+
 def _temperature(m: Measures) -> tuple[str, bool | None]:
     if len(m.sweep) < 2:
         return "fewer than two temperatures (soft.sweep_temperatures)", None
@@ -488,6 +521,15 @@ PAPER_FINDINGS = (
         "1,591 / 668 / 155 / 12 memorized at T = 1..4",
         "memorized count never rises with T, and is lower at the highest T than at the lowest",
         _temperature,
+    ),
+    (
+        11,
+        "Pre-training distillation pilot",
+        "teacher (Pythia-12B at step 116k) 16,133 (1.57%) / baseline (2.8B at 116k) 2,785 (0.27%) / student (2.8B "
+        "from 115k, distilled 5 epochs) 638 (0.06%) memorized; 76% of the student's set easy, 92 new",
+        "teacher > baseline > soft student in memorized examples, and most of the student's memorized set easy "
+        "(over 50%) where it memorizes any",
+        _pilot,
     ),
 )
 """The analyses of the paper kdmem reproduces, as (number, name, the paper's figure, criterion, and

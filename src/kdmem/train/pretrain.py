@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast, set_seed
 
 from kdmem.data import pack_sequences, python_docs
 from kdmem.io import atomic_dir, cache_dir, settings_hash
-from kdmem.models import ModelError, build_model, train_tokenizer
+from kdmem.models import ModelError, build_model, load_model, train_tokenizer
 from kdmem.train.trainers import fine_tune
 
 if TYPE_CHECKING:  # annotations only: kdmem.config imports kdmem.train.teacher_cache, which imports this module
@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 BUILTIN_MODELS = ("builtin:tiny-teacher", "builtin:tiny-student", "builtin:tiny-small")
 ROLES = ("teacher", "student")
 """The bases every embedded run needs; ``small`` is built only when asked for (``cross_scale``)."""
+PILOT_REVISIONS = ("k", "k+1")
+"""The embedded bases' checkpoints for the pre-training pilot: ``k``, the base as pre-trained, and
+``k+1``, its pre-training continued through the chunk of the stream after step k (``pilot_checkpoints``)."""
 
 
 def _key(*parts) -> str:
@@ -91,8 +94,45 @@ def embedded_bases(cfg: EmbeddedModelsConfig, roles: tuple[str, ...] = ROLES) ->
     return paths
 
 
-def resolve_model_name(name: str, cfg: EmbeddedModelsConfig) -> str:
-    """A loadable name or path: ``builtin:tiny-*`` becomes the cached embedded base's folder."""
+def pilot_checkpoints(cfg: EmbeddedModelsConfig, role: str, chunk: dict) -> Path:
+    """A folder of the embedded ``role`` base's checkpoints at steps k and k + 1, as Pythia's are
+    laid out (``FOLDER/k``, ``FOLDER/k+1``), built on first use.
+
+    k is the base as its pre-training left it. Pre-training then goes on, as Pythia's went on from
+    step 115,000 to 116,000: one pass over the next chunk of the stream, ``chunk`` (a data section
+    whose ``sequence_range`` is the run's D; every sequence, duplicates included, as pre-training
+    reads a stream), at ``cfg.pilot_training``'s constant learning rate, the late pre-training
+    rate; that is k + 1. The pilot's student starts from the small base at k; its teacher and
+    baseline are bases at k + 1, which saw D once, in pre-training."""
+    from kdmem.config import DataConfig  # a function-local import: kdmem.config imports this package
+    from kdmem.data import prepare_sequences
+
+    base = embedded_bases(cfg, (role,))[role]
+    recipe = (base.name, chunk, dataclasses.asdict(cfg.pilot_training), cfg.seed)
+    folder = cache_dir() / "models" / f"tiny-{role}-pilot-{_key(*recipe)}"
+    if (folder / "k+1" / "model.safetensors").exists():
+        return folder
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(base)
+    data = DataConfig(**chunk, num_examples=None, validation_examples=0, dedupe=False)
+    stream = prepare_sequences(data, tokenizer).train
+    logger.info("Pre-training the embedded %s base on, from step k through %d sequences (once).", role, len(stream))
+    with atomic_dir(folder) as tmp:
+        shutil.copytree(base, tmp / "k")
+        set_seed(cfg.seed)
+        model = fine_tune(load_model(str(base), device="cpu"), stream, cfg.pilot_training, tmp / ".work", cfg.seed)
+        model.save_pretrained(tmp / "k+1")
+        tokenizer.save_pretrained(tmp / "k+1")
+        info = {"role": role, "from": "k", "sequences": len(stream), "chunk": chunk}
+        (tmp / "k+1" / "kdmem_pretraining.json").write_text(json.dumps(info, indent=2))
+        shutil.rmtree(tmp / ".work", ignore_errors=True)
+    return folder
+
+
+def resolve_model_name(
+    name: str, cfg: EmbeddedModelsConfig, revision: str | None = None, chunk: dict | None = None
+) -> str:
+    """A loadable name or path: ``builtin:tiny-*`` becomes the cached embedded base's folder, or at
+    a pilot revision (``k``, ``k+1``) the folder of its checkpoints over ``chunk``."""
     if not name.startswith("builtin:"):
         return name
     if name not in BUILTIN_MODELS:
@@ -101,4 +141,6 @@ def resolve_model_name(name: str, cfg: EmbeddedModelsConfig) -> str:
             "save_pretrained folder."
         )
     role = name.removeprefix("builtin:tiny-")
+    if revision in PILOT_REVISIONS:
+        return str(pilot_checkpoints(cfg, role, chunk))
     return str(embedded_bases(cfg, (role,))[role])
