@@ -421,7 +421,7 @@ def _pilot(m: Measures) -> tuple[str, bool | None]:
         figure += f"; {100 * overlap['share_easy']:.0f}% easy, {overlap['student_only']} new"
         mostly_easy = overlap["share_easy"] > 0.5
     else:
-        figure += "; the soft student memorizes none, so no easy share"
+        figure += "; the soft student memorizes none (0 new), so no easy share"
         mostly_easy = True
     return figure, t["memorized"] > b["memorized"] > s["memorized"] and mostly_easy
 
