@@ -58,6 +58,15 @@ TINY_OVERRIDES = [
     "utility.tasks=[]",  # lm-eval's own cost; tests/test_utility.py runs it
 ]
 
+FAST_OVERRIDES = TINY_OVERRIDES + [
+    "soft.sweep_temperatures=[]",
+    "filtering.enabled=false",
+    "membership.enabled=false",
+    "extraction.track_every_epochs=0",
+    "extraction.approximate_sample=0",
+]
+"""TINY_OVERRIDES without the stages a test of one other stage does not need."""
+
 
 @pytest.fixture(scope="session")
 def tiny_config():

@@ -13,14 +13,9 @@ from kdmem.models import ModelError, build_model, train_tokenizer
 from kdmem.pipeline import run
 from kdmem.plan import plan
 
-from .conftest import TINY_OVERRIDES
+from .conftest import FAST_OVERRIDES
 
-FAST = TINY_OVERRIDES + [
-    "filtering.enabled=false",
-    "membership.enabled=false",
-    "extraction.approximate_sample=0",
-    "extraction.track_every_epochs=0",
-    "soft.sweep_temperatures=[]",
+FAST = FAST_OVERRIDES + [
     "cross_scale.model=builtin:tiny-small",
     "cross_scale.training.epochs=2",
 ]

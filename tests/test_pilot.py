@@ -99,21 +99,21 @@ def test_a_sequence_range_is_that_slice_of_the_stream_and_validation_what_follow
         prepare_sequences(DataConfig(**{**tokens.__dict__, "sequence_range": [30, 38]}), None)
 
 
-def test_pilot_settings_that_cannot_work_are_refused():
-    with pytest.raises(ConfigError, match="num_examples must be null with data.sequence_range"):
-        load_config(overrides=["data.sequence_range=[0,10]"])
-    with pytest.raises(ConfigError, match="sequence_range must be \\[start, end\\]"):
-        load_config(overrides=["data.sequence_range=[10,5]", "data.num_examples=null"])
-    with pytest.raises(ConfigError, match="an embedded base has the revisions k and k\\+1"):
-        load_config(overrides=["student.revision=step5"])
-    with pytest.raises(ConfigError, match="student.revision = k: .*set data.sequence_range"):
-        load_config(overrides=["student.revision=k"])
-    with pytest.raises(ConfigError, match="baseline.model is a given checkpoint.*one seed"):
-        load_config(overrides=["baseline.model=builtin:tiny-student", "seeds=[0,1]"])
-    with pytest.raises(ConfigError, match="membership.reference .* student.revision is not set"):
-        load_config(overrides=["teacher.fine_tune=false"])
-    with pytest.raises(ConfigError, match="packing = tokens needs a tokenized source"):
-        load_config(overrides=["data.packing=tokens"])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.sequence_range=[0,10]"], "num_examples must be null with data.sequence_range"),
+        (["data.sequence_range=[10,5]", "data.num_examples=null"], "sequence_range must be \\[start, end\\]"),
+        (["student.revision=step5"], "an embedded base has the revisions k and k\\+1"),
+        (["student.revision=k"], "student.revision = k: .*set data.sequence_range"),
+        (["baseline.model=builtin:tiny-student", "seeds=[0,1]"], "baseline.model is a given checkpoint.*one seed"),
+        (["teacher.fine_tune=false"], "membership.reference .* student.revision is not set"),
+        (["data.packing=tokens"], "packing = tokens needs a tokenized source"),
+    ],
+)
+def test_pilot_settings_that_cannot_work_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
 
 
 def test_a_range_outside_the_stream_is_refused_before_training(tmp_path, tiny_bases):

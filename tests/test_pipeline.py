@@ -13,7 +13,7 @@ from kdmem.layout import model_names
 from kdmem.memorization.canaries import candidate_secrets
 from kdmem.models import load_model, load_tokenizer
 from kdmem.pipeline import run
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import FAST_OVERRIDES, TINY_OVERRIDES
 
 
 def test_layout_and_summary(finished_run):
@@ -551,15 +551,6 @@ def _documents(count=80):
     from kdmem.data import python_docs
 
     return [text for text in python_docs("private") if len(text) > 300][:count]
-
-
-FAST_OVERRIDES = TINY_OVERRIDES + [
-    "soft.sweep_temperatures=[]",
-    "filtering.enabled=false",
-    "membership.enabled=false",
-    "extraction.track_every_epochs=0",
-    "extraction.approximate_sample=0",
-]
 
 
 @pytest.mark.parametrize("form", ["saved Dataset", "saved DatasetDict", "Dataset", "DataFrame", "list"])

@@ -12,15 +12,10 @@ from kdmem.config import ConfigError, load_config
 from kdmem.pipeline import run
 from kdmem.utility import last_word_documents, two_choice_documents, write_local_task_yaml
 
-from .conftest import TINY_OVERRIDES
+from .conftest import FAST_OVERRIDES
 
 TASKS = ["kdmem_last_word", "kdmem_two_choice"]
-FAST = TINY_OVERRIDES + [
-    "filtering.enabled=false",
-    "membership.enabled=false",
-    "extraction.approximate_sample=0",
-    "extraction.track_every_epochs=0",
-    "soft.sweep_temperatures=[]",
+FAST = FAST_OVERRIDES + [
     f"utility.tasks=[{','.join(TASKS)}]",
 ]
 

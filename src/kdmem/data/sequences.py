@@ -276,11 +276,13 @@ def _slice_of_stream(cfg: DataConfig, tokenizer) -> SequenceSplits:
         )
     names = [f"seq-{position}" for position in range(start, start + len(rows))]
     frame = pd.DataFrame({"example_id": names, "input_ids": rows})
-    train, after = frame.iloc[: end - start], frame.iloc[end - start :]
+    tokens = frame["input_ids"].map(example_id)  # what a repeat is: the same tokens
+    in_range = frame.index < end - start
+    train, after = frame[in_range], frame[~in_range]
     if cfg.dedupe:
-        train = train[~train["input_ids"].map(example_id).duplicated()]
-    in_train = set(train["input_ids"].map(example_id))
-    validation = after[~after["input_ids"].map(example_id).isin(in_train)].iloc[: cfg.validation_examples]
+        train = train[~tokens[in_range].duplicated()]
+    in_train = set(tokens[train.index])
+    validation = after[~tokens[~in_range].isin(in_train)].iloc[: cfg.validation_examples]
     if len(validation) < cfg.validation_examples:
         raise DataError(
             f"{cfg.source}: only {len(validation)} of the sequences after data.sequence_range differ from every "

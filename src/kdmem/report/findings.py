@@ -24,6 +24,12 @@ class Measures:
         return self.summary["models"]
 
     @property
+    def teacher_baseline_soft(self) -> tuple[dict, dict, dict] | None:
+        """The summary rows of the teacher, the baseline and the soft student; None unless all three ran."""
+        names = ("teacher", "baseline", "soft")
+        return tuple(self.models[name] for name in names) if set(names) <= set(self.models) else None
+
+    @property
     def seeds(self) -> int:
         return self.analysis.get("seeds", 1)
 
@@ -243,10 +249,13 @@ def verdict(agrees: bool | None) -> str:
     return "n/a" if agrees is None else ("yes" if agrees else "no")
 
 
+NEEDS_THREE = "needs the teacher, the baseline and the soft student"
+
+
 def _rates(m: Measures) -> tuple[str, bool | None]:
-    if not {"teacher", "baseline", "soft"} <= set(m.models):
-        return "needs the teacher, the baseline and the soft student", None
-    t, b, s = (m.models[name] for name in ("teacher", "baseline", "soft"))
+    if m.teacher_baseline_soft is None:
+        return NEEDS_THREE, None
+    t, b, s = m.teacher_baseline_soft
     figure = (
         f"memorized {t['memorized']} / {b['memorized']} / {s['memorized']} of {t['examples']}; "
         f"validation loss soft {s['val_loss']:.3f} vs baseline {b['val_loss']:.3f}"
@@ -409,9 +418,9 @@ def _pilot(m: Measures) -> tuple[str, bool | None]:
     soft student, its easy share and its new examples (memorized by neither teacher nor baseline)."""
     if not m.pilot:
         return "not a pre-training pilot (teacher.fine_tune=false, baseline.model; the pilot-mini preset)", None
-    if not {"teacher", "baseline", "soft"} <= set(m.models):
-        return "needs the teacher, the baseline and the soft student", None
-    t, b, s = (m.models[name] for name in ("teacher", "baseline", "soft"))
+    if m.teacher_baseline_soft is None:
+        return NEEDS_THREE, None
+    t, b, s = m.teacher_baseline_soft
     figure = (
         f"memorized {t['memorized']} ({100 * t['rate']:.2f}%) / {b['memorized']} ({100 * b['rate']:.2f}%) / "
         f"{s['memorized']} ({100 * s['rate']:.2f}%) of {t['examples']}"
