@@ -70,3 +70,21 @@ def test_print_config_prints_the_resolved_config_and_runs_nothing(no_pipeline, c
 def test_print_config_of_a_bad_config_is_the_run_s_error(no_pipeline, capsys):
     assert cli.main(["run", "--print-config", "extraction.prefix_len=abc"]) == 2
     assert "extraction.prefix_len must be an integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("kdmem.cli", ("torch", "transformers", "pandas", "kdmem.pipeline")),
+        ("kdmem.memorization.audit", ("sklearn", "matplotlib", "kdmem.pipeline", "kdmem.analysis", "kdmem.report")),
+    ],
+)
+def test_the_command_imports_only_what_it_runs(module, absent):
+    """``kdmem --help`` loads no torch, and ``kdmem extract`` no analysis, report or plotting:
+    start-up was 7.3 s when ``import kdmem`` pulled in the whole pipeline."""
+    import subprocess
+    import sys
+
+    probe = f"import sys, {module}; print(' '.join(m for m in {absent!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []

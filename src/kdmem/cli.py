@@ -11,15 +11,10 @@ from pathlib import Path
 
 import yaml
 
+# Only light modules here: each command imports what it runs, so --help loads no torch.
 from kdmem.config import INFERENCE_DTYPES as DTYPES
-from kdmem.config import ConfigError, available_presets, config_to_dict, load_config
-from kdmem.data import DataError
-from kdmem.models import ModelError
-from kdmem.rehearsal import RehearsalError
-from kdmem.train.trainers import TrainingError
-
-USER_ERRORS = (ConfigError, DataError, ModelError, TrainingError, RehearsalError, FileNotFoundError)
-"""What bad input raises: printed as one line, without a traceback. Anything else is a bug."""
+from kdmem.config import available_presets, config_to_dict, load_config
+from kdmem.errors import USER_ERRORS, ConfigError
 
 INTERNAL_ERROR = (
     "kdmem: internal error (a bug): please report it to the kdmem maintainers (see README.md), with the "

@@ -24,13 +24,20 @@ from typing import Any
 
 import yaml
 
-from kdmem.losses import SOFT_KINDS
-from kdmem.train.pretrain import PILOT_REVISIONS
-from kdmem.train.teacher_cache import CACHE_KINDS, PAPER_TEMPERATURES
+from kdmem.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and the fix."""
+# The values some settings take, declared here so that reading a config loads no model code.
+SOFT_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
+"""The divergences soft distillation can minimise: the values of ``distillation_loss``'s ``kind``
+and of the config's ``soft.kind``."""
+CACHE_KINDS = ("hidden", "logits", "sampled")
+"""What a teacher cache can keep per token (``kdmem.train.teacher_cache``); ``soft.cache_kind``."""
+PAPER_TEMPERATURES = (1.0, 2.0, 3.0, 4.0)
+"""The paper's temperature sweep: what a sampled cache serves besides the run's own temperatures,
+so that sweeping them reuses one cache."""
+PILOT_REVISIONS = ("k", "k+1")
+"""The embedded bases' checkpoints for the pre-training pilot: ``k``, the base as pre-trained, and
+``k+1``, its pre-training continued through the chunk of the stream after step k (``pilot_checkpoints``)."""
 
 
 class FieldError(ConfigError):

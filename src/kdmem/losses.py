@@ -39,9 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-SOFT_KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
-"""The divergences soft distillation can minimise: the values of ``distillation_loss``'s ``kind``
-and of the config's ``soft.kind``."""
+from kdmem.config import SOFT_KINDS
 
 
 def _per_token(

@@ -37,6 +37,7 @@ from kdmem.analysis.compare import compare_runs
 from kdmem.analysis.filtering import MIN_MEMORIZED_TO_FILTER, flag_examples, stand_in_memorized
 from kdmem.analysis.overlaps import memorized_ids
 from kdmem.config import (
+    PILOT_REVISIONS,
     BaselineConfig,
     CanaryConfig,
     ConfigError,
@@ -71,7 +72,6 @@ from kdmem.stages import (
     stage_seconds,
 )
 from kdmem.train import distill, fine_tune, resolve_model_name, validation_loss
-from kdmem.train.pretrain import PILOT_REVISIONS
 from kdmem.train.teacher_cache import TeacherLogitCache, build_teacher_cache, complete_teacher_cache
 from kdmem.utility import (
     LOCAL_TASKS,

@@ -26,6 +26,7 @@ import pandas as pd
 from kdmem.analysis.filtering import MIN_MEMORIZED_TO_FILTER
 from kdmem.config import ExperimentConfig, TinySizeConfig
 from kdmem.data.sources import is_local
+from kdmem.errors import RehearsalError
 from kdmem.io import cache_dir, settings_hash, write_json_atomic
 from kdmem.layout import RunLayout, model_names
 from kdmem.models.lookalike import (
@@ -44,10 +45,6 @@ logger = logging.getLogger(__name__)
 TRAIN_EXAMPLES, VALIDATION_EXAMPLES = 64, 16
 MAX_BATCH = 4
 """Micro-batch cap: logits of 4 x 256 tokens over Qwen3's 151,936 entries are 0.6 GB in float32."""
-
-
-class RehearsalError(RuntimeError):
-    """A rehearsal that could not start, or a stage that failed in it; the message names which."""
 
 
 def _is_hub_name(name: str) -> bool:

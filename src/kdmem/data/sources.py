@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from kdmem.data.builtin import python_docs
+from kdmem.errors import DataError
 from kdmem.io import write_parquet_atomic
 
 if TYPE_CHECKING:  # annotations only: kdmem.config imports kdmem.train.teacher_cache, which imports this module
@@ -24,10 +25,6 @@ if TYPE_CHECKING:  # annotations only: kdmem.config imports kdmem.train.teacher_
 BUILTIN_SOURCES = {"builtin:python-docs": "private", "builtin:python-docs-public": "public"}
 logger = logging.getLogger(__name__)
 _LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message names the problem and the fix."""
 
 
 def _check_utf8(path: Path) -> None:

@@ -8,9 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-
-class ModelError(ValueError):
-    """A model that cannot be used; the message names the problem and the fix."""
+from kdmem.errors import ModelError
 
 
 def _revisions(path: Path) -> list[str]:

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 import datasets
 from transformers import PreTrainedTokenizerFast, set_seed
 
+from kdmem.config import PILOT_REVISIONS
 from kdmem.data import pack_sequences, python_docs
+from kdmem.errors import ModelError
 from kdmem.io import atomic_dir, cache_dir, settings_hash
-from kdmem.models import ModelError, build_model, load_model, train_tokenizer
+from kdmem.models import build_model, load_model, train_tokenizer
 from kdmem.train.trainers import fine_tune
 
 if TYPE_CHECKING:  # annotations only: kdmem.config imports kdmem.train.teacher_cache, which imports this module
@@ -29,9 +31,6 @@ logger = logging.getLogger(__name__)
 BUILTIN_MODELS = ("builtin:tiny-teacher", "builtin:tiny-student", "builtin:tiny-small")
 ROLES = ("teacher", "student")
 """The bases every embedded run needs; ``small`` is built only when asked for (``cross_scale``)."""
-PILOT_REVISIONS = ("k", "k+1")
-"""The embedded bases' checkpoints for the pre-training pilot: ``k``, the base as pre-trained, and
-``k+1``, its pre-training continued through the chunk of the stream after step k (``pilot_checkpoints``)."""
 
 
 def _key(*parts) -> str:

@@ -51,17 +51,11 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from kdmem.config import CACHE_KINDS, PAPER_TEMPERATURES
 from kdmem.data import as_tensor
+from kdmem.errors import ConfigError, ModelError
 from kdmem.io import atomic_path, claim_folder, process_state
 from kdmem.losses import importance_sampled_teacher
-from kdmem.models import ModelError
-
-CACHE_KINDS = ("hidden", "logits", "sampled")
-"""What a teacher cache can keep per token (see the module docstring); the values of ``soft.cache_kind``."""
-
-PAPER_TEMPERATURES = (1.0, 2.0, 3.0, 4.0)
-"""The paper's temperature sweep: what a sampled cache serves besides the run's own temperatures,
-so that sweeping them reuses one cache."""
 
 
 @dataclass(frozen=True)
@@ -264,8 +258,6 @@ def build_teacher_cache(
             ``tail_samples`` sampled tail tokens in each of ``tail_draws`` draws, and the
             log-partition at each of ``temperatures`` (the ones it can serve).
     """
-    from kdmem.config import ConfigError  # here, not at the top: kdmem.config imports this module
-
     root = Path(root)
     if kind not in CACHE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(CACHE_KINDS)}, not {kind!r}.")

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 from transformers.integrations import get_reporting_integration_callbacks
 
 from kdmem.data import as_training_dataset
+from kdmem.errors import TrainingError
 from kdmem.losses import distillation_loss, on_shared_vocabulary, sampled_forward_kl
 from kdmem.train.teacher_cache import TeacherLogitCache
 
@@ -74,10 +75,6 @@ def causal_lm_collator(rows: list[dict]) -> dict[str, torch.Tensor]:
     if "cache_row" in rows[0]:
         batch["cache_rows"] = torch.as_tensor([int(row["cache_row"]) for row in rows])
     return batch
-
-
-class TrainingError(RuntimeError):
-    """Training that cannot go on; the message names the step, what was kept and the fix."""
 
 
 class KdmemTrainer(Trainer):
